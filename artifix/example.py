@@ -1,0 +1,74 @@
+"""The bundled example GAN: DCGAN-tutorial-shaped generator and discriminator for 64x64 scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "example"
+CHECKPOINT = DATA_DIR / "dcgan_scenes.pt"
+NZ = 100
+NGF = 32
+NDF = 24
+
+
+class Generator(nn.Module):
+    """z (N, nz, 1, 1) -> image (N, 3, 64, 64) in [-1, 1], as in the PyTorch DCGAN tutorial."""
+
+    def __init__(self, nz: int = NZ, ngf: int = NGF, nc: int = 3) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False),  # 4x4
+            nn.BatchNorm2d(ngf * 8),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),  # 8x8
+            nn.BatchNorm2d(ngf * 4),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),  # 16x16
+            nn.BatchNorm2d(ngf * 2),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),  # 32x32
+            nn.BatchNorm2d(ngf),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False),  # 64x64
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    """image (N, 3, 64, 64) -> logit (N,), DCGAN-tutorial shape without the final sigmoid."""
+
+    def __init__(self, ndf: int = NDF, nc: int = 3) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),  # 32
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),  # 16
+            nn.BatchNorm2d(ndf * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False),  # 8
+            nn.BatchNorm2d(ndf * 4),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False),  # 4
+            nn.BatchNorm2d(ndf * 8),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).flatten()
+
+
+def make_generator(nz: int = NZ, ngf: int = NGF) -> Generator:
+    """Factory used by the example's generator spec (`artifix.example:make_generator`)."""
+    return Generator(nz=nz, ngf=ngf)
+
+
+def make_discriminator(ndf: int = NDF) -> Discriminator:
+    """Factory for the example's discriminator."""
+    return Discriminator(ndf=ndf)
