@@ -108,7 +108,7 @@ def main() -> None:
                 "ngf": NGF,
                 "ndf": NDF,
                 "seed": args.seed,
-                "torch": torch.__version__,
+                "torch": str(torch.__version__),
             }
             save_atomic({"netG_state_dict": G.state_dict(), "netD_state_dict": D.state_dict(), "meta": meta}, args.out)
             args.out.with_suffix(".log.json").write_text(json.dumps({"meta": meta, "log": log}, indent=1))

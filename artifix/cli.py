@@ -1,0 +1,144 @@
+"""The `artifix` command line: one registry of commands, flags generated from the defaults table.
+
+Conventions for every command: `--help`; progress and human text on stderr; `--json` prints the result
+object on stdout; exit 0 ok, 1 gate failed, 2 usage/config/input error, 3 runtime error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from . import __version__, config, defaults, progress
+from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError, UserError
+
+
+@dataclass
+class Context:
+    """What a command handler receives: merged settings, the parsed args and output helpers."""
+
+    opts: dict[str, Any]
+    args: argparse.Namespace
+    config: dict[str, Any]
+    json: bool = False
+
+    def say(self, text: str) -> None:
+        """Human text, on stderr."""
+        if not progress.QUIET:
+            print(text, file=sys.stderr, flush=True)
+
+
+Handler = Callable[[Context], Any]
+
+
+@dataclass
+class Command:
+    """A subcommand: its option sections (names from the defaults table), extra arguments and handler."""
+
+    name: str
+    help: str
+    handler: Handler
+    options: dict[str, list[str] | None] = field(default_factory=dict)  # section -> names (None = all)
+    extra: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, options: dict[str, list[str] | None] | None = None,
+            extra: Callable[[argparse.ArgumentParser], None] | None = None) -> Callable[[Handler], Handler]:
+    """Register a handler as `artifix <name>`."""
+
+    def deco(fn: Handler) -> Handler:
+        COMMANDS[name] = Command(name, help, fn, options or {}, extra)
+        return fn
+
+    return deco
+
+
+def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | None]) -> None:
+    for sec, names in sections.items():
+        group = p.add_argument_group(f"[{sec}] options (also settable in artifix.toml)")
+        for opt in defaults.OPTIONS:
+            if opt.section != sec or (names is not None and opt.name not in names):
+                continue
+            dflt = "" if opt.default is None else f" (default: {opt.default})"
+            if opt.flag:
+                group.add_argument(opt.cli, dest=opt.name, action="store_true", default=None, help=opt.help)
+            else:
+                group.add_argument(opt.cli, dest=opt.name, default=None, metavar=opt.name.upper(), help=opt.help + dflt)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (used by main and by the docs test)."""
+    from . import commands  # noqa: F401  registers the commands
+
+    parser = argparse.ArgumentParser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.")
+    parser.add_argument("--version", action="version", version=f"artifix {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p.add_argument("--config", default=None, help="settings file (default: ./artifix.toml when present)")
+        p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+        p.add_argument("--quiet", action="store_true", help="no progress or human text on stderr")
+        _add_options(p, cmd.options)
+        if cmd.extra:
+            cmd.extra(p)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse argv, run the command, print the result; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USER
+    cmd = COMMANDS[args.command]
+    progress.QUIET = bool(args.quiet)
+    try:
+        cfg = config.load_config(args.config)
+        opts: dict[str, Any] = {}
+        for sec, names in cmd.options.items():
+            opts.update(config.resolve(sec, vars(args), cfg, names))
+        ctx = Context(opts, args, cfg, bool(args.json))
+        threads = opts.get("threads") or 0
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        result = cmd.handler(ctx)
+        if ctx.json and result is not None:
+            sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+            sys.stdout.flush()
+        code = result.get("exit_code", EXIT_OK) if isinstance(result, dict) else EXIT_OK
+        return int(code)
+    except ArtifixError as e:
+        print(f"artifix {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"artifix {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"artifix {args.command}: error: out of memory; lower --batch or --n.", file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception as e:  # a bug or an environment failure, not a user mistake
+        if os.environ.get("ARTIFIX_DEBUG"):
+            traceback.print_exc()
+        print(f"artifix {args.command}: runtime error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(set ARTIFIX_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("ARTIFIX_CACHE", str(ROOT / ".artifix-cache"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+GENS = FIXTURES / "gens.py"
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A DCGAN-tutorial-style checkpoint {'netG_state_dict', 'netD_state_dict', 'epoch'} of a tiny generator."""
+    from tests.fixtures.gens import tiny_dcgan
+
+    torch.manual_seed(0)
+    g = tiny_dcgan()
+    for p in g.parameters():
+        p.data.normal_(0, 0.2)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"netG_state_dict": g.state_dict(), "netD_state_dict": {"w": torch.zeros(1)}, "epoch": 3}, path)
+    return path
+
+
+def run_cli(*args: str, cwd=None):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from artifix.cli import run
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = run(list(args))
+            except SystemExit as e:  # argparse usage errors
+                code = e.code
+    finally:
+        os.chdir(old)
+    return code, out.getvalue(), err.getvalue()
