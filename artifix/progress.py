@@ -23,7 +23,7 @@ class Progress:
         """Advance by k units."""
         self.done += k
         now = time.monotonic()
-        if QUIET or now - self.t0 < 1.0 or now - self._last < 0.2:
+        if QUIET or not sys.stderr.isatty() or now - self.t0 < 1.0 or now - self._last < 0.2:
             return
         self._last = now
         self._draw(now)
@@ -39,10 +39,15 @@ class Progress:
 
     def close(self) -> None:
         """Finish the line if a bar was drawn."""
-        if self._shown and not QUIET:
-            self._draw(time.monotonic())
+        now = time.monotonic()
+        if QUIET:
+            return
+        if self._shown:
+            self._draw(now)
             sys.stderr.write("\n")
-            sys.stderr.flush()
+        elif now - self.t0 >= 1.0:  # not a terminal: one summary line for work that took a while
+            sys.stderr.write(f"{self.desc}: {self.done}/{self.total} in {now - self.t0:.1f}s\n")
+        sys.stderr.flush()
 
 
 def track(items: Iterable[T], total: int, desc: str = "", weight=lambda item: 1) -> Iterator[T]:

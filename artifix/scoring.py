@@ -1,0 +1,341 @@
+"""Unit scores: which units of a layer cause the flagged artifacts.
+
+Components (each reported, all vectorised over units):
+- `iou_iqr`: GAN Dissection's unit-region agreement. The unit map r_u is upsampled to image size and
+  thresholded at t_u, chosen among top-fraction thresholds by the information quality ratio
+  IQR = I(r_u > t; s) / H(r_u > t, s); IoU = |(r_u > t_u) & s| / |(r_u > t_u) | s| over the labelled samples,
+  with s the artifact mask (human, else the classifier's pseudo mask; clean samples have an empty mask).
+- `auc`: image-level ROC-AUC of the unit's spatial max, flagged vs clean samples.
+- `causal`: average causal effect of ablating the unit: drop of the artifact score on flagged samples
+  minus the collateral change on clean samples (exact ablation for the top candidates of a first-order
+  gradient x activation pre-ranking).
+- priors for a cold start (no labels): rarely-activated units (Choi et al. 2022).
+Combined ranking: the mean of the available components' percentile ranks, weights in COMBINED_WEIGHTS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+COMBINED_WEIGHTS = {"causal": 0.4, "iou": 0.3, "auc": 0.3}
+TOP_FRACTIONS = torch.logspace(-3, 0, 25)  # 0.1 % .. 100 %, as GAN Dissection's threshold search
+
+
+def _entropy_terms(p: torch.Tensor) -> torch.Tensor:
+    """-p log p with 0 log 0 = 0."""
+    return torch.where(p > 0, -p * torch.log(p.clamp(min=1e-30)), torch.zeros_like(p))
+
+
+def iqr_from_counts(n11: torch.Tensor, na: torch.Tensor, ns: torch.Tensor, total: float) -> torch.Tensor:
+    """Information quality ratio I(A;S)/H(A,S) from joint counts (n11 = |A&S|, na = |A|, ns = |S|)."""
+    n10, n01 = na - n11, ns - n11
+    n00 = total - na - ns + n11
+    p = torch.stack([n11, n10, n01, n00]).double() / total
+    pa = na.double() / total
+    ps = torch.as_tensor(ns, dtype=torch.float64).expand_as(pa) / total
+    h_joint = _entropy_terms(p).sum(0)
+    h_a = _entropy_terms(pa) + _entropy_terms(1 - pa)
+    h_s = _entropy_terms(ps) + _entropy_terms(1 - ps)
+    mi = (h_a + h_s - h_joint).clamp(min=0)
+    return torch.where(h_joint > 0, mi / h_joint.clamp(min=1e-30), torch.zeros_like(mi))
+
+
+@dataclass
+class IouResult:
+    """Per unit: IoU at the IQR-optimal threshold, that IQR, and the threshold."""
+
+    iou: torch.Tensor
+    iqr: torch.Tensor
+    threshold: torch.Tensor
+
+
+def iou_iqr(acts: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor, chunk: int = 16) -> IouResult:
+    """Score every unit of `acts` (B, C, h, w) against bool `masks` (B, H, W) over candidate `thresholds` (C, T)."""
+    b, c = acts.shape[:2]
+    hh, ww = masks.shape[-2:]
+    t = thresholds.shape[1]
+    s = masks.reshape(b, -1).float()
+    ns = s.sum()
+    n11 = torch.zeros(c, t, dtype=torch.float64)
+    na = torch.zeros(c, t, dtype=torch.float64)
+    thr = thresholds.to(acts.dtype)[None, :, :, None]  # (1, C, T, 1)
+    for i in range(0, b, chunk):
+        up = F.interpolate(acts[i:i + chunk].float(), size=(hh, ww), mode="bilinear", align_corners=False)
+        up = up.reshape(up.shape[0], c, 1, -1)  # (b, C, 1, HW)
+        for j in range(t):
+            above = (up[:, :, 0] > thr[:, :, j]).float()  # (b, C, HW)
+            n11[:, j] += torch.einsum("bcp,bp->c", above, s[i:i + chunk]).double()
+            na[:, j] += above.sum((0, 2)).double()
+    total = float(b * hh * ww)
+    iqr = iqr_from_counts(n11, na, ns.double(), total)
+    best = iqr.argmax(1)
+    ar = torch.arange(c)
+    union = na[ar, best] + ns.double() - n11[ar, best]
+    iou = torch.where(union > 0, n11[ar, best] / union.clamp(min=1e-30), torch.zeros(c, dtype=torch.float64))
+    return IouResult(iou.float(), iqr[ar, best].float(), thresholds[ar, best])
+
+
+def auc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """ROC-AUC per unit of scores pos (P, C) vs neg (N, C); ties count one half."""
+    if len(pos) == 0 or len(neg) == 0:
+        return torch.full((pos.shape[1] if pos.dim() == 2 else neg.shape[1],), float("nan"))
+    p = pos.T[:, :, None].double()
+    n = neg.T[:, None, :].double()
+    return ((p > n).double().mean((1, 2)) + 0.5 * (p == n).double().mean((1, 2))).float()
+
+
+def percentile_rank(x: torch.Tensor) -> torch.Tensor:
+    """Rank of each value among x in [0, 1] (1 = largest), ties averaged; NaN stays NaN."""
+    v = x.double().numpy()
+    out = np.full(v.shape, np.nan)
+    ok = ~np.isnan(v)
+    if ok.sum() == 0:
+        return torch.from_numpy(out).float()
+    from scipy.stats import rankdata
+
+    r = rankdata(v[ok], method="average")
+    out[ok] = (r - 1) / max(ok.sum() - 1, 1)
+    return torch.from_numpy(out).float()
+
+
+def robust_z(x: torch.Tensor, clip: float = 10.0) -> torch.Tensor:
+    """(x - median) / (1.4826 MAD) over the non-NaN values, clipped to [-clip, clip]; NaN -> 0 (typical)."""
+    v = x.double()
+    ok = ~torch.isnan(v)
+    if ok.sum() < 2:
+        return torch.zeros_like(v).float()
+    med = v[ok].median()
+    mad = (v[ok] - med).abs().median() * 1.4826
+    scale = mad if mad > 0 else (v[ok] - med).abs().mean().clamp(min=1e-12)
+    return ((v - med) / scale).clamp(-clip, clip).nan_to_num(0.0).float()
+
+
+def combined_score(components: dict[str, torch.Tensor], weights: dict[str, float] = COMBINED_WEIGHTS) -> torch.Tensor:
+    """Weighted mean of the available components' robust z-scores (missing or all-NaN components dropped).
+
+    Robust z-scores keep how far a unit stands out (artifact units are outliers), which ranks would flatten.
+    """
+    used = {k: w for k, w in weights.items() if k in components and not torch.isnan(components[k]).all()}
+    if not used:
+        raise ValueError("no score components to combine")
+    total = sum(used.values())
+    return torch.stack([robust_z(components[k]) * (w / total) for k, w in used.items()]).sum(0)
+
+
+def rarity_prior(firing_rate: torch.Tensor, peak: torch.Tensor, max_rate: float = 0.3) -> torch.Tensor:
+    """Cold-start unit prior (Choi et al. 2022): units firing in <= max_rate of samples, stronger peaks first."""
+    rare = (firing_rate <= max_rate) & (firing_rate > 0)
+    strength = peak / peak.max().clamp(min=1e-12)
+    return torch.where(rare, (1 - firing_rate / max_rate) * 0.5 + 0.5 * strength, torch.zeros_like(strength))
+
+
+def sample_suspicion(sample_max: torch.Tensor, unit_prior: torch.Tensor, unit_scale: torch.Tensor) -> torch.Tensor:
+    """Per-sample review priority: how strongly a sample fires the rare units, weighted by their prior."""
+    return (sample_max / unit_scale.clamp(min=1e-12)[None]).clamp(min=0) @ unit_prior
+
+
+def recall_at_k(ranking: Sequence[int], truth: Sequence[int], k: int | None = None) -> float:
+    """Fraction of `truth` units found in the first k (default len(truth)) of `ranking`."""
+    k = k or len(truth)
+    return len(set(ranking[:k]) & set(truth)) / max(len(truth), 1)
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+from typing import Callable, Iterable  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from .generator import LoadedGenerator, forward, latents, to_uint8  # noqa: E402
+from .progress import Progress  # noqa: E402
+from .stats import UnitStats  # noqa: E402
+from .trace import Ablation, Trace, ablation, get_layer  # noqa: E402
+
+ProbFn = Callable[[np.ndarray], np.ndarray]  # uint8 NHWC images -> artifact probability (N,)
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # G output (N, 3, H, W) in G's range -> differentiable artifact score (N,)
+
+
+def trace_batches(g: LoadedGenerator, layer: str, seed: int, indices: Sequence[int], batch: int = 64,
+                  images: bool = False) -> Iterable[tuple[list[int], torch.Tensor, torch.Tensor | None]]:
+    """Yield (indices, activations at `layer`, uint8 images or None) for the given samples, stopping early without images."""
+    get_layer(g.module, layer)
+    idx = [int(i) for i in indices]
+    for s in range(0, len(idx), batch):
+        part = idx[s:s + batch]
+        z, y = latents(g.spec, seed, part)
+        with torch.inference_mode(), Trace(g.module, layer, stop=not images) as t:
+            out = forward(g, z, y)
+        yield part, t[layer][: len(part)], (to_uint8(out.float(), g.spec.range) if images else None)
+
+
+def collect_stats(g: LoadedGenerator, layer: str, seed: int, n: int, batch: int = 64, start: int = 0,
+                  indices: Sequence[int] | None = None) -> UnitStats:
+    """Stream samples start..start+n-1 (or `indices`) through G up to `layer` and record per-unit statistics."""
+    idx = list(indices) if indices is not None else list(range(start, start + n))
+    stats: UnitStats | None = None
+    bar = Progress(len(idx), "unit stats")
+    for part, acts, _ in trace_batches(g, layer, seed, idx, batch):
+        if stats is None:
+            stats = UnitStats(layer, acts.shape[1], n, start=start, meta={"seed": seed, "fingerprint": g.fingerprint})
+        stats.update(acts, part)
+        bar.update(len(part))
+    bar.close()
+    assert stats is not None
+    return stats
+
+
+def _stack(g: LoadedGenerator, layer: str, seed: int, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations (B, C, h, w) and uint8 images for a small labelled set."""
+    acts, imgs = [], []
+    for _, a, im in trace_batches(g, layer, seed, indices, images=True):
+        acts.append(a)
+        imgs.append(im)
+    return torch.cat(acts), torch.cat(imgs)
+
+
+def first_order_effect(g: LoadedGenerator, layer: str, seed: int, indices: Sequence[int], score_fn: ScoreFn,
+                       batch: int = 16) -> torch.Tensor:
+    """Per unit, the first-order estimate (gradient x activation) of the score change from ablating it, per sample mean."""
+    total: torch.Tensor | None = None
+    held: dict[str, torch.Tensor] = {}
+
+    def grab(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        held["x"] = x
+        return x
+
+    idx = list(indices)
+    for s in range(0, len(idx), batch):
+        part = idx[s:s + batch]
+        z, y = latents(g.spec, seed, part)
+        with torch.enable_grad(), Trace(g.module, layer, edit={layer: grab}, retain=False):
+            out = forward(g, z, y)
+            score = score_fn(out.float()).sum()
+            (grad,) = torch.autograd.grad(score, held["x"])
+        act = held["x"].detach()[: len(part)]
+        eff = -(grad[: len(part)] * act).flatten(2).sum(2).sum(0)  # (C,) sum over samples of delta score
+        total = eff if total is None else total + eff
+    assert total is not None
+    return total / len(idx)
+
+
+def exact_effect(g: LoadedGenerator, layer: str, seed: int, flagged: Sequence[int], clean: Sequence[int], units: Sequence[int],
+                 prob_fn: ProbFn | None, masks: dict[int, np.ndarray] | None = None,
+                 edits: Callable[[int], Ablation] | None = None) -> pd.DataFrame:
+    """Ablate each unit in turn: artifact-probability drop and in-mask change on flagged samples, pixel change on clean ones."""
+    masks = masks or {}
+    mrows = [r for r, i in enumerate(flagged) if i in masks]
+    m = np.stack([np.asarray(masks[flagged[r]], bool) for r in mrows]) if mrows else None
+    edits = edits or (lambda u: ablation([u]))
+    base_f = _images(g, seed, flagged)
+    base_c = _images(g, seed, clean)
+    p0 = prob_fn(base_f) if prob_fn is not None and len(flagged) else None
+    rows = []
+    bar = Progress(len(units), "ablations")
+    for u in units:
+        with Trace(g.module, edit={layer: edits(u)}):
+            abl_f = _images(g, seed, flagged)
+            abl_c = _images(g, seed, clean)
+        row = {"unit": int(u)}
+        if p0 is not None:
+            row["prob_drop"] = float(np.mean(p0 - prob_fn(abl_f)))  # type: ignore[misc]
+        diff_f = np.abs(abl_f.astype(np.int16) - base_f).max(-1) / 255.0 if len(flagged) else None
+        row["flagged_change"] = float(diff_f.mean()) if diff_f is not None else float("nan")
+        if m is not None and diff_f is not None:
+            d = diff_f[mrows]
+            inside = (d * m).sum((1, 2)) / np.maximum(m.sum((1, 2)), 1)
+            outside = (d * ~m).sum((1, 2)) / np.maximum((~m).sum((1, 2)), 1)
+            row["mask_change"] = float(np.mean(inside - outside))
+        row["collateral"] = float((np.abs(abl_c.astype(np.int16) - base_c).max(-1) / 255.0).mean()) if len(clean) else 0.0
+        rows.append(row)
+        bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def _images(g: LoadedGenerator, seed: int, indices: Sequence[int]) -> np.ndarray:
+    if not len(indices):
+        return np.zeros((0, 1, 1, 3), np.uint8)
+    z, y = latents(g.spec, seed, list(indices))
+    with torch.inference_mode():
+        return to_uint8(forward(g, z, y).float(), g.spec.range).numpy()
+
+
+@dataclass
+class ScoreReport:
+    """The ranked unit table and what went into it."""
+
+    table: pd.DataFrame  # one row per unit, sorted by `combined` (rank 1 first)
+    layer: str
+    components: list[str]
+    n_flagged: int
+    n_clean: int
+    n_masks: int
+
+
+def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, flagged: Sequence[int], clean: Sequence[int],
+                masks: dict[int, np.ndarray] | None = None, prob_fn: ProbFn | None = None, score_fn: ScoreFn | None = None,
+                exact_top: int = 20, collateral_weight: float = 1.0, rare_rate: float = 0.3) -> ScoreReport:
+    """Score and rank every unit of `layer` from flags (+ masks) and an optional artifact classifier."""
+    flagged, clean = [int(i) for i in flagged], [int(i) for i in clean]
+    masks = masks or {}
+    c = stats.channels
+    comp: dict[str, torch.Tensor] = {}
+    extra: dict[str, torch.Tensor] = {}
+    labelled = flagged + clean
+    acts, imgs = _stack(g, layer, seed, labelled) if labelled else (None, None)
+    if acts is not None and flagged and clean:
+        mx = acts.flatten(2).amax(2)
+        comp["auc"] = auc(mx[: len(flagged)], mx[len(flagged):])
+    masked = [i for i in flagged if i in masks]
+    if acts is not None and masked:
+        h, w = imgs.shape[1:3]
+        m = torch.zeros(len(labelled), h, w, dtype=torch.bool)
+        for row, i in enumerate(labelled):
+            if i in masks:
+                m[row] = torch.from_numpy(np.asarray(masks[i], bool))
+        thr = stats.top_fraction_threshold(TOP_FRACTIONS.double()).float()  # (C, T)
+        res = iou_iqr(acts, m, thr)
+        comp["iou"] = res.iou
+        extra["iqr"], extra["iou_threshold"] = res.iqr, res.threshold
+    candidates = list(range(c))
+    if score_fn is not None and flagged:
+        fo = first_order_effect(g, layer, seed, flagged, score_fn)
+        extra["first_order"] = fo
+        candidates = [int(u) for u in torch.argsort(fo, descending=True)[:exact_top]]
+    elif comp:
+        pre = combined_score(comp)
+        candidates = [int(u) for u in torch.argsort(pre, descending=True)[:exact_top]]
+    if flagged:
+        ex = exact_effect(g, layer, seed, flagged, clean, candidates, prob_fn, masks)
+        causal = torch.full((c,), float("nan"))
+        # the artifact score s: classifier probability when there is one, else the painted region's change
+        drop = ex["prob_drop"] if "prob_drop" in ex else ex["mask_change"] if "mask_change" in ex else ex["flagged_change"]
+        causal[ex["unit"].to_numpy().copy()] = torch.tensor((drop - collateral_weight * ex["collateral"]).to_numpy().copy(), dtype=torch.float32)
+        comp["causal"] = causal
+        for col in ("prob_drop", "mask_change", "flagged_change", "collateral"):
+            if col in ex:
+                v = torch.full((c,), float("nan"))
+                v[ex["unit"].to_numpy().copy()] = torch.tensor(ex[col].to_numpy().copy(), dtype=torch.float32)
+                extra[col] = v
+    fr = stats.firing_rate().float()
+    extra["firing_rate"] = fr
+    extra["rarity"] = rarity_prior(fr, stats.max.float(), rare_rate)
+    extra["mean"] = stats.mean.float()
+    if comp:
+        combined = combined_score(comp)
+    else:
+        combined = extra["rarity"]
+    data = {"unit": np.arange(c)}
+    for k, v in {**comp, **extra}.items():
+        data[k] = v.double().numpy()
+    data["combined"] = combined.double().numpy()
+    table = pd.DataFrame(data).sort_values(["combined", "unit"], ascending=[False, True]).reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, c + 1))
+    table.insert(1, "layer", layer)
+    return ScoreReport(table, layer, sorted(comp), len(flagged), len(clean), len(masked))
