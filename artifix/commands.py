@@ -114,3 +114,167 @@ def cmd_layers(ctx: Context) -> dict[str, Any]:
         for r in rows:
             ctx.say(f"{r['layer']:<{width}}  {r['type']:<18} {r['shape']}")
     return {"fingerprint": g.fingerprint, "layers": rows}
+
+
+# ------------------------------------------------------------------------------------- labels / score
+
+
+def default_layer(ctx: Context, g) -> str:
+    """--layer, or the example's default layer when diagnosing the bundled example."""
+    from .example import LAYER
+    from .generator import EXAMPLE_FACTORY
+
+    if ctx.opts.get("layer"):
+        return ctx.opts["layer"]
+    if g.spec.generator == EXAMPLE_FACTORY:
+        return LAYER
+    raise UserError("--layer is required for this generator; run 'artifix layers' to list its layers.")
+
+
+def reviewer(ctx: Context) -> str:
+    """--reviewer, else $USER, else 'reviewer'."""
+    import os
+
+    return ctx.opts.get("reviewer") or os.environ.get("USER") or "reviewer"
+
+
+def open_run(ctx: Context, g, layer: str):
+    """Open the label store and register (or find) the run of (G, layer, seed)."""
+    from .labels import LabelStore
+
+    store = LabelStore(ctx.opts["store"])
+    shape = g.module  # noqa: F841
+    from .generator import probe
+
+    out_shape = probe(g)
+    run_id = store.register_run(g.fingerprint, [layer], ctx.opts["seed"], max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0),
+                                meta={"spec": g.spec.to_json()}, image_size=(int(out_shape[2]), int(out_shape[3])))
+    return store, run_id
+
+
+def _flags_extra(p) -> None:
+    p.add_argument("action", choices=["import", "export", "show"], help="import labels from a CSV/JSON/folder, export them, or show counts")
+    p.add_argument("path", nargs="?", default=None, help="file or folder to import from / export to")
+
+
+@command("flags", "import, export or count reviewers' flags and painted masks in the label store",
+         {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": ["stats_n"]}, _flags_extra)
+def cmd_flags(ctx: Context) -> dict[str, Any]:
+    g = load(ctx)
+    layer = default_layer(ctx, g)
+    store, run_id = open_run(ctx, g, layer)
+    action, path = ctx.args.action, ctx.args.path
+    if action in ("import", "export") and not path:
+        raise UserError(f"'artifix flags {action}' needs a path.")
+    result: dict[str, Any] = {"run_id": run_id, "store": ctx.opts["store"]}
+    if action == "import":
+        if not Path(path).exists():
+            raise UserError(f"{path} does not exist; give a flags CSV/JSON file or an export folder.")
+        result["imported"] = store.import_labels(run_id, path, reviewer=reviewer(ctx))
+        ctx.say(f"imported labels from {path} into run {run_id}")
+    elif action == "export":
+        result["exported"] = str(store.export_labels(run_id, path))
+        ctx.say(f"exported labels of run {run_id} to {path}/")
+    result["counts"] = store.counts(run_id)
+    if action == "show" and not ctx.json:
+        ctx.say(", ".join(f"{k}: {v}" for k, v in result["counts"].items()))
+    return result
+
+
+def cached_stats(ctx: Context, g, layer: str, seed: int, n: int):
+    """Unit statistics for (G, layer, seed, n), from the cache when present (keyed by content, written atomically)."""
+    from .io import sha256_json
+    from .scoring import collect_stats
+    from .stats import UnitStats
+
+    key = sha256_json({"fingerprint": g.fingerprint, "layer": layer, "seed": seed, "n": n, "v": 1})[:20]
+    path = Path(ctx.opts.get("cache") or ".artifix-cache") / f"stats-{key}.pt"
+    if path.is_file():
+        return UnitStats.load(path)
+    stats = collect_stats(g, layer, seed, n)
+    stats.save(path)
+    return stats
+
+
+def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None):
+    """Score every unit of `layer` from the run's flags/masks (and a classifier, if given)."""
+    from .scoring import score_units
+
+    o = ctx.opts
+    flags = store.flags(run_id)
+    flagged = sorted(int(s) for s in flags.loc[flags.label == "artifact", "sample"])
+    clean = sorted(int(s) for s in flags.loc[flags.label == "clean", "sample"])
+    masks = store.masks(run_id)
+    stats = cached_stats(ctx, g, layer, o["seed"], o["stats_n"])
+    prob_fn = score_fn = None
+    if clf is not None:
+        from . import classifier as C
+
+        prob_fn = clf.predict_proba
+        score_fn = getattr(C, "differentiable_score", lambda *_: None)(clf, g.spec.range)
+        missing = [i for i in flagged if i not in masks]
+        if missing:  # pseudo masks from the classifier's localisation maps (Tousi et al. 2021)
+            from .scoring import _images
+
+            pm = C.pseudo_masks(clf, _images(g, o["seed"], missing))
+            masks = {**masks, **{i: m for i, m in zip(missing, pm)}}
+    if not flagged and not clean:
+        ctx.say("no flags yet: ranking units by the cold-start prior (rarely-activated units)")
+    report = score_units(g, layer, o["seed"], stats, flagged, clean, masks, prob_fn, score_fn,
+                         exact_top=o["exact_top"], collateral_weight=o["collateral_weight"], rare_rate=o["rare_rate"])
+    return report, stats
+
+
+@command("score", "rank the units of a layer that cause the flagged artifacts (IoU@IQR, AUC, causal effect, priors)",
+         {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": None,
+          "run": ["out", "cache", "threads"]})
+def cmd_score(ctx: Context) -> dict[str, Any]:
+    from .io import write_json_atomic, write_text_atomic
+    from .report import unit_cards
+
+    o = ctx.opts
+    g = load(ctx)
+    layer = default_layer(ctx, g)
+    store, run_id = open_run(ctx, g, layer)
+    clf = load_classifier(ctx, required=False)
+    report, stats = score_run(ctx, g, layer, store, run_id, clf)
+    out = Path(o["out"] or "artifix-out")
+    top = report.table.head(o["top"])
+    rows = top.to_dict("records")
+    write_text_atomic(out / "unit_scores.csv", report.table.to_csv(index=False))
+    write_json_atomic(out / "unit_scores.json", {"layer": layer, "components": report.components, "units": report.table.to_dict("records")})
+    cards = unit_cards(g, stats, [int(u) for u in top.unit], o["seed"], out / "cards")
+    existing = set(store.unit_decisions(run_id).get("unit", []))
+    new = [(layer, int(r["unit"]), {k: float(v) for k, v in r.items() if isinstance(v, float)}) for r in rows if int(r["unit"]) not in existing]
+    if new:
+        store.propose_units(run_id, new, "artifix", note="proposed by artifix score")
+    if not ctx.json:
+        cols = ["rank", "unit"] + [c for c in ("combined", "causal", "iou", "auc", "firing_rate") if c in top]
+        ctx.say(top[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        ctx.say(f"scored {len(report.table)} units of {layer} from {report.n_flagged} flagged / {report.n_clean} clean samples "
+                f"({report.n_masks} painted); table in {out}/unit_scores.csv, cards in {out}/cards/")
+    return {"run_id": run_id, "layer": layer, "components": report.components, "n_flagged": report.n_flagged,
+            "n_clean": report.n_clean, "n_masks": report.n_masks, "top": rows, "cards": [str(p) for p in cards]}
+
+
+def load_classifier(ctx: Context, required: bool = True):
+    """The trained artifact classifier at --classifier, or None when absent and not required."""
+    path = Path(ctx.opts.get("classifier") or "artifix-classifier.pt")
+    if not path.exists():
+        if required:
+            raise UserError(f"no artifact classifier at {path}; train one with 'artifix classify train'.")
+        return None
+    from .classifier import ArtifactClassifier
+
+    return ArtifactClassifier.load(path)
+
+
+@command("demo", "the whole story on the bundled example: plant artifact units, review, score, approve, remove, measure",
+         {"run": ["out", "threads"]})
+def cmd_demo(ctx: Context) -> dict[str, Any]:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=Path(ctx.opts["out"] or "artifix-demo"))
+    summary = run_demo(cfg, ctx.say)
+    ctx.say(f"done in {summary['seconds']}s: report in {cfg.out}/report.md")
+    return summary

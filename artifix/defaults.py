@@ -73,10 +73,43 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "kid_subsets", 100, "KID: number of random subsets", int),
     Option("metrics", "kid_subset_size", 1000, "KID: subset size (clipped to the sample count)", int),
     Option("metrics", "fd_inf", False, "also extrapolate FD to infinite N (FID-inf)", _bool, flag=True),
+    Option("metrics", "metrics_seed", 0, "metrics seed: KID subsets, bootstrap resamples, SWD patches and directions", int),
+    Option("metrics", "real_n", None, "reference images to use (default: all of a folder or array; n for the example scenes)", int),
+    Option("metrics", "real_resize", False,
+           "resize a reference folder of mixed image sizes to its first image's size (PIL bicubic)", _bool, flag=True),
+    Option("metrics", "swd_n", 2048, "SWD: number of images per set (ProGAN used 16384; memory grows 75 KB per image and level)", int),
+    Option("metrics", "swd_bootstrap", 20, "SWD: bootstrap replicates for its interval (each costs about a fifth of an SWD)", int),
+    Option("metrics", "feature_batch", 32, "images per forward pass of the feature network", int),
+    Option("metrics", "torchscript_size", 224, "torchscript features: input size in pixels (0 = the images' own size)", int),
+    Option("metrics", "torchscript_range", "[0,1]", "torchscript features: input range '[0,1]', '[-1,1]' or '[0,255]'"),
+    # -- label store
+    Option("labels", "store", "artifix-labels.sqlite", "label store: a SQLite file or an SQLAlchemy URL (postgresql://...)"),
+    Option("labels", "reviewer", None, "reviewer name recorded with labels and decisions (default: $USER)"),
+    Option("labels", "approvers", None, "comma-separated reviewers allowed to approve unit removals (default: anyone)"),
+    # -- unit scoring
+    Option("score", "stats_n", 2000, "samples streamed for per-unit statistics (quantiles, firing rates, top-k)", int),
+    Option("score", "exact_top", 20, "units whose causal effect is measured by exact ablation", int),
+    Option("score", "top", 10, "units to show, propose for review and draw unit cards for", int),
+    Option("score", "collateral_weight", 1.0, "weight of the clean-sample pixel change subtracted from the causal effect", float),
+    Option("score", "rare_rate", 0.3, "firing rate at or below which a unit counts as rarely activated (cold-start prior)", float),
     # -- shared run settings
     Option("run", "out", None, "output folder"),
     Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data"),
     Option("run", "threads", 0, "torch CPU threads (0 = torch's default)", int),
+    # -- artifact classifier (artifix/classifier.py)
+    Option("classify", "backbone", "effnet-lite0", "classifier backbone with a spatial feature grid (for localisation maps)"),
+    Option("classify", "cv_folds", 5, "outer cross-validation folds (clipped to the smaller class count)", int),
+    Option("classify", "cv_seed", 0, "seed of the stratified fold split", int),
+    Option("classify", "inner_folds", 3, "inner cross-validation folds used to choose C", int),
+    Option("classify", "c_grid", "0.0001,0.001,0.01,0.1,1", "comma-separated inverse L2 strengths C to choose from"),
+    Option("classify", "candidates", "logreg,logreg+pixels",
+           "models to cross-validate; the first is the baseline, others are kept only if their CV AUC is higher by --min-gain"),
+    Option("classify", "min_gain", 0.005, "CV ROC-AUC an alternative model must gain over the baseline to be kept", float),
+    Option("classify", "decision_threshold", "f1",
+           "decision threshold on p(artifact): 'f1' or 'youden' (chosen on out-of-fold predictions) or a number"),
+    Option("classify", "calibration_bins", 5, "bins of the reliability (calibration) table", int),
+    Option("classify", "top_fraction", 0.1, "fraction of pixels of each localisation map kept as the pseudo artifact mask", float),
+    Option("classify", "review_k", 32, "number of samples in the review queue", int),
 )
 
 _BY_KEY: dict[tuple[str, str], Option] = {(o.section, o.name): o for o in OPTIONS}

@@ -12,6 +12,7 @@ CHECKPOINT = DATA_DIR / "dcgan_scenes.pt"
 NZ = 100
 NGF = 32
 NDF = 24
+LAYER = "main.8"  # default layer to diagnose: 64 units at 16x16, after the second-to-last ReLU block
 
 
 class Generator(nn.Module):

@@ -42,10 +42,11 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     return Path(path)
 
 
-def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blend a [0, 1] heat map (h, w), upsampled to the image size, over a uint8 HxWx3 image in red-yellow."""
+def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """Darken a uint8 HxWx3 image and light up a [0, 1] heat map (h, w, upsampled) in green-cyan over it."""
     h, w = image.shape[:2]
     hm = np.asarray(Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR), np.float32) / 255.0
-    colour = np.stack([np.ones_like(hm), hm, np.zeros_like(hm)], -1) * 255.0
-    a = (alpha * hm)[..., None]
+    colour = np.stack([np.zeros_like(hm), np.ones_like(hm), hm], -1) * 255.0
+    image = image.astype(np.float32) * 0.6
+    a = (alpha * np.sqrt(hm))[..., None]
     return np.clip(image.astype(np.float32) * (1 - a) + colour * a, 0, 255).astype(np.uint8)

@@ -1,0 +1,127 @@
+"""The end-to-end demo on the bundled example: plant artifact units, review, score, approve, remove, measure.
+
+Every step calls the same library functions as the CLI commands and the dashboard. The generator under
+diagnosis is the example GAN with K planted artifact units (a known ground truth), reviewed by a
+simulated reviewer who flags samples whose pixels the planted units changed and paints where.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+from .generator import LoadedGenerator, load_generator, sample
+from .images import grid, save_png
+from .io import write_json_atomic, write_text_atomic
+from .labels import LabelStore
+from .planted import plant_defects, simulate_reviewer
+from .scoring import recall_at_k, score_units, collect_stats
+from .report import table_markdown, unit_cards
+
+DEMO_REVIEWER = "demo-reviewer"
+DEMO_APPROVER = "demo-approver"
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo run (defaults keep it to a few minutes on 2 CPU cores)."""
+
+    out: Path = Path("artifix-demo")
+    layer: str = "main.8"
+    planted_units: tuple[int, ...] = (5, 17, 40)
+    seed: int = 0
+    scan: int = 400
+    n_flag: int = 30
+    n_clean: int = 30
+    stats_n: int = 2000
+    metrics_n: int = 1000
+    steps: list[str] = field(default_factory=list)
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print, metrics_fn: Callable[..., dict] | None = None) -> dict[str, Any]:
+    """Run the whole story and write pictures, tables and a report into cfg.out; returns the summary."""
+    t0 = time.time()
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    g = load_generator()
+    say(f"[1/6] example generator {g.fingerprint}: sampling a grid")
+    save_png(out / "samples.png", grid(sample(g, cfg.seed, 0, 64), scale=2))
+
+    say(f"[2/6] planting {len(cfg.planted_units)} artifact units in layer {cfg.layer} (ground truth {list(cfg.planted_units)})")
+    bad = plant_defects(g, list(cfg.planted_units))
+    save_png(out / "planted_samples.png", grid(sample(bad, cfg.seed, 0, 64), scale=2))
+
+    say(f"[3/6] simulated reviewer scans {cfg.scan} samples: flags up to {cfg.n_flag} with artifacts (painting them) and {cfg.n_clean} clean")
+    review = simulate_reviewer(g, bad, cfg.seed, cfg.scan, cfg.n_flag, cfg.n_clean)
+    store_path = out / "labels.sqlite"
+    store = LabelStore(str(store_path))
+    run_id = store.register_run(bad.fingerprint, [cfg.layer], cfg.seed, cfg.stats_n, meta={"demo": True}, image_size=(64, 64))
+    store.set_flags(run_id, {i: "artifact" for i in review.artifact}, DEMO_REVIEWER)
+    store.set_flags(run_id, {i: "clean" for i in review.clean}, DEMO_REVIEWER)
+    for i, m in review.masks.items():
+        store.set_mask(run_id, i, DEMO_REVIEWER, m)
+    counts = store.counts(run_id)
+
+    say(f"[4/6] scoring the {cfg.layer} units from {len(review.artifact)} flagged / {len(review.clean)} clean samples")
+    stats = collect_stats(bad, cfg.layer, cfg.seed, cfg.stats_n)
+    report = score_units(bad, cfg.layer, cfg.seed, stats, review.artifact, review.clean, review.masks)
+    table = report.table
+    k = len(cfg.planted_units)
+    ranking = [int(u) for u in table.unit]
+    recall = recall_at_k(ranking, list(cfg.planted_units))
+    rng = np.random.default_rng(cfg.seed)
+    random_units = [int(u) for u in rng.choice(stats.channels, k, replace=False)]
+    random_recall = recall_at_k(random_units, list(cfg.planted_units))
+    cols = ["rank", "unit", "combined", "causal", "iou", "auc", "firing_rate"]
+    write_text_atomic(out / "unit_scores.csv", table.to_csv(index=False))
+    unit_cards(bad, stats, ranking[:k + 2], cfg.seed, out / "cards")
+    top = table.head(k)
+    store.propose_units(run_id, [(cfg.layer, int(u)) for u in top.unit], "artifix", note="top of the ranking")
+
+    say(f"[5/6] approving the top {k} units as {DEMO_APPROVER} (recall@{k} of the planted units: {recall:.2f})")
+    for u in top.unit:
+        store.decide_unit(run_id, cfg.layer, int(u), "approved", DEMO_APPROVER, note="demo approval")
+    approved = [a.unit for a in store.approved_units(run_id)]
+
+    say("[6/6] before/after pictures" + (" and metrics" if metrics_fn else ""))
+    from .trace import Trace, ablation
+
+    ids = review.artifact[:8] + review.clean[:8]
+    from .scoring import _images
+
+    before = _images(bad, cfg.seed, ids)
+    with Trace(bad.module, edit={cfg.layer: ablation(approved)}):
+        after = _images(bad, cfg.seed, ids)
+    with Trace(bad.module, edit={cfg.layer: ablation(random_units)}):
+        control = _images(bad, cfg.seed, ids)
+    save_png(out / "before_after.png", grid(np.concatenate([before, after, control]), ncol=len(ids), scale=2))
+    metrics = metrics_fn(g, bad, cfg, approved, random_units) if metrics_fn else {}
+    store.close()
+    summary = {
+        "generator": g.fingerprint, "planted": bad.fingerprint, "layer": cfg.layer, "planted_units": list(cfg.planted_units),
+        "flagged": len(review.artifact), "clean": len(review.clean), "painted": len(review.masks), "label_counts": counts,
+        "ranking_top": ranking[: 2 * k], "recall_at_k": recall, "random_recall_at_k": random_recall, "random_units": random_units,
+        "approved": approved, "metrics": metrics, "seconds": round(time.time() - t0, 1),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    md = ["# artifix demo report", "",
+          f"Generator: bundled example `{g.fingerprint}` with {k} planted artifact units in `{cfg.layer}`: {list(cfg.planted_units)}.", "",
+          "## Samples", "", "Example GAN | with planted artifact units", "---|---", "![](samples.png) | ![](planted_samples.png)", "",
+          f"## Review: {len(review.artifact)} flagged (all painted), {len(review.clean)} clean", "",
+          f"## Ranked units (recall@{k} = {recall:.2f}; a random set of {k} units: {random_recall:.2f})", "",
+          table_markdown(table.head(2 * k).to_dict("records"), [c for c in cols if c in table]), "",
+          "Unit cards (top activating samples, plain and with the unit's map): " + ", ".join(f"[{u}](cards/unit_{cfg.layer}_{u}.png)" for u in ranking[:k]), "",
+          "## Before / after", "", "Rows: planted generator; approved units removed; random-unit control. "
+          "Left 8 columns: flagged samples, right 8: clean samples.", "", "![](before_after.png)", ""]
+    if metrics:
+        md += ["## Metrics", "", "```json", json.dumps(metrics, indent=2), "```", ""]
+    write_text_atomic(out / "report.md", "\n".join(md))
+    return summary
+
+
