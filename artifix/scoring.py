@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-COMBINED_WEIGHTS = {"causal": 0.4, "iou": 0.3, "auc": 0.3}
+COMBINED_WEIGHTS = {"causal": 0.6, "iou": 0.2, "auc": 0.2}  # interventional evidence counts most
 TOP_FRACTIONS = torch.logspace(-3, 0, 25)  # 0.1 % .. 100 %, as GAN Dissection's threshold search
 
 
@@ -303,19 +303,25 @@ def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, fla
         res = iou_iqr(acts, m, thr)
         comp["iou"] = res.iou
         extra["iqr"], extra["iou_threshold"] = res.iqr, res.threshold
-    candidates = list(range(c))
+    fr = stats.firing_rate().float()
+    extra["firing_rate"] = fr
+    extra["rarity"] = rarity_prior(fr, stats.max.float(), rare_rate)
+    # pre-ranking for exact ablation: a unit is a candidate when ANY cheap signal singles it out. First-order
+    # estimates alone miss units whose effect saturates the output (a Tanh at +-1 has no gradient).
+    pre_scores = [robust_z(v) for v in comp.values()] + [robust_z(extra["rarity"])]
     if score_fn is not None and flagged:
         fo = first_order_effect(g, layer, seed, flagged, score_fn)
         extra["first_order"] = fo
-        candidates = [int(u) for u in torch.argsort(fo, descending=True)[:exact_top]]
-    elif comp:
-        pre = combined_score(comp)
-        candidates = [int(u) for u in torch.argsort(pre, descending=True)[:exact_top]]
+        pre_scores.append(robust_z(fo))
+    pre = torch.stack(pre_scores).amax(0)
+    candidates = [int(u) for u in torch.argsort(pre, descending=True, stable=True)[:exact_top]]
     if flagged:
         ex = exact_effect(g, layer, seed, flagged, clean, candidates, prob_fn, masks)
         causal = torch.full((c,), float("nan"))
-        # the artifact score s: classifier probability when there is one, else the painted region's change
-        drop = ex["prob_drop"] if "prob_drop" in ex else ex["mask_change"] if "mask_change" in ex else ex["flagged_change"]
+        # the artifact score s: the change inside the artifact regions (painted, else pseudo masks) when there are any,
+        # else the classifier's probability drop; whole-image change is the last resort. The classifier's drop is
+        # always reported: pooled backbone features see small local artifacts poorly (see README), regions do not.
+        drop = ex["mask_change"] if "mask_change" in ex else ex["prob_drop"] if "prob_drop" in ex else ex["flagged_change"]
         causal[ex["unit"].to_numpy().copy()] = torch.tensor((drop - collateral_weight * ex["collateral"]).to_numpy().copy(), dtype=torch.float32)
         comp["causal"] = causal
         for col in ("prob_drop", "mask_change", "flagged_change", "collateral"):
@@ -323,9 +329,6 @@ def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, fla
                 v = torch.full((c,), float("nan"))
                 v[ex["unit"].to_numpy().copy()] = torch.tensor(ex[col].to_numpy().copy(), dtype=torch.float32)
                 extra[col] = v
-    fr = stats.firing_rate().float()
-    extra["firing_rate"] = fr
-    extra["rarity"] = rarity_prior(fr, stats.max.float(), rare_rate)
     extra["mean"] = stats.mean.float()
     if comp:
         combined = combined_score(comp)
