@@ -78,8 +78,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "real_resize", False,
            "resize a reference folder of mixed image sizes to its first image's size (PIL bicubic)", _bool, flag=True),
     Option("metrics", "swd_n", 2048, "SWD: number of images per set (ProGAN used 16384; memory grows 75 KB per image and level)", int),
-    Option("metrics", "swd_bootstrap", 20, "SWD: bootstrap replicates for its interval (each costs about a fifth of an SWD)", int),
-    Option("metrics", "feature_batch", 32, "images per forward pass of the feature network", int),
+    Option("metrics", "swd_bootstrap", 20, "SWD: bootstrap replicates for its interval (each costs about an eighth of an SWD)", int),
+    Option("metrics", "feature_batch", 8, "images per forward pass of the feature network (0 = auto: 4 per torch thread)", int),
     Option("metrics", "torchscript_size", 224, "torchscript features: input size in pixels (0 = the images' own size)", int),
     Option("metrics", "torchscript_range", "[0,1]", "torchscript features: input range '[0,1]', '[-1,1]' or '[0,255]'"),
     # -- label store
@@ -97,6 +97,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data"),
     Option("run", "threads", 0, "torch CPU threads (0 = torch's default)", int),
     # -- artifact classifier (artifix/classifier.py)
+    Option("classify", "classifier", "artifix-classifier.pt", "the artifact classifier file written by 'classify train'"),
     Option("classify", "backbone", "effnet-lite0", "classifier backbone with a spatial feature grid (for localisation maps)"),
     Option("classify", "cv_folds", 5, "outer cross-validation folds (clipped to the smaller class count)", int),
     Option("classify", "cv_seed", 0, "seed of the stratified fold split", int),

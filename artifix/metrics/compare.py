@@ -1,0 +1,372 @@
+"""Top-level metric computation: FD / KID / SWD (+ FD-inf) with bootstrap intervals, and paired comparisons.
+
+`compute_metrics(fake_batches, ...)` streams generator samples once: features (float64 moments, plus
+float32 rows when KID, bootstrap or FD-inf need them) and the SWD sample, then compares them with the
+reference. `paired_compare(batches_a, batches_b, ...)` does the same for two sample sets drawn on the
+same seeds (before / after a repair) and reports b - a with a paired bootstrap interval: both sets are
+resampled with the same sample indices, so the noise common to both (which seeds were drawn) cancels.
+
+Intervals (every metric, `confidence` level): value +- z * se, where se is the standard deviation of
+seeded bootstrap replicates over generated samples (the reference is held fixed). The estimate, not the
+replicates' mean, is the centre: resampling with replacement duplicates samples, which biases FD and
+SWD replicates upwards (FD_N falls with N), so percentile intervals would sit beside the estimate.
+- FD: `bootstrap` replicates, each one symmetric eigenvalue problem (see FDReference).
+- KID: the value is the subset protocol's mean (with its std over subsets); se comes from replicates of
+  the full-sample unbiased MMD^2 (same resamples as FD), which estimates the same quantity.
+- SWD: `swd_bootstrap` replicates over the SWD images (exactly re-normalised, 128 of the 512 directions).
+- FD-inf: a point estimate with its fit, no interval.
+In a paired comparison the replicates of b - a use the same resample for a and b.
+Metric names carry the protocol: fd_effnetl0_2k, fid_inception_50k, kid_effnetl0_2k, swd_2k, fd_effnetl0_inf.
+Memory: features N x d x 4 bytes per set (2k x 1280: 10 MB); SWD: see `swd.py` (at most 226 KB per image
+at 64 px); bootstrap counts N x B x 8 bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from statistics import NormalDist
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .. import defaults
+from ..errors import UserError
+from .fd import FDReference, Moments, fd_inf as _fd_inf
+from .features import Extractor, as_uint8_nhwc, get_extractor
+from .kid import KIDPlan, RealKernelTerms, kid_terms
+from .reference import RealStats, load_real
+from .swd import SWDSet, swd_compare
+
+METRICS = ("fd", "kid", "swd")
+_ALIASES = {"fid": "fd", "fd": "fd", "kid": "kid", "swd": "swd"}
+
+
+def _opt(value: Any, name: str) -> Any:
+    return defaults.get("metrics", name) if value is None else value
+
+
+def parse_metrics(metrics: str | Sequence[str] | None) -> list[str]:
+    """'fd,kid,swd' (or a list) -> validated, de-duplicated metric names in canonical order."""
+    metrics = _opt(metrics, "metrics")
+    items = [m.strip().lower() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if str(m).strip()]
+    bad = [m for m in items if m not in _ALIASES]
+    if bad or not items:
+        raise UserError(f"Unknown metric {bad[0]!r}; valid metrics: {', '.join(METRICS)}." if bad
+                        else f"No metrics requested; valid metrics: {', '.join(METRICS)}.")
+    chosen = {_ALIASES[m] for m in items}
+    return [m for m in METRICS if m in chosen]
+
+
+def format_n(n: int) -> str:
+    """Sample count as it appears in metric names: 500, 2k, 1.5k, 10k, 50k, 2048."""
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    if n >= 1000 and n % 100 == 0:
+        return f"{n / 1000:g}k"
+    return str(n)
+
+
+def metric_name(metric: str, tag: str, n: int | str) -> str:
+    """fd_<tag>_<N> (fid_inception_<N> for the Inception network), kid_<tag>_<N>, swd_<N>."""
+    nn = n if isinstance(n, str) else format_n(n)
+    if metric == "swd":
+        return f"swd_{nn}"
+    if metric == "fd" and tag == "inception":
+        return f"fid_inception_{nn}"
+    return f"{metric}_{tag}_{nn}"
+
+
+# --------------------------------------------------------------------------------------------- sample streams
+
+
+class FakeSamples:
+    """What the metrics need from one stream of generated images, collected in one pass."""
+
+    def __init__(self, extractor: Extractor, keep_features: bool, swd_n: int, seed: int) -> None:
+        self.extractor = extractor
+        self.moments: Moments | None = None
+        self._feats: list[np.ndarray] = []
+        self.keep = keep_features
+        self.swd = SWDSet(seed, swd_n) if swd_n > 0 else None
+
+    @property
+    def n(self) -> int:
+        return 0 if self.moments is None else self.moments.n
+
+    @property
+    def features(self) -> np.ndarray:
+        return np.concatenate(self._feats) if self._feats else np.zeros((0, self.extractor.dim), np.float32)
+
+    def consume(self, batches: Iterable[Any], n: int | None, progress: Callable[[str], None] | None, label: str) -> None:
+        for b in batches:
+            if n is not None and self.n >= n:
+                break
+            b = as_uint8_nhwc(b, what="generated images")
+            if n is not None:
+                b = b[: n - self.n]
+            f = self.extractor(b)
+            if self.moments is None:
+                self.moments = Moments(f.shape[1])
+            self.moments.update(f)
+            if self.keep:
+                self._feats.append(f.astype(np.float32))
+            if self.swd is not None:
+                self.swd.add(b)
+            if progress:
+                progress(f"{label}: {self.n}" + (f"/{n}" if n else "") + " images")
+        if self.n < 2:
+            raise UserError(f"Metrics need at least 2 {label}, got {self.n}.")
+        if n is not None and self.n < n:
+            raise UserError(f"Asked for metrics on n={n} {label} but the stream ended after {self.n}.")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _counts(n: int, replicates: int, seed: int, stream: int) -> np.ndarray:
+    """(n, B) bootstrap counts: column b counts how often each index is drawn in resample b."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0xB007, stream]))
+    out = np.zeros((n, replicates), np.int64)
+    for b in range(replicates):
+        out[:, b] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+    return out
+
+
+def _normal_ci(value: float, reps: np.ndarray, confidence: float) -> tuple[list[float] | None, float | None]:
+    """value +- z * (standard deviation of the bootstrap replicates); (None, None) without replicates."""
+    if reps.size < 2:
+        return None, None
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    se = float(np.std(reps, ddof=1))
+    return [value - z * se, value + z * se], se
+
+
+def _check_confidence(confidence: float, bootstrap: int, swd_bootstrap: int) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise UserError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}.")
+    if bootstrap < 0 or swd_bootstrap < 0:
+        raise UserError("bootstrap and swd_bootstrap must be >= 0 (0 = no interval).")
+
+
+class _Setup:
+    """Options resolved against the defaults table, the extractor and the reference statistics."""
+
+    def __init__(self, *, real: Any, n: int | None, metrics: Any, features: Any, seed: Any, bootstrap: Any,
+                 confidence: Any, kid_subsets: Any, kid_subset_size: Any, fd_inf: Any, inception_weights: Any,
+                 real_n: Any, real_resize: Any, swd_n: Any, swd_bootstrap: Any, cache: Any, feature_batch: Any,
+                 progress: Callable[[str], None] | None) -> None:
+        self.metrics = parse_metrics(metrics)
+        self.seed = int(_opt(seed, "metrics_seed"))
+        self.bootstrap = int(_opt(bootstrap, "bootstrap"))
+        self.confidence = float(_opt(confidence, "confidence"))
+        self.kid_subsets = int(_opt(kid_subsets, "kid_subsets"))
+        self.kid_subset_size = int(_opt(kid_subset_size, "kid_subset_size"))
+        self.fd_inf = bool(_opt(fd_inf, "fd_inf")) and "fd" in self.metrics
+        self.swd_n = int(_opt(swd_n, "swd_n")) if "swd" in self.metrics else 0
+        self.swd_bootstrap = int(_opt(swd_bootstrap, "swd_bootstrap"))
+        self.real, self.real_n, self.real_resize, self.cache = real, real_n, real_resize, cache
+        self.n = None if n is None else int(n)
+        _check_confidence(self.confidence, self.bootstrap, self.swd_bootstrap)
+        if self.kid_subsets < 1 or self.kid_subset_size < 2:
+            raise UserError("KID needs kid_subsets >= 1 and kid_subset_size >= 2.")
+        if "swd" in self.metrics and self.swd_n < 1:
+            raise UserError(f"swd_n must be a positive number of images, got {self.swd_n}.")
+        self.progress = progress
+        self.extractor = get_extractor(_opt(features, "features"), batch=feature_batch,
+                                       inception_weights=_opt(inception_weights, "inception_weights"))
+        self.keep = "kid" in self.metrics or self.bootstrap > 0 or self.fd_inf
+
+    def fake(self) -> FakeSamples:
+        return FakeSamples(self.extractor, self.keep, self.swd_n, self.seed)
+
+    def reference(self, n_fake: int) -> RealStats:
+        real_n = _opt(self.real_n, "real_n")
+        if real_n is None and self.real is None:
+            real_n = n_fake
+        stats = load_real(self.real, self.extractor, n=None if real_n is None else int(real_n), cache=self.cache,
+                          swd_n=self.swd_n if "swd" in self.metrics else 0, resize=self.real_resize,
+                          progress=self.progress)
+        if "kid" in self.metrics and stats.features is None:
+            raise UserError("The reference statistics file holds no features, so KID cannot be computed; "
+                            "recompute it or drop 'kid' from --metrics.")
+        if "swd" in self.metrics and (stats.swd is None or stats.swd.n == 0):
+            raise UserError("The reference statistics file holds no SWD sample; recompute it or drop 'swd' from --metrics.")
+        if stats.moments.dim != (self.extractor.dim or stats.moments.dim):
+            raise UserError("The reference statistics have a different feature dimension than the extractor; recompute them.")
+        return stats
+
+    def base(self, n: int, real: RealStats, name: str) -> dict[str, Any]:
+        out = {"n": n, "n_real": real.n, "confidence": self.confidence}
+        if not name.startswith("swd"):
+            out["features"] = self.extractor.tag
+        return out
+
+
+def _say(progress: Callable[[str], None] | None, msg: str) -> None:
+    if progress:
+        progress(msg)
+
+
+# --------------------------------------------------------------------------------------------- per metric
+
+
+def _fd_block(sets: list[FakeSamples], real: RealStats, counts: np.ndarray) -> tuple[list[float], np.ndarray]:
+    ref = FDReference.of(real.moments)
+    values = [ref.distance(s.moments.mean, s.moments.cov) for s in sets]
+    reps = np.zeros((len(sets), counts.shape[1]))
+    if counts.shape[1]:
+        for k, s in enumerate(sets):
+            p = ref.prepare(s.features)
+            reps[k] = [ref.weighted_distance(p, counts[:, b]) for b in range(counts.shape[1])]
+    return values, reps
+
+
+def _kid_block(sets: list[FakeSamples], real: RealStats, counts: np.ndarray, st: _Setup):
+    n = sets[0].n
+    plan = KIDPlan.make(n, real.features.shape[0], st.kid_subsets, st.kid_subset_size, st.seed)
+    rterms = RealKernelTerms.compute(real.features, plan)
+    out = [kid_terms(s.features, real.features, plan, rterms, counts) for s in sets]
+    return plan, [o[0] for o in out], np.stack([o[1] for o in out])
+
+
+def _run(st: _Setup, sets: list[FakeSamples]) -> tuple[dict[str, Any], RealStats]:
+    """Compute every requested metric for each set; returns {name: [per-set dict]} and the reference."""
+    n = sets[0].n
+    real = st.reference(n)
+    if "swd" in st.metrics:  # fail before the expensive parts when SWD cannot be computed
+        shapes = {s.swd.shape for s in sets} | {real.swd.shape}
+        if len(shapes) != 1:
+            sizes = " vs ".join(f"{h}x{w}" for h, w in sorted(shapes))
+            raise UserError(f"SWD compares images of one size, but generated and reference images are {sizes}; "
+                            "use a reference of the generator's size or drop 'swd' from --metrics.")
+    counts = _counts(n, st.bootstrap, st.seed, 0) if st.bootstrap > 0 else np.zeros((n, 0), np.int64)
+    tag = st.extractor.tag
+    out: dict[str, Any] = {}
+    if "fd" in st.metrics:
+        _say(st.progress, "Frechet distance" + (f" + {st.bootstrap} bootstrap replicates" if st.bootstrap else ""))
+        values, reps = _fd_block(sets, real, counts)
+        out[metric_name("fd", tag, n)] = [
+            {"value": values[k], "reps": reps[k], "ci_method": "bootstrap-se", "bootstrap": st.bootstrap}
+            for k in range(len(sets))]
+        if st.fd_inf:
+            ref = FDReference.of(real.moments)
+            out[metric_name("fd", tag, "inf")] = [
+                {**_fd_inf(s.features, ref, seed=st.seed), "reps": np.zeros(0), "ci_method": None} for s in sets]
+    if "kid" in st.metrics:
+        _say(st.progress, f"KID: {st.kid_subsets} subsets")
+        plan, subsets, reps = _kid_block(sets, real, counts, st)
+        out[metric_name("kid", tag, n)] = [
+            {"value": float(subsets[k].mean()), "std": float(subsets[k].std()), "subsets": st.kid_subsets,
+             "subset_size": plan.size, "subset_values": subsets[k], "reps": reps[k],
+             "ci_method": "bootstrap-se-full-sample", "bootstrap": st.bootstrap} for k in range(len(sets))]
+    if "swd" in st.metrics:
+        n_swd = min([real.swd.n] + [s.swd.n for s in sets])
+        _say(st.progress, f"SWD on {n_swd} images" + (f" + {st.swd_bootstrap} bootstrap replicates" if st.swd_bootstrap else ""))
+        sc = _counts(n_swd, st.swd_bootstrap, st.seed, 1) if st.swd_bootstrap else None
+        res = swd_compare([s.swd for s in sets], real.swd, st.seed, sc)
+        out[metric_name("swd", tag, n_swd)] = [
+            {"value": r["value"], "levels": r["levels"], "n_swd": r["n"], "reps": r["boot"],
+             "ci_method": "bootstrap-se", "bootstrap": st.swd_bootstrap} for r in res]
+    return out, real
+
+
+_OPTS_DOC = """
+    real: reference (folder, .npz/.npy uint8 array, statistics .npz, RealStats) or None for the example's
+        scenes; n: number of generated images to use (default: the whole stream); metrics: 'fd,kid,swd';
+    features: feature space name or an Extractor; seed: metrics seed (KID subsets, bootstrap, SWD patches
+        and directions); bootstrap / swd_bootstrap: replicates (0 = no interval); confidence: e.g. 0.95;
+    real_n: reference images (default: all of a folder/array, n for the scenes); real_resize: resize a
+        mixed-size folder to its first image's size; swd_n: images used for SWD; cache: cache folder;
+    progress: optional callable receiving one-line status messages (for stderr).
+"""
+
+
+def compute_metrics(fake_batches: Iterable[Any], *, real: Any = None, n: int | None = None, metrics: Any = None,
+                    features: Any = None, seed: int | None = None, bootstrap: int | None = None,
+                    confidence: float | None = None, kid_subsets: int | None = None,
+                    kid_subset_size: int | None = None, fd_inf: bool | None = None,
+                    inception_weights: str | os.PathLike | None = None, real_n: int | None = None,
+                    real_resize: bool | None = None, swd_n: int | None = None, swd_bootstrap: int | None = None,
+                    cache: str | os.PathLike | None = None, feature_batch: int | None = None,
+                    progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Metrics of generated uint8 image batches against a reference; JSON-able.
+
+    Returns {metric name: {"value", "ci": [lo, hi] or None, "n", "n_real", "confidence", "features",
+    "ci_method", ...}}; KID adds "std" (over subsets), SWD "levels" (1e3 x SWD per pyramid level),
+    FD-inf "slope", "ns", "fds", "r2".
+    """
+    st = _Setup(real=real, n=n, metrics=metrics, features=features, seed=seed, bootstrap=bootstrap,
+                confidence=confidence, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, fd_inf=fd_inf,
+                inception_weights=inception_weights, real_n=real_n, real_resize=real_resize, swd_n=swd_n,
+                swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress)
+    fake = st.fake()
+    fake.consume(fake_batches, st.n, progress, "generated images")
+    raw, real = _run(st, [fake])
+    out: dict[str, dict[str, Any]] = {}
+    for name, (entry,) in raw.items():
+        reps = entry.pop("reps")
+        entry.pop("subset_values", None)
+        e = {"value": float(entry.pop("value")), **st.base(fake.n, real, name), **entry}
+        e["ci"], e["se"] = _normal_ci(e["value"], reps, st.confidence) if e.get("ci_method") else (None, None)
+        out[name] = e
+    return out
+
+
+compute_metrics.__doc__ += _OPTS_DOC  # type: ignore[operator]
+
+
+def paired_compare(batches_a: Iterable[Any], batches_b: Iterable[Any], *, real: Any = None, n: int | None = None,
+                   metrics: Any = None, features: Any = None, seed: int | None = None, bootstrap: int | None = None,
+                   confidence: float | None = None, kid_subsets: int | None = None,
+                   kid_subset_size: int | None = None, fd_inf: bool | None = None,
+                   inception_weights: str | os.PathLike | None = None, real_n: int | None = None,
+                   real_resize: bool | None = None, swd_n: int | None = None, swd_bootstrap: int | None = None,
+                   cache: str | os.PathLike | None = None, feature_batch: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Compare two sample sets drawn on the same seeds (a = before, b = after) against one reference.
+
+    Sample i of a and sample i of b must come from the same seed. Returns per metric
+    {"a", "b", "diff" (= b - a; negative means b is closer to the reference), "ci" (interval of the
+    difference, paired bootstrap: both sets resampled with the same indices), "ci_a", "ci_b",
+    "significant" (the interval excludes 0 beyond float round-off), "p_b_better" (fraction of replicates with b < a), "n", ...}.
+    """
+    st = _Setup(real=real, n=n, metrics=metrics, features=features, seed=seed, bootstrap=bootstrap,
+                confidence=confidence, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, fd_inf=fd_inf,
+                inception_weights=inception_weights, real_n=real_n, real_resize=real_resize, swd_n=swd_n,
+                swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress)
+    st.keep = True
+    a, b = st.fake(), st.fake()
+    a.consume(batches_a, st.n, progress, "images of set a")
+    b.consume(batches_b, st.n, progress, "images of set b")
+    if a.n != b.n:
+        raise UserError(f"A paired comparison needs as many images in both sets (same seeds); got {a.n} and {b.n}.")
+    raw, real = _run(st, [a, b])
+    out: dict[str, dict[str, Any]] = {}
+    for name, (ea, eb) in raw.items():
+        va, vb = float(ea["value"]), float(eb["value"])
+        ra, rb = ea.pop("reps"), eb.pop("reps")
+        if "subset_values" in ea:  # KID: the same subsets for both sets, so the difference is paired too
+            diff = float((eb.pop("subset_values") - ea.pop("subset_values")).mean())
+        else:
+            diff = vb - va
+        rd = rb - ra
+        e: dict[str, Any] = {"a": va, "b": vb, "diff": diff, **st.base(a.n, real, name)}
+        for k in ("ci_method", "bootstrap", "subsets", "subset_size", "n_swd", "ns"):
+            if k in ea:
+                e[k] = ea[k]
+        if "std" in ea:
+            e["std_a"], e["std_b"] = ea["std"], eb["std"]
+        if "levels" in ea:
+            e["levels_a"], e["levels_b"] = ea["levels"], eb["levels"]
+        has_ci = bool(e.get("ci_method"))
+        e["ci"], e["se"] = _normal_ci(diff, rd, st.confidence) if has_ci else (None, None)
+        e["ci_a"] = _normal_ci(va, ra, st.confidence)[0] if has_ci else None
+        e["ci_b"] = _normal_ci(vb, rb, st.confidence)[0] if has_ci else None
+        tol = 1e-9 * max(abs(va), abs(vb))  # float round-off (e.g. other batch splits) is not a difference
+        e["significant"] = bool(e["ci"] is not None and (e["ci"][0] > tol or e["ci"][1] < -tol))
+        e["p_b_better"] = float((rd < 0).mean()) if rd.size else None
+        out[name] = e
+    return out
+
+
+paired_compare.__doc__ += _OPTS_DOC  # type: ignore[operator]

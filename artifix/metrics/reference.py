@@ -1,0 +1,341 @@
+"""Reference ("real") data for the metrics: image folders, image arrays, statistics files, the example scenes.
+
+`load_real(real, extractor, ...)` returns `RealStats`: float64 feature moments (FD), the float32
+features themselves (KID) and an SWD sample. Sources:
+
+- None: the bundled example's procedural scenes, `scenes.render(seed=2, ...)` (seed 1 is the GAN's
+  training stream, so the reference is held out), rendered on demand;
+- a folder of .png/.jpg/.jpeg/.bmp/.webp images (searched recursively, sorted by relative path, converted
+  to RGB); all images must have one size unless `real_resize` is set (then each is resized to the first
+  image's size with PIL bicubic);
+- a .npz (or .npy) uint8 array, NHWC or NCHW (a .npz with several arrays must name it `images`);
+- a statistics .npz written by `save_stats` (or found in the cache): used as is.
+
+Statistics are cached in `<cache>/metrics/real-<key>.npz`, written atomically, where key is a SHA-256
+of the data's content (pixels of rendered scenes, bytes of every file, bytes of the array) + the
+extractor's fingerprint (network, weights hash, resize filter, preprocessing version) + the sample
+count and SWD settings; never a user-chosen name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .. import defaults
+from ..errors import UserError
+from ..io import atomic_path, sha256_json
+from .features import Extractor, as_uint8_nhwc
+from .fd import Moments
+from .swd import SWDSet
+
+STATS_VERSION = 1
+STATS_KEY = "artifix_stats"
+REAL_SCENES_SEED = 2  # the example GAN trains on stream 1; stream 2 is held out as the reference
+REAL_PATCH_SEED = 0  # SWD patch centres of reference images (fixed, so cached descriptors stay valid)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+BATCH = 64
+
+
+def cache_dir(cache: str | os.PathLike | None = None) -> Path:
+    """The cache folder: `cache`, else $ARTIFIX_CACHE, else the `cache` option (relative to the working dir)."""
+    return Path(cache or os.environ.get("ARTIFIX_CACHE") or defaults.get("run", "cache")).expanduser()
+
+
+@dataclass
+class RealStats:
+    """Reference statistics in one feature space."""
+
+    moments: Moments
+    features: np.ndarray | None  # float32 (M, d): KID
+    swd: SWDSet | None
+    fingerprint: dict[str, Any]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.moments.n
+
+    @property
+    def tag(self) -> str:
+        return str(self.fingerprint.get("tag", ""))
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class Source:
+    """Where reference images come from: a description, a content hash, and a batch iterator."""
+
+    describe: dict[str, Any]
+    content: Callable[[], str]
+    batches: Callable[[], Iterator[np.ndarray]]
+    count: int
+
+
+def _scenes_source(n: int) -> Source:
+    from .. import scenes
+
+    def batches() -> Iterator[np.ndarray]:
+        for b in scenes.stream(REAL_SCENES_SEED, n, 256):
+            yield b.images
+
+    def content() -> str:
+        h = hashlib.sha256()
+        for b in batches():
+            h.update(b.tobytes())
+        return h.hexdigest()
+
+    return Source({"kind": "scenes", "seed": REAL_SCENES_SEED, "n": n}, content, batches, n)
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """The uint8 image array inside a .npy/.npz file (UserError when unreadable or not an image array)."""
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.files)
+                if not keys:
+                    raise UserError(f"{path} holds no arrays; save images with np.savez(path, images=uint8_array).")
+                key = "images" if "images" in keys else keys[0] if len(keys) == 1 else None
+                if key is None:
+                    raise UserError(f"{path} holds several arrays ({', '.join(keys[:6])}); name the image array 'images'.")
+                arr = z[key]
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise UserError(f"{path} is not a readable .npy/.npz file (truncated or corrupt: {type(e).__name__}); "
+                        "re-create it with np.savez(path, images=uint8_array).") from None
+    return arr
+
+
+def _array_source(path: Path, n: int | None) -> Source:
+    arr = _load_array(path)
+    if arr.ndim != 4:
+        raise UserError(f"{path} must hold images as a 4-D uint8 array (N, H, W, C) or (N, C, H, W); got shape {arr.shape}.")
+    if arr.dtype != np.uint8:
+        raise UserError(f"{path} holds {arr.dtype} values; the reference array must be uint8 in [0, 255].")
+    count = arr.shape[0] if n is None else min(n, arr.shape[0])
+    as_uint8_nhwc(arr[:1], what=str(path))  # validates the layout early
+
+    def batches() -> Iterator[np.ndarray]:
+        for s in range(0, count, BATCH):
+            yield as_uint8_nhwc(np.asarray(arr[s : s + BATCH]), what=str(path))
+
+    def content() -> str:
+        h = hashlib.sha256(json.dumps([list(arr.shape), str(arr.dtype)]).encode())
+        for s in range(0, count, 1024):
+            h.update(np.ascontiguousarray(arr[s : s + 1024]).tobytes())
+        return h.hexdigest()
+
+    return Source({"kind": "array", "path": str(path), "n": count}, content, batches, count)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS),
+                   key=lambda p: p.relative_to(folder).as_posix())
+    if not files:
+        others = sum(1 for p in folder.rglob("*") if p.is_file())
+        raise UserError(f"No images ({'/'.join(IMAGE_EXTS)}) in the reference folder {folder}"
+                        + (f" (it holds {others} other files)." if others else " (it is empty)."))
+    return files
+
+
+def _open_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), resample=Image.BICUBIC)
+            return np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{path} is not a readable image ({type(e).__name__}); remove it from the reference folder.") from None
+
+
+def _folder_source(folder: Path, n: int | None, resize: bool) -> Source:
+    files = _image_files(folder)
+    if n is not None:
+        files = files[:n]
+    sizes: dict[tuple[int, int], Path] = {}
+    for p in files:  # headers only: cheap, and catches bad files and mixed sizes before any extraction
+        try:
+            with Image.open(p) as im:
+                hw = (im.size[1], im.size[0])
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise UserError(f"{p} is not a readable image ({type(e).__name__}); remove it from the reference folder.") from None
+        if hw not in sizes:
+            sizes[hw] = p
+            if len(sizes) > 1 and not resize:
+                (h0, w0), p0 = next(iter(sizes.items()))
+                raise UserError(f"Reference images differ in size: {p0} is {w0}x{h0} but {p} is {hw[1]}x{hw[0]}; "
+                                "make them one size or pass --real-resize to resize all to the first image's size.")
+    target = next(iter(sizes)) if resize else None
+
+    def batches() -> Iterator[np.ndarray]:
+        for s in range(0, len(files), BATCH):
+            yield np.stack([_open_rgb(p, target) for p in files[s : s + BATCH]])
+
+    def content() -> str:
+        h = hashlib.sha256(json.dumps({"resize_to": target}).encode())
+        for p in files:
+            h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+        return h.hexdigest()
+
+    return Source({"kind": "folder", "path": str(folder), "n": len(files), "resized": bool(resize and len(sizes) > 1)},
+                  content, batches, len(files))
+
+
+def _is_stats_file(path: Path) -> bool:
+    if path.suffix.lower() != ".npz":
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return STATS_KEY + ".npy" in z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False  # _load_array reports the corruption
+
+
+# --------------------------------------------------------------------------------------------- statistics files
+
+
+def save_stats(path: str | os.PathLike, stats: RealStats) -> None:
+    """Write reference statistics to an .npz file atomically (moments, features, SWD sample, fingerprint)."""
+    arrays: dict[str, np.ndarray] = {STATS_KEY: np.array(STATS_VERSION, np.int64),
+                                     "fingerprint": np.array(json.dumps(stats.fingerprint, sort_keys=True)),
+                                     "source": np.array(json.dumps(stats.source, sort_keys=True, default=str)),
+                                     **stats.moments.to_arrays()}
+    if stats.features is not None:
+        arrays["features"] = np.asarray(stats.features, np.float32)
+    if stats.swd is not None:
+        arrays.update(stats.swd.to_arrays())
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load_stats(path: str | os.PathLike) -> RealStats:
+    """Read a statistics file written by `save_stats` (UserError when truncated, corrupt or not ours)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if STATS_KEY not in z.files:
+                raise UserError(f"{path} is not an artifix statistics file.")
+            if int(z[STATS_KEY]) != STATS_VERSION:
+                raise UserError(f"{path} is an artifix statistics file of version {int(z[STATS_KEY])}; "
+                                f"this artifix reads version {STATS_VERSION}: recompute it.")
+            files = set(z.files)
+            stats = RealStats(
+                moments=Moments.from_arrays(z),
+                features=np.asarray(z["features"]) if "features" in files else None,
+                swd=SWDSet.from_arrays(z) if "swd_meta" in files else None,
+                fingerprint=json.loads(str(z["fingerprint"])),
+                source=json.loads(str(z["source"])),
+            )
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise UserError(f"{path} is not a readable artifix statistics file (truncated or corrupt: {type(e).__name__}); "
+                        "delete it and recompute.") from None
+    return stats
+
+
+def _check_fingerprint(stats: RealStats, extractor: Extractor, path: Path) -> None:
+    want = extractor.fingerprint()
+    got = stats.fingerprint
+    if got.get("tag") != want["tag"]:
+        raise UserError(f"{path} holds statistics in feature space '{got.get('name', got.get('tag'))}', not "
+                        f"'{extractor.name}'; pass --features {got.get('name', got.get('tag'))} or recompute the statistics.")
+    diffs = [k for k in ("weights_sha256", "resize", "preprocess", "size", "range") if got.get(k) != want.get(k)]
+    if diffs:
+        raise UserError(f"{path} was computed with different {', '.join(diffs)} for '{extractor.name}' features; "
+                        "recompute the statistics with this version.")
+
+
+# --------------------------------------------------------------------------------------------- main entry
+
+
+def compute_stats(batches: Iterator[np.ndarray], extractor: Extractor, *, features: bool = True,
+                  swd_n: int = 0, swd_seed: int = REAL_PATCH_SEED,
+                  progress: Callable[[str], None] | None = None) -> RealStats:
+    """Statistics of a stream of uint8 image batches in `extractor`'s feature space."""
+    moments = Moments(extractor.dim) if extractor.dim else None
+    feats: list[np.ndarray] = []
+    swd = SWDSet(swd_seed, swd_n) if swd_n > 0 else None
+    for b in batches:
+        b = as_uint8_nhwc(b)
+        f = extractor(b)
+        if moments is None:
+            moments = Moments(f.shape[1])
+        moments.update(f)
+        if features:
+            feats.append(f.astype(np.float32))
+        if swd is not None:
+            swd.add(b)
+        if progress:
+            progress(f"reference features: {moments.n}")
+    if moments is None or moments.n == 0:
+        raise UserError("The reference data holds no images.")
+    return RealStats(moments, np.concatenate(feats) if features else None, swd, extractor.fingerprint())
+
+
+def load_real(real: str | os.PathLike | RealStats | None, extractor: Extractor, *, n: int | None = None,
+              cache: str | os.PathLike | None = None, swd_n: int | None = None, resize: bool | None = None,
+              use_cache: bool = True, progress: Callable[[str], None] | None = None) -> RealStats:
+    """Reference statistics for `real` in `extractor`'s feature space, from the cache when possible.
+
+    n: how many reference images (default: all of a folder/array; required for the default scenes).
+    swd_n: how many reference images to keep for SWD (default: the `swd_n` option; 0 = none).
+    """
+    if isinstance(real, RealStats):
+        return real
+    swd_n = int(defaults.get("metrics", "swd_n") if swd_n is None else swd_n)
+    resize = bool(defaults.get("metrics", "real_resize") if resize is None else resize)
+    if real is None or str(real) == "":
+        if n is None:
+            n = int(defaults.get("sample", "n"))
+        if n < 2:
+            raise UserError(f"The reference needs at least 2 images, got real_n={n}.")
+        src = _scenes_source(int(n))
+    else:
+        path = Path(real).expanduser()
+        if not path.exists():
+            raise UserError(f"Reference data not found: {path} (give an image folder, a .npz/.npy uint8 array or a statistics .npz).")
+        if path.is_dir():
+            src = _folder_source(path, n, resize)
+        elif _is_stats_file(path):
+            stats = load_stats(path)
+            _check_fingerprint(stats, extractor, path)
+            stats.source.setdefault("path", str(path))
+            return stats
+        elif path.suffix.lower() in (".npz", ".npy"):
+            src = _array_source(path, n)
+        else:
+            raise UserError(f"Reference {path} is neither a folder of images, a .npz/.npy array nor a statistics .npz.")
+    key = sha256_json({"data": src.content(), "n": src.count, "features": extractor.fingerprint(),
+                       "swd": {"n": swd_n, "seed": REAL_PATCH_SEED}, "version": STATS_VERSION})
+    path = cache_dir(cache) / "metrics" / f"real-{key[:24]}.npz"
+    if use_cache and path.is_file():
+        try:
+            stats = load_stats(path)
+            stats.source = {**src.describe, "cache": str(path)}
+            return stats
+        except UserError:
+            pass  # a damaged cache entry is recomputed and replaced
+    stats = compute_stats(src.batches(), extractor, features=True, swd_n=swd_n, progress=progress)
+    stats.source = dict(src.describe)
+    if use_cache:
+        save_stats(path, stats)
+        stats.source["cache"] = str(path)
+    return stats

@@ -1,0 +1,173 @@
+"""Feature extractors: registry, input handling, resize, EfficientNet-Lite0, FID Inception weights, TorchScript."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from artifix import scenes
+from artifix.errors import UserError
+from artifix.metrics import features as FE
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """EfficientNet on 1 thread: on shared CPUs (the CI box runs a training job) 2 threads were 3-4x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def imgs():
+    return scenes.render(1, 0, 6).images
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(UserError) as e:
+        FE.get_extractor("resnet50")
+    msg = str(e.value)
+    assert "resnet50" in msg and "effnet-lite0" in msg and "inception" in msg and "torchscript:PATH" in msg
+    with pytest.raises(UserError, match="needs a path"):
+        FE.get_extractor("torchscript:")
+
+
+def test_input_layouts_and_errors(imgs):
+    nchw = imgs.transpose(0, 3, 1, 2)
+    assert np.array_equal(FE.as_uint8_nhwc(nchw), imgs)
+    assert np.array_equal(FE.as_uint8_nhwc(torch.from_numpy(nchw)), imgs)
+    grey = FE.as_uint8_nhwc(imgs[..., :1])
+    assert grey.shape == imgs.shape and np.array_equal(grey[..., 2], imgs[..., 0])
+    assert np.array_equal(FE.as_uint8_nhwc(np.concatenate([imgs, imgs[..., :1]], -1)), imgs)  # alpha dropped
+    with pytest.raises(UserError, match="uint8"):
+        FE.as_uint8_nhwc(imgs.astype(np.float32))
+    with pytest.raises(UserError, match="4-D"):
+        FE.as_uint8_nhwc(imgs[0])
+
+
+def test_resize_is_pil_bicubic_per_channel_in_float(imgs):
+    out = FE.resize_uint8(imgs[:2], 100)
+    assert out.shape == (2, 3, 100, 100) and out.dtype == np.float32
+    ch = Image.fromarray(imgs[1, :, :, 2].astype(np.float32), mode="F").resize((100, 100), Image.BICUBIC)
+    assert np.allclose(out[1, 2], np.clip(np.asarray(ch), 0, 255))
+    assert out.min() >= 0 and out.max() <= 255
+    same = FE.resize_uint8(imgs[:1], 64)  # already at size: only converted
+    assert np.array_equal(same[0], imgs[0].transpose(2, 0, 1).astype(np.float32))
+
+
+def test_effnet_features_batch_size_and_layout_independent(imgs):
+    e = FE.get_extractor("effnet-lite0")
+    assert (e.tag, e.dim, e.size) == ("effnetl0", 1280, (224, 224))
+    imgs = imgs[:3]
+    f = e(imgs)
+    assert f.shape == (3, 1280) and f.dtype == np.float32 and np.isfinite(f).all()
+    g = FE.get_extractor("effnet-lite0", batch=2, channels_last=False, fold_bn=False)(imgs[1:])
+    assert np.allclose(f[1:], g, rtol=1e-4, atol=1e-4)
+    one = np.concatenate([e(imgs[i : i + 1]) for i in range(2)])
+    assert np.allclose(f[:2], one, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(f[0], f[1])
+    assert e.fingerprint()["weights_sha256"] == FE.get_extractor("effnet-lite0").fingerprint()["weights_sha256"]
+
+
+def test_inception_matches_the_standard_state_dict_layout(tmp_path):
+    net = FE.FIDInceptionV3()
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    well_known = {
+        "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
+        "Conv2d_4a_3x3.conv.weight": (192, 80, 3, 3),
+        "Mixed_5b.branch_pool.conv.weight": (32, 192, 1, 1),
+        "Mixed_6a.branch3x3.conv.weight": (384, 288, 3, 3),
+        "Mixed_6b.branch7x7_2.conv.weight": (128, 128, 1, 7),
+        "Mixed_6e.branch7x7dbl_5.conv.weight": (192, 192, 1, 7),
+        "Mixed_7a.branch3x3_2.conv.weight": (320, 192, 3, 3),
+        "Mixed_7b.branch3x3dbl_1.conv.weight": (448, 1280, 1, 1),
+        "Mixed_7c.branch_pool.conv.weight": (192, 2048, 1, 1),
+        "Mixed_7c.branch3x3_2b.bn.running_var": (384,),
+        "fc.weight": (1008, 2048),
+        "fc.bias": (1008,),
+    }
+    for k, v in well_known.items():
+        assert shapes[k] == v, k
+    assert not any(k.startswith("AuxLogits") for k in shapes)
+    # torchvision's Inception-v3 without aux logits has 23,834,568 parameters at 1000 classes; +8 classes
+    assert sum(p.numel() for p in net.parameters()) == 23_834_568 + 8 * 2049
+    g = torch.Generator().manual_seed(0)
+
+    def fake(k, shape):  # random tensors of the right shapes, scaled so activations stay finite
+        if k.endswith("conv.weight"):
+            return torch.randn(shape, generator=g) * (2.0 / np.prod(shape[1:])) ** 0.5
+        if k.endswith("running_var") or k.endswith("bn.weight"):
+            return 0.9 + 0.2 * torch.rand(shape, generator=g)
+        return 0.1 * torch.randn(shape, generator=g)
+
+    state = {k: fake(k, v) for k, v in shapes.items() if not k.endswith("num_batches_tracked")}  # old files lack these
+    path = tmp_path / FE.INCEPTION_FILE
+    torch.save(state, path)
+    net.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    e = FE.get_extractor("inception", inception_weights=str(path))
+    assert (e.tag, e.dim, e.size) == ("inception", 2048, (299, 299))
+    img = scenes.render(1, 0, 1).images
+    f = e(img)
+    assert f.shape == (1, 2048) and np.isfinite(f).all()
+    with torch.inference_mode():  # folded, channels-last extractor == the plain network on the same input
+        x = torch.from_numpy(FE.resize_uint8(img, 299)) * (2 / 255) - 1
+        plain = net.eval().to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last)).numpy()
+    assert np.allclose(f, plain, rtol=1e-3, atol=1e-3 * np.abs(plain).max())
+
+
+def test_inception_wrong_or_missing_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv(FE.INCEPTION_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torchhome"))
+    with pytest.raises(UserError) as e:
+        FE.get_extractor("inception")
+    msg = str(e.value)
+    assert str(tmp_path / "torchhome" / "hub" / "checkpoints" / FE.INCEPTION_FILE) in msg
+    assert "never" in msg and "--inception-weights" in msg
+    with pytest.raises(UserError, match="not found at"):
+        FE.get_extractor("inception", inception_weights=str(tmp_path / "nope.pth"))
+    monkeypatch.setenv(FE.INCEPTION_ENV, str(tmp_path / "env.pth"))
+    with pytest.raises(UserError, match=FE.INCEPTION_ENV):
+        FE.get_extractor("inception")
+    bad = tmp_path / "bad.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
+    with pytest.raises(UserError, match="not the FID Inception state dict"):
+        FE.get_extractor("inception", inception_weights=str(bad))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="Cannot read"):
+        FE.get_extractor("inception", inception_weights=str(junk))
+
+
+class _TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 5, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def test_torchscript_extractor(tmp_path, imgs):
+    torch.manual_seed(0)
+    path = tmp_path / "net.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.trace(_TinyNet().eval(), torch.zeros(1, 3, 32, 32)).save(str(path))
+    e = FE.get_extractor(f"torchscript:{path}", torchscript_size=32)
+    assert e.tag.startswith("ts") and len(e.tag) == 10 and e.dim == 5
+    f = e(imgs)
+    assert f.shape == (6, 5)
+    assert np.allclose(FE.get_extractor(f"torchscript:{path}", torchscript_size=32, batch=1)(imgs), f, atol=1e-6)
+    native = FE.get_extractor(f"torchscript:{path}", torchscript_size=0, torchscript_range="[-1,1]")
+    assert native(imgs).shape == (6, 5)
+    with pytest.raises(UserError, match="not found"):
+        FE.get_extractor(f"torchscript:{tmp_path / 'missing.pt'}")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"nope")
+    with pytest.raises(UserError, match="TorchScript"):
+        FE.get_extractor(f"torchscript:{junk}")
+    with pytest.raises(UserError, match="torchscript_range"):
+        FE.get_extractor(f"torchscript:{path}", torchscript_range="[0,2]")
