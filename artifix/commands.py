@@ -278,3 +278,71 @@ def cmd_demo(ctx: Context) -> dict[str, Any]:
     summary = run_demo(cfg, ctx.say)
     ctx.say(f"done in {summary['seconds']}s: report in {cfg.out}/report.md")
     return summary
+
+
+def _classify_extra(p) -> None:
+    p.add_argument("action", choices=["train", "predict", "queue"],
+                   help="train on the run's flags, predict artifact probabilities for samples, or list the next samples to review")
+
+
+@command("classify", "train the automatic artifact classifier from the flags, predict with it, or build the review queue",
+         {"generator": None, "sample": ["seed", "n", "start", "layer"], "labels": ["store"], "score": ["stats_n"],
+          "classify": ["classifier", "review_k"], "run": ["threads"]}, _classify_extra)
+def cmd_classify(ctx: Context) -> dict[str, Any]:
+    from .classifier import ArtifactClassifier, review_queue, train_classifier
+    from .scoring import _images
+
+    o = ctx.opts
+    g = load(ctx)
+    layer = default_layer(ctx, g)
+    store, run_id = open_run(ctx, g, layer)
+    path = Path(o["classifier"])
+    action = ctx.args.action
+    if action == "train":
+        flags = store.flags(run_id)
+        flags = flags[flags.label.isin(["artifact", "clean"])]
+        ids = [int(s) for s in flags["sample"]]
+        y = (flags.label == "artifact").to_numpy().astype(int)
+        clf = train_classifier(_images(g, o["seed"], ids), y)
+        clf.save(path)
+        r = clf.report
+        ctx.say(f"trained on {r['n_pos']} flagged / {r['n_neg']} clean samples: cross-validated ROC-AUC {r['auc']:.3f}, "
+                f"precision {r['precision']:.2f}, recall {r['recall']:.2f}, Brier {r['brier']:.3f}; saved to {path}")
+        return {"run_id": run_id, "classifier": str(path), "report": r}
+    clf = ArtifactClassifier.load(path) if path.exists() else None
+    if clf is None:
+        raise UserError(f"no artifact classifier at {path}; train one first with 'artifix classify train'.")
+    ids = list(range(o["start"], o["start"] + _check_n(o["n"])))
+    probs = clf.predict_proba(_images(g, o["seed"], ids))
+    if action == "predict":
+        flagged = [i for i, p in zip(ids, probs) if p >= clf.threshold]
+        ctx.say(f"{len(flagged)} of {len(ids)} samples look like artifacts (p >= {clf.threshold:.2f}); mean p = {probs.mean():.3f}")
+        return {"run_id": run_id, "samples": ids, "probability": [round(float(p), 5) for p in probs],
+                "artifact_rate": float(np.mean(probs >= clf.threshold))}
+    labelled = set(int(s) for s in store.flags(run_id)["sample"])
+    queue = [ids[i] for i in review_queue(probs, None, o["review_k"], {ids.index(s) for s in labelled if s in ids})]
+    ctx.say("next samples to review: " + ", ".join(map(str, queue)))
+    return {"run_id": run_id, "queue": queue}
+
+
+@command("metrics", "FD / KID / SWD of the generator against reference data, with confidence intervals",
+         {"generator": None, "sample": ["seed", "batch"], "metrics": None, "run": ["cache", "threads"]})
+def cmd_metrics(ctx: Context) -> dict[str, Any]:
+    from .generator import sample_batches
+    from .metrics import compute_metrics
+
+    o = ctx.opts
+    g = load(ctx)
+    n = _check_n(o["n"])
+    if o["real"] is None and g.spec.generator != "artifix.example:make_generator":
+        raise UserError("--real is required for your own generator: an image folder, an .npz array or a statistics file.")
+    batches = (imgs.numpy() for _, imgs in sample_batches(g, o["seed"], 0, n, _check_n(o["batch"], "--batch")))
+    names = ("metrics", "features", "real", "bootstrap", "confidence", "kid_subsets", "kid_subset_size", "fd_inf", "inception_weights",
+             "real_n", "real_resize", "swd_n", "swd_bootstrap", "feature_batch")
+    kwargs = {k: o[k] for k in names if k in o}
+    res = compute_metrics(batches, n=n, seed=o["metrics_seed"], cache=o["cache"], progress=ctx.say, **kwargs)
+    if not ctx.json:
+        for name, r in res.items():
+            ci = f" [{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]" if r.get("ci") else ""
+            ctx.say(f"{name:<24} {r['value']:.4g}{ci}")
+    return {"fingerprint": g.fingerprint, "metrics": res}

@@ -64,6 +64,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("sample", "ablate", None, "comma-separated units of --layer to ablate while sampling, e.g. '3,17'"),
     Option("sample", "alpha", 1.0, "ablation strength in [0, 1] for --ablate", float),
     # -- metrics
+    Option("metrics", "n", 2000, "generated samples per metric (the N in the metric names)", int),
     Option("metrics", "features", "effnet-lite0", "feature space: 'effnet-lite0', 'inception' or 'torchscript:PATH'"),
     Option("metrics", "metrics", "fd,kid,swd", "comma-separated metrics to compute"),
     Option("metrics", "real", None, "reference data: image folder, .npz array or statistics file; default: the example's scenes"),
@@ -90,7 +91,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("score", "stats_n", 2000, "samples streamed for per-unit statistics (quantiles, firing rates, top-k)", int),
     Option("score", "exact_top", 20, "units whose causal effect is measured by exact ablation", int),
     Option("score", "top", 10, "units to show, propose for review and draw unit cards for", int),
-    Option("score", "collateral_weight", 1.0, "weight of the clean-sample pixel change subtracted from the causal effect", float),
+    Option("score", "collateral_weight", 2.0, "weight of the clean-sample pixel change subtracted from the causal effect", float),
     Option("score", "rare_rate", 0.3, "firing rate at or below which a unit counts as rarely activated (cold-start prior)", float),
     # -- shared run settings
     Option("run", "out", None, "output folder"),

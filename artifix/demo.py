@@ -40,11 +40,47 @@ class DemoConfig:
     n_flag: int = 30
     n_clean: int = 30
     stats_n: int = 2000
-    metrics_n: int = 1000
+    metrics_n: int = 500
     steps: list[str] = field(default_factory=list)
 
 
-def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print, metrics_fn: Callable[..., dict] | None = None) -> dict[str, Any]:
+def demo_metrics(clean: LoadedGenerator, planted: LoadedGenerator, cfg: DemoConfig, approved: list[int],
+                 random_units: list[int], say: Callable[[str], None] = print) -> dict[str, Any]:
+    """FD / KID against the example's reference scenes for: clean example, planted, repaired, random-unit control."""
+    from .generator import sample_batches
+    from .metrics import compute_metrics
+    from .trace import Trace, ablation
+
+    def measure(g: LoadedGenerator, units: list[int] | None) -> dict[str, Any]:
+        with Trace(g.module, edit={cfg.layer: ablation(units)}) if units else _null():
+            batches = [imgs.numpy() for _, imgs in sample_batches(g, cfg.seed, 0, cfg.metrics_n, 64)]
+        return compute_metrics(iter(batches), n=cfg.metrics_n, metrics="fd,kid,swd", seed=cfg.seed, swd_bootstrap=5)
+
+    res: dict[str, Any] = {}
+    for name, g, units in (("example", clean, None), ("planted", planted, None), ("repaired", planted, approved),
+                           ("random_control", planted, random_units)):
+        say(f"      metrics: {name}")
+        res[name] = measure(g, units)
+    fd = next(k for k in res["planted"] if k.startswith("fd_"))
+    for metric in (fd, next(k for k in res["planted"] if k.startswith("swd_"))):
+        damage = res["planted"][metric]["value"] - res["example"][metric]["value"]
+        for name in ("repaired", "random_control"):
+            gain = res["planted"][metric]["value"] - res[name][metric]["value"]
+            # undefined when planting did not make the metric worse: report it as such, never as a gain
+            res[name][metric.split("_")[0] + "_damage_recovered"] = gain / damage if damage > 0 else None
+    res["fd_metric"] = fd
+    return res
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> bool:
+        return False
+
+
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print, metrics_fn: Callable[..., dict] | None = demo_metrics) -> dict[str, Any]:
     """Run the whole story and write pictures, tables and a report into cfg.out; returns the summary."""
     t0 = time.time()
     out = cfg.out
@@ -76,7 +112,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print, metrics_fn: Ca
     ranking = [int(u) for u in table.unit]
     recall = recall_at_k(ranking, list(cfg.planted_units))
     rng = np.random.default_rng(cfg.seed)
-    random_units = [int(u) for u in rng.choice(stats.channels, k, replace=False)]
+    others = [u for u in range(stats.channels) if u not in ranking[:k]]  # the control never touches the approved units
+    random_units = sorted(int(u) for u in rng.choice(others, k, replace=False))
     random_recall = recall_at_k(random_units, list(cfg.planted_units))
     cols = ["rank", "unit", "combined", "causal", "iou", "auc", "firing_rate"]
     write_text_atomic(out / "unit_scores.csv", table.to_csv(index=False))
@@ -101,7 +138,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print, metrics_fn: Ca
     with Trace(bad.module, edit={cfg.layer: ablation(random_units)}):
         control = _images(bad, cfg.seed, ids)
     save_png(out / "before_after.png", grid(np.concatenate([before, after, control]), ncol=len(ids), scale=2))
-    metrics = metrics_fn(g, bad, cfg, approved, random_units) if metrics_fn else {}
+    metrics = metrics_fn(g, bad, cfg, approved, random_units, say) if metrics_fn else {}
     store.close()
     summary = {
         "generator": g.fingerprint, "planted": bad.fingerprint, "layer": cfg.layer, "planted_units": list(cfg.planted_units),
@@ -120,7 +157,18 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print, metrics_fn: Ca
           "## Before / after", "", "Rows: planted generator; approved units removed; random-unit control. "
           "Left 8 columns: flagged samples, right 8: clean samples.", "", "![](before_after.png)", ""]
     if metrics:
-        md += ["## Metrics", "", "```json", json.dumps(metrics, indent=2), "```", ""]
+        fd = metrics["fd_metric"]
+        kid = fd.replace("fd_", "kid_")
+        swd = next(k for k in metrics["planted"] if k.startswith("swd_"))
+        ci = "[{:.1f}, {:.1f}]".format
+        rows = [{"generator": name, fd: metrics[name][fd]["value"], "FD 95% CI": ci(*metrics[name][fd]["ci"]),
+                 kid: metrics[name][kid]["value"], swd: metrics[name][swd]["value"], "SWD 95% CI": ci(*metrics[name][swd]["ci"]),
+                 "FD damage recovered": metrics[name].get("fd_damage_recovered"),
+                 "SWD damage recovered": metrics[name].get("swd_damage_recovered")}
+                for name in ("example", "planted", "repaired", "random_control")]
+        md += [f"## Metrics against the example's reference scenes (N = {cfg.metrics_n})", "",
+               table_markdown(rows, ["generator", fd, "FD 95% CI", kid, swd, "SWD 95% CI", "FD damage recovered", "SWD damage recovered"]),
+               "A recovered fraction is empty when planting did not make that metric worse.", ""]
     write_text_atomic(out / "report.md", "\n".join(md))
     return summary
 

@@ -40,6 +40,8 @@ def unit_cards(g: LoadedGenerator, stats: UnitStats, units: Sequence[int], seed:
 def table_markdown(rows: list[dict], columns: Sequence[str], floatfmt: str = ".3f") -> str:
     """A Markdown table of `columns` from dict rows."""
     def fmt(v: object) -> str:
+        if v is None:
+            return "n/a"
         if isinstance(v, float):
             return "nan" if np.isnan(v) else format(v, floatfmt)
         return str(v)

@@ -280,7 +280,7 @@ class ScoreReport:
 
 def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, flagged: Sequence[int], clean: Sequence[int],
                 masks: dict[int, np.ndarray] | None = None, prob_fn: ProbFn | None = None, score_fn: ScoreFn | None = None,
-                exact_top: int = 20, collateral_weight: float = 1.0, rare_rate: float = 0.3) -> ScoreReport:
+                exact_top: int = 20, collateral_weight: float = 2.0, rare_rate: float = 0.3) -> ScoreReport:
     """Score and rank every unit of `layer` from flags (+ masks) and an optional artifact classifier."""
     flagged, clean = [int(i) for i in flagged], [int(i) for i in clean]
     masks = masks or {}

@@ -1,0 +1,79 @@
+"""The labelling -> scoring path driven through the CLI, as a user would: import flags, score, classify."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from artifix.example import CHECKPOINT
+from artifix.generator import load_generator
+from artifix.planted import plant_defects, simulate_reviewer
+from tests.conftest import run_cli
+
+TRUTH = [5, 17, 40]
+
+
+@pytest.fixture(scope="module")
+def planted_project(tmp_path_factory):
+    """A planted-defect checkpoint in the DCGAN layout plus a reviewer's flags.csv and painted masks."""
+    d = tmp_path_factory.mktemp("proj")
+    g = load_generator()
+    bad = plant_defects(g, TRUTH)
+    ck = torch.load(CHECKPOINT, weights_only=True)
+    ck["netG_state_dict"] = bad.module.state_dict()
+    torch.save(ck, d / "planted.pt")
+    review = simulate_reviewer(g, bad, seed=0, n_scan=300, n_flag=30, n_clean=30)
+    rows = ["sample,label,reviewer"] + [f"{i},artifact,alice" for i in review.artifact] + [f"{i},clean,alice" for i in review.clean]
+    (d / "labels").mkdir()
+    (d / "labels" / "flags.csv").write_text("\n".join(rows) + "\n")
+    (d / "labels" / "masks").mkdir()
+    for i, m in review.masks.items():
+        Image.fromarray(m.astype(np.uint8) * 255).save(d / "labels" / "masks" / f"{i}_alice.png")
+    return d, review
+
+
+def cli(d, *args):
+    return run_cli(*args, "--generator", "artifix.example:make_generator", "--checkpoint", str(d / "planted.pt"),
+                   "--store", str(d / "labels.sqlite"), cwd=d)
+
+
+def test_import_score_and_classify(planted_project):
+    d, review = planted_project
+    code, out, err = cli(d, "flags", "import", str(d / "labels"), "--json")
+    assert code == 0, err
+    counts = json.loads(out)["counts"]
+    assert counts["artifact"] == len(review.artifact) and counts["clean"] == 30 and counts["masked"] == len(review.masks)
+
+    code, out, err = cli(d, "score", "--stats-n", "400", "--exact-top", "10", "--top", "5", "--out", str(d / "out"), "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    top3 = [r["unit"] for r in res["top"][:3]]
+    assert len(set(top3) & set(TRUTH)) >= 3 * 0.9, res["top"][:3]
+    assert (d / "out" / "unit_scores.csv").is_file() and len(res["cards"]) == 5
+    assert all((d / "out" / "cards" / f"unit_main.8_{u}.png").is_file() for u in top3)
+
+    code, out, err = cli(d, "classify", "train", "--classifier", str(d / "clf.pt"), "--json")
+    assert code == 0, err
+    rep = json.loads(out)["report"]
+    assert rep["auc"] > 0.8 and rep["n_pos"] == len(review.artifact)
+    code, out, err = cli(d, "classify", "predict", "--classifier", str(d / "clf.pt"), "--n", "16", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["probability"]) == 16
+
+
+def test_bad_flag_import_writes_nothing(planted_project, tmp_path):
+    d, _ = planted_project
+    before = json.loads(cli(d, "flags", "show", "--json")[1])["counts"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sample,label\n5,artifact\n999999,clean\n")
+    code, out, err = cli(d, "flags", "import", str(bad))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "999999" in err
+    after = json.loads(cli(d, "flags", "show", "--json")[1])["counts"]
+    assert after == before
+
+
+def test_classify_without_enough_flags_is_a_user_error(tmp_path):
+    code, out, err = run_cli("classify", "train", "--store", str(tmp_path / "empty.sqlite"), "--classifier", str(tmp_path / "c.pt"))
+    assert code == 2 and "need at least" in err and not (tmp_path / "c.pt").exists()
