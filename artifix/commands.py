@@ -287,7 +287,7 @@ def _classify_extra(p) -> None:
 
 @command("classify", "train the automatic artifact classifier from the flags, predict with it, or build the review queue",
          {"generator": None, "sample": ["seed", "n", "start", "layer"], "labels": ["store"], "score": ["stats_n"],
-          "classify": ["classifier", "review_k"], "run": ["threads"]}, _classify_extra)
+          "classify": ["classifier", "review_k"], "run": ["threads", "cache"]}, _classify_extra)
 def cmd_classify(ctx: Context) -> dict[str, Any]:
     from .classifier import ArtifactClassifier, review_queue, train_classifier
     from .scoring import _images
@@ -310,19 +310,37 @@ def cmd_classify(ctx: Context) -> dict[str, Any]:
                 f"precision {r['precision']:.2f}, recall {r['recall']:.2f}, Brier {r['brier']:.3f}; saved to {path}")
         return {"run_id": run_id, "classifier": str(path), "report": r}
     clf = ArtifactClassifier.load(path) if path.exists() else None
-    if clf is None:
+    if clf is None and action == "predict":
         raise UserError(f"no artifact classifier at {path}; train one first with 'artifix classify train'.")
     ids = list(range(o["start"], o["start"] + _check_n(o["n"])))
-    probs = clf.predict_proba(_images(g, o["seed"], ids))
+    images = _images(g, o["seed"], ids)
+    probs = clf.predict_proba(images) if clf is not None else None
     if action == "predict":
         flagged = [i for i, p in zip(ids, probs) if p >= clf.threshold]
         ctx.say(f"{len(flagged)} of {len(ids)} samples look like artifacts (p >= {clf.threshold:.2f}); mean p = {probs.mean():.3f}")
         return {"run_id": run_id, "samples": ids, "probability": [round(float(p), 5) for p in probs],
                 "artifact_rate": float(np.mean(probs >= clf.threshold))}
+    # unsupervised priors: rarely-activated units firing strongly, and low realism against the reference data
+    from .scoring import realism_scores, review_priors
+
+    stats = cached_stats(ctx, g, layer, o["seed"], max(o["stats_n"], o["start"] + len(ids)))
+    realism = None
+    if g.spec.generator == "artifix.example:make_generator":
+        from .metrics import get_extractor, load_real
+
+        ext = get_extractor("effnet-lite0")
+        realism = realism_scores(ext(images), load_real(None, ext, cache=o.get("cache")).features)
+    priors = review_priors(stats, ids, realism)
     labelled = set(int(s) for s in store.flags(run_id)["sample"])
-    queue = [ids[i] for i in review_queue(probs, None, o["review_k"], {ids.index(s) for s in labelled if s in ids})]
+    done = {ids.index(s) for s in labelled if s in ids}
+    if probs is None:  # cold start: no classifier yet, the priors alone order the queue
+        order = [int(i) for i in np.argsort(-priors, kind="stable") if int(i) not in done][: o["review_k"]]
+    else:
+        order = review_queue(probs, priors, o["review_k"], done)
+    queue = [ids[i] for i in order]
     ctx.say("next samples to review: " + ", ".join(map(str, queue)))
-    return {"run_id": run_id, "queue": queue}
+    return {"run_id": run_id, "queue": queue, "priors": {ids[i]: round(float(priors[i]), 4) for i in order},
+            "realism": None if realism is None else {ids[i]: round(float(realism[i]), 4) for i in order}}
 
 
 @command("metrics", "FD / KID / SWD of the generator against reference data, with confidence intervals",

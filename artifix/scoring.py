@@ -342,3 +342,44 @@ def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, fla
     table.insert(0, "rank", np.arange(1, c + 1))
     table.insert(1, "layer", layer)
     return ScoreReport(table, layer, sorted(comp), len(flagged), len(clean), len(masked))
+
+
+# ---------------------------------------------------------------------------------- unsupervised priors
+
+
+def realism_scores(fake: np.ndarray, real: np.ndarray, k: int = 3, chunk: int = 512) -> np.ndarray:
+    """Per-sample realism (Kynkaanniemi et al. 2019): max over real r of radius_k(r) / |f - r|.
+
+    radius_k(r) is the distance from r to its k-th nearest real neighbour; as in the paper, the half of the real
+    samples with the largest radii is dropped. R >= 1 means the sample lies inside the estimated real manifold.
+    """
+    r = torch.from_numpy(np.asarray(real, np.float64))
+    f = torch.from_numpy(np.asarray(fake, np.float64))
+    if len(r) <= k:
+        raise ValueError(f"realism needs more than k={k} reference samples, got {len(r)}")
+    radii = torch.empty(len(r), dtype=torch.float64)
+    for s in range(0, len(r), chunk):
+        d = torch.cdist(r[s:s + chunk], r)
+        radii[s:s + chunk] = d.kthvalue(k + 1, dim=1).values  # +1: the sample itself is at distance 0
+    keep = radii <= radii.median()
+    r, radii = r[keep], radii[keep]
+    out = torch.empty(len(f), dtype=torch.float64)
+    for s in range(0, len(f), chunk):
+        d = torch.cdist(f[s:s + chunk], r).clamp(min=1e-12)
+        out[s:s + chunk] = (radii[None] / d).amax(1)
+    return out.numpy()
+
+
+def review_priors(stats: UnitStats, indices: Sequence[int], realism: np.ndarray | None = None, rare_rate: float = 0.3) -> np.ndarray:
+    """Per-sample suspicion for the review queue: fires rare units strongly (Choi et al.) and/or looks unreal (low realism).
+
+    Each signal is turned into a robust z-score over the candidates and the available ones are averaged.
+    """
+    table = stats.samples()
+    pos = {int(i): row for row, i in enumerate(table.index.tolist())}
+    rows = [pos[int(i)] for i in indices]
+    prior = rarity_prior(stats.firing_rate().float(), stats.max.float(), rare_rate)
+    parts = [robust_z(sample_suspicion(table.max[rows].float(), prior, stats.max.float()))]
+    if realism is not None:
+        parts.append(robust_z(torch.from_numpy(-np.log(np.maximum(np.asarray(realism, np.float64), 1e-12)))))
+    return torch.stack(parts).mean(0).double().numpy()

@@ -77,3 +77,14 @@ def test_bad_flag_import_writes_nothing(planted_project, tmp_path):
 def test_classify_without_enough_flags_is_a_user_error(tmp_path):
     code, out, err = run_cli("classify", "train", "--store", str(tmp_path / "empty.sqlite"), "--classifier", str(tmp_path / "c.pt"))
     assert code == 2 and "need at least" in err and not (tmp_path / "c.pt").exists()
+
+
+def test_review_queue_cold_start_and_with_classifier(planted_project):
+    d, review = planted_project
+    assert cli(d, "flags", "import", str(d / "labels"))[0] == 0  # idempotent when already imported
+    code, out, err = cli(d, "classify", "queue", "--classifier", str(d / "none.pt"), "--n", "48", "--review-k", "8", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    labelled = set(review.artifact) | set(review.clean)
+    assert len(res["queue"]) == 8 and not set(res["queue"]) & labelled
+    assert res["realism"] is not None and all(v > 0 for v in res["realism"].values())

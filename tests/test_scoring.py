@@ -121,3 +121,30 @@ def test_cold_start_prior_without_labels(planted_setup):
     rep = score_units(bad, "main.8", 0, stats, [], [])
     assert rep.components == []
     assert recall_at_k(rep.table.unit.tolist(), truth, k=10) >= 2 / 3
+
+
+def test_realism_score_matches_definition_and_flags_outliers():
+    from artifix.scoring import realism_scores
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 5))
+    fake = np.r_[rng.normal(size=(20, 5)) * 0.3, rng.normal(size=(5, 5)) + 12]  # 20 inside, 5 far away
+    r = realism_scores(fake, real, k=3, chunk=64)
+    d_rr = np.linalg.norm(real[:, None] - real[None], axis=-1)
+    radii = np.sort(d_rr, 1)[:, 3]
+    keep = radii <= np.median(radii)
+    brute = (radii[keep][None] / np.linalg.norm(fake[:, None] - real[keep][None], axis=-1)).max(1)
+    assert np.allclose(r, brute)
+    assert (r[:20] >= 1).mean() > 0.9 and (r[20:] < 0.5).all()
+
+
+def test_review_priors_put_planted_samples_first(planted_setup):
+    from artifix.scoring import review_priors
+
+    g, bad, truth, review, stats = planted_setup
+    ids = list(range(300))
+    pri = review_priors(stats, ids)
+    order = np.argsort(-pri, kind="stable")
+    fires = stats.firing()[:300][:, truth].any(1).numpy()  # a planted unit fires in the sample
+    top = fires[order[:30]].mean()
+    assert top >= 0.9 and top >= 2 * fires.mean(), (top, fires.mean())
