@@ -20,7 +20,7 @@ from .generator import LoadedGenerator, load_generator, sample
 from .images import grid, save_png
 from .io import write_json_atomic, write_text_atomic
 from .labels import LabelStore
-from .planted import plant_defects, simulate_reviewer
+from .planted import PlantedSite, low_impact_units, plant_defects, simulate_reviewer
 from .scoring import recall_at_k, score_units, collect_stats
 from .report import table_markdown, unit_cards
 
@@ -34,7 +34,7 @@ class DemoConfig:
 
     out: Path = Path("artifix-demo")
     layer: str = "main.8"
-    planted_units: tuple[int, ...] = (5, 17, 40)
+    planted_units: tuple[int, ...] | None = None  # default: 3 of the layer's 16 lowest-impact units (seeded)
     seed: int = 0
     scan: int = 400
     n_flag: int = 30
@@ -89,6 +89,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print, metrics_fn: Ca
     say(f"[1/6] example generator {g.fingerprint}: sampling a grid")
     save_png(out / "samples.png", grid(sample(g, cfg.seed, 0, 64), scale=2))
 
+    if cfg.planted_units is None:
+        pool = low_impact_units(g, PlantedSite(relu=cfg.layer))
+        cfg.planted_units = tuple(sorted(int(u) for u in np.random.default_rng(100).choice(pool, 3, replace=False)))
     say(f"[2/6] planting {len(cfg.planted_units)} artifact units in layer {cfg.layer} (ground truth {list(cfg.planted_units)})")
     bad = plant_defects(g, list(cfg.planted_units))
     save_png(out / "planted_samples.png", grid(sample(bad, cfg.seed, 0, 64), scale=2))

@@ -94,18 +94,34 @@ class Review:
     changed_fraction: np.ndarray  # per scanned sample: fraction of pixels that changed
 
 
+def low_impact_units(g: LoadedGenerator, site: PlantedSite = PlantedSite(), seed: int = 0, n: int = 64, k: int = 16) -> list[int]:
+    """The k units of site.relu whose ablation changes G's images least: planting there leaves the rest of G intact."""
+    from .trace import ablation
+
+    z, y = latents(g.spec, seed + 20_000, range(n))
+    with torch.inference_mode():
+        base = forward(g, z, y)
+        c = get_layer(g.module, site.bn).num_features
+        impact = []
+        for u in range(c):
+            with Trace(g.module, edit={site.relu: ablation([u])}):
+                impact.append(float((forward(g, z, y) - base).abs().mean()))
+    return sorted(int(u) for u in np.argsort(impact, kind="stable")[:k])
+
+
 def pixel_change(clean: LoadedGenerator, planted: LoadedGenerator, seed: int, indices: list[int], threshold: int = 40) -> np.ndarray:
-    """Per sample, a bool (H, W) map of pixels whose colour moved by more than `threshold` (max over RGB)."""
+    """Per sample, a bool (H, W) map of the visible blotches: pixels that moved by > threshold and turned magenta."""
     z, y = latents(clean.spec, seed, indices)
     with torch.inference_mode():
         a = to_uint8(forward(clean, z, y), clean.spec.range).numpy().astype(np.int16)
         b = to_uint8(forward(planted, z, y), planted.spec.range).numpy().astype(np.int16)
-    return np.abs(a - b).max(-1) > threshold
+    magenta = (b[..., 0] > 170) & (b[..., 1] < 110) & (b[..., 2] > 170)
+    return (np.abs(a - b).max(-1) > threshold) & magenta
 
 
 def simulate_reviewer(clean: LoadedGenerator, planted: LoadedGenerator, seed: int, n_scan: int, n_flag: int = 30,
                       n_clean: int = 30, min_area: float = 0.004) -> Review:
-    """Scan samples 0..n_scan-1; flag up to n_flag with visible change (painting it) and n_clean untouched ones."""
+    """Scan samples 0..n_scan-1; flag up to n_flag with visible blotches (painting them) and n_clean without any."""
     changed = np.concatenate([pixel_change(clean, planted, seed, list(range(s, min(s + 64, n_scan)))) for s in range(0, n_scan, 64)])
     frac = changed.reshape(len(changed), -1).mean(1)
     artifact = [int(i) for i in np.flatnonzero(frac >= min_area)[:n_flag]]
