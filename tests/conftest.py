@@ -48,3 +48,22 @@ def run_cli(*args: str, cwd=None):
     finally:
         os.chdir(old)
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """EfficientNet on 1 thread: on shared CPUs, 2 threads were 3-4x slower (see README)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty label store in a temporary SQLite file."""
+    from artifix.labels import LabelStore
+
+    s = LabelStore(tmp_path / "labels.db")
+    yield s
+    s.close()

@@ -24,13 +24,6 @@ def table_counts(store: LabelStore) -> dict[str, int]:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = LabelStore(tmp_path / "labels.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def run(store):
     return store.register_run("f" * 64, ["net.2", "net.4"], seed=7, n=20, image_size=(6, 5))
 

@@ -34,13 +34,6 @@ def write_png(path: Path, mask: np.ndarray, mode: str = "L") -> None:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = LabelStore(tmp_path / "labels.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def run(store):
     return store.register_run("f" * 64, ["net.2"], seed=0, n=10, image_size=(H, W))
 

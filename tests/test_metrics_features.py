@@ -12,13 +12,7 @@ from artifix.errors import UserError
 from artifix.metrics import features as FE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """EfficientNet on 1 thread: on shared CPUs (the CI box runs a training job) 2 threads were 3-4x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
