@@ -273,3 +273,14 @@ def test_bad_config_exits_2(tmp_path, tiny_ckpt):
 def test_usage_error_exits_2():
     code, _, _ = run_cli("sample", "--no-such-flag")
     assert code == 2
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+
+    from artifix.io import write_text_atomic
+
+    write_text_atomic(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
