@@ -775,7 +775,6 @@ def differentiable_score(
     if value_range not in ("[-1,1]", "[0,1]"):
         raise UserError(f"generator output range must be '[-1,1]' or '[0,1]'; got {value_range!r}.")
     ext = _backbone(clf.features).extractor
-    d = clf.n_backbone
     w = torch.from_numpy(clf.coef / clf.scale)
     offset = float((clf.coef / clf.scale) @ clf.mean) - clf.intercept
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import __version__, config, defaults, progress
-from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError, UserError
+from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
 
 
 @dataclass

@@ -32,7 +32,7 @@ def parse_units(text: str | int | list[int]) -> list[int]:
 
 def ablation_from_options(g, o: dict[str, Any]) -> dict[str, Any] | None:
     """The {layer: Ablation} edit described by --layer/--ablate/--alpha, validated against G."""
-    from .trace import ablation, get_layer, layer_shapes  # noqa: F401
+    from .trace import ablation, get_layer
 
     if o.get("ablate") is None:
         if o.get("layer"):
@@ -142,9 +142,9 @@ def open_run(ctx: Context, g, layer: str):
     """Open the label store and register (or find) the run of (G, layer, seed)."""
     from .labels import LabelStore
 
-    store = LabelStore(ctx.opts["store"])
-    shape = g.module  # noqa: F841
     from .generator import probe
+
+    store = LabelStore(ctx.opts["store"])
 
     out_shape = probe(g)
     run_id = store.register_run(g.fingerprint, [layer], ctx.opts["seed"], max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0),
@@ -182,18 +182,10 @@ def cmd_flags(ctx: Context) -> dict[str, Any]:
 
 
 def cached_stats(ctx: Context, g, layer: str, seed: int, n: int):
-    """Unit statistics for (G, layer, seed, n), from the cache when present (keyed by content, written atomically)."""
-    from .io import sha256_json
-    from .scoring import collect_stats
-    from .stats import UnitStats
+    """Unit statistics for (G, layer, seed, n) from the cache folder (see scoring.cached_stats)."""
+    from .scoring import cached_stats as cached
 
-    key = sha256_json({"fingerprint": g.fingerprint, "layer": layer, "seed": seed, "n": n, "v": 1})[:20]
-    path = Path(ctx.opts.get("cache") or ".artifix-cache") / f"stats-{key}.pt"
-    if path.is_file():
-        return UnitStats.load(path)
-    stats = collect_stats(g, layer, seed, n)
-    stats.save(path)
-    return stats
+    return cached(g, layer, seed, n, ctx.opts.get("cache") or ".artifix-cache")
 
 
 def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None):

@@ -7,8 +7,8 @@ simulated reviewer who flags samples whose pixels the planted units changed and 
 
 from __future__ import annotations
 
-import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +52,7 @@ def demo_metrics(clean: LoadedGenerator, planted: LoadedGenerator, cfg: DemoConf
     from .trace import Trace, ablation
 
     def measure(g: LoadedGenerator, units: list[int] | None) -> dict[str, Any]:
-        with Trace(g.module, edit={cfg.layer: ablation(units)}) if units else _null():
+        with Trace(g.module, edit={cfg.layer: ablation(units)}) if units else nullcontext():
             batches = [imgs.numpy() for _, imgs in sample_batches(g, cfg.seed, 0, cfg.metrics_n, 64)]
         return compute_metrics(iter(batches), n=cfg.metrics_n, metrics="fd,kid,swd", seed=cfg.seed, swd_bootstrap=5)
 
@@ -70,14 +70,6 @@ def demo_metrics(clean: LoadedGenerator, planted: LoadedGenerator, cfg: DemoConf
             res[name][metric.split("_")[0] + "_damage_recovered"] = gain / damage if damage > 0 else None
     res["fd_metric"] = fd
     return res
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> bool:
-        return False
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print, metrics_fn: Callable[..., dict] | None = demo_metrics) -> dict[str, Any]:

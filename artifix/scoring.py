@@ -16,11 +16,19 @@ Combined ranking: the mean of the available components' percentile ranks, weight
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+
+from .generator import LoadedGenerator, forward, latents, to_uint8
+from .io import sha256_json
+from .progress import Progress
+from .stats import UnitStats
+from .trace import Ablation, Trace, ablation, get_layer
 
 COMBINED_WEIGHTS = {"causal": 0.6, "iou": 0.2, "auc": 0.2}  # interventional evidence counts most
 TOP_FRACTIONS = torch.logspace(-3, 0, 25)  # 0.1 % .. 100 %, as GAN Dissection's threshold search
@@ -89,20 +97,6 @@ def auc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return ((p > n).double().mean((1, 2)) + 0.5 * (p == n).double().mean((1, 2))).float()
 
 
-def percentile_rank(x: torch.Tensor) -> torch.Tensor:
-    """Rank of each value among x in [0, 1] (1 = largest), ties averaged; NaN stays NaN."""
-    v = x.double().numpy()
-    out = np.full(v.shape, np.nan)
-    ok = ~np.isnan(v)
-    if ok.sum() == 0:
-        return torch.from_numpy(out).float()
-    from scipy.stats import rankdata
-
-    r = rankdata(v[ok], method="average")
-    out[ok] = (r - 1) / max(ok.sum() - 1, 1)
-    return torch.from_numpy(out).float()
-
-
 def robust_z(x: torch.Tensor, clip: float = 10.0) -> torch.Tensor:
     """(x - median) / (1.4826 MAD) over the non-NaN values, clipped to [-clip, clip]; NaN -> 0 (typical)."""
     v = x.double()
@@ -147,14 +141,6 @@ def recall_at_k(ranking: Sequence[int], truth: Sequence[int], k: int | None = No
 
 # ------------------------------------------------------------------------------------------ pipeline
 
-from typing import Callable, Iterable  # noqa: E402
-
-import pandas as pd  # noqa: E402
-
-from .generator import LoadedGenerator, forward, latents, to_uint8  # noqa: E402
-from .progress import Progress  # noqa: E402
-from .stats import UnitStats  # noqa: E402
-from .trace import Ablation, Trace, ablation, get_layer  # noqa: E402
 
 ProbFn = Callable[[np.ndarray], np.ndarray]  # uint8 NHWC images -> artifact probability (N,)
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # G output (N, 3, H, W) in G's range -> differentiable artifact score (N,)
@@ -186,6 +172,20 @@ def collect_stats(g: LoadedGenerator, layer: str, seed: int, n: int, batch: int 
         bar.update(len(part))
     bar.close()
     assert stats is not None
+    return stats
+
+
+def cached_stats(g: LoadedGenerator, layer: str, seed: int, n: int, cache_dir: str | Path) -> UnitStats:
+    """Unit statistics for (G, layer, seed, n): loaded from cache_dir when present, else collected and cached.
+
+    The cache key is a content hash of G's fingerprint, the layer, seed and n (never a user-chosen name).
+    """
+    key = sha256_json({"fingerprint": g.fingerprint, "layer": layer, "seed": seed, "n": n, "v": 1})[:20]
+    path = Path(cache_dir) / f"stats-{key}.pt"
+    if path.is_file():
+        return UnitStats.load(path)
+    stats = collect_stats(g, layer, seed, n)
+    stats.save(path)
     return stats
 
 
