@@ -356,3 +356,34 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
             ci = f" [{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]" if r.get("ci") else ""
             ctx.say(f"{name:<24} {r['value']:.4g}{ci}")
     return {"fingerprint": g.fingerprint, "metrics": res}
+
+
+@command("repair", "remove the approved units, prove the gain against a random-unit control, write a cleaned generator",
+         {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "score": None, "repair": None,
+          "classify": ["classifier"], "metrics": ["real"], "run": ["out", "cache", "threads"]})
+def cmd_repair(ctx: Context) -> dict[str, Any]:
+    from .repair import plan_auto, plan_from_store, repair
+
+    o = ctx.opts
+    g = load(ctx)
+    layer = default_layer(ctx, g)
+    if g.scripted:
+        raise UserError("repair needs a Python generator (--generator 'module:callable'), not a TorchScript file.")
+    store, run_id = open_run(ctx, g, layer)
+    clf = load_classifier(ctx, required=False)
+    if o["auto"]:
+        report, _ = score_run(ctx, g, layer, store, run_id, clf)
+        plan = plan_auto(report.table.unit.tolist(), layer, o["k"])
+    else:
+        plan = plan_from_store(store, run_id, layer)
+    flags = store.flags(run_id)
+    flagged = sorted(int(s) for s in flags.loc[flags.label == "artifact", "sample"])
+    clean = sorted(int(s) for s in flags.loc[flags.label == "clean", "sample"])
+    from .scoring import trace_batches
+
+    channels = next(iter(trace_batches(g, layer, o["seed"], [0])))[1].shape[1]
+    out = Path(o["out"] or "artifix-repair")
+    manifest = repair(g, plan, out, seed=o["seed"], n=_check_n(o["repair_n"], "--repair-n"), flagged=flagged, clean=clean,
+                      clf=clf, real=o["real"], channels=channels, say=ctx.say)
+    ctx.say(f"wrote the cleaned generator, manifest.json, MODEL_CARD.md and report.md to {out}/")
+    return manifest

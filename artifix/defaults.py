@@ -93,6 +93,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("score", "top", 10, "units to show, propose for review and draw unit cards for", int),
     Option("score", "collateral_weight", 2.0, "weight of the clean-sample pixel change subtracted from the causal effect", float),
     Option("score", "rare_rate", 0.3, "firing rate at or below which a unit counts as rarely activated (cold-start prior)", float),
+    # -- repair
+    Option("repair", "auto", False, "remove the top --k units of the ranking instead of the approved ones", _bool, flag=True),
+    Option("repair", "k", 3, "units to remove with --auto", int),
+    Option("repair", "repair_n", 1000, "samples for the before/after metrics (same seeds before and after)", int),
     # -- shared run settings
     Option("run", "out", None, "output folder"),
     Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data"),
