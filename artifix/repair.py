@@ -112,13 +112,13 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: list[int], seed: int,
 
 def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: int = 0, n: int = 1000,
            flagged: Sequence[int] = (), clean: Sequence[int] = (), clf: Any = None, real: Any = None, channels: int,
-           say: Callable[[str], None] = print) -> dict[str, Any]:
+           checkpoint: str | Path | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Remove the plan's units, write the verified cleaned generator and the proof next to it; returns the manifest."""
     t0 = time.time()
     out = Path(out_dir)
     control = random_control(plan, channels, seed)
     say(f"removing {len(plan.units)} units of {plan.layer} ({plan.source}): {plan.units}; random control: {control}")
-    exported = export_cleaned(g, {plan.layer: plan.units}, out, seed=seed)
+    exported = export_cleaned(g, {plan.layer: plan.units}, out, checkpoint, seed=seed)
     say(f"cleaned generator: max |G_clean - G_hooked| = {exported.max_abs_diff:.2e} ({'exact' if exported.exact else 'TorchScript'})")
     results = measure(g, plan, control, seed, n, flagged, clf, real, say=say)
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]
