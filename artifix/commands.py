@@ -124,7 +124,10 @@ def default_layer(ctx: Context, g) -> str:
     from .example import LAYER
     from .generator import EXAMPLE_FACTORY
 
+    from .trace import get_layer
+
     if ctx.opts.get("layer"):
+        get_layer(g.module, ctx.opts["layer"])  # fail before anything is written
         return ctx.opts["layer"]
     if g.spec.generator == EXAMPLE_FACTORY:
         return LAYER
@@ -346,6 +349,8 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
     n = _check_n(o["n"])
     if o["real"] is None and g.spec.generator != "artifix.example:make_generator":
         raise UserError("--real is required for your own generator: an image folder, an .npz array or a statistics file.")
+    if o["real"] is not None and not Path(o["real"]).exists():
+        raise UserError(f"reference data {o['real']} does not exist; give an image folder, a .npz/.npy uint8 array or a statistics .npz.")
     batches = (imgs.numpy() for _, imgs in sample_batches(g, o["seed"], 0, n, _check_n(o["batch"], "--batch")))
     names = ("metrics", "features", "real", "bootstrap", "confidence", "kid_subsets", "kid_subset_size", "fd_inf", "inception_weights",
              "real_n", "real_resize", "swd_n", "swd_bootstrap", "feature_batch")

@@ -88,3 +88,10 @@ def test_review_queue_cold_start_and_with_classifier(planted_project):
     labelled = set(review.artifact) | set(review.clean)
     assert len(res["queue"]) == 8 and not set(res["queue"]) & labelled
     assert res["realism"] is not None and all(v > 0 for v in res["realism"].values())
+
+
+def test_bad_layer_or_reference_fails_before_writing(tmp_path):
+    code, out, err = run_cli("score", "--layer", "main.88", "--store", str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "Did you mean 'main.8'" in err and not (tmp_path / "s.sqlite").exists() and not (tmp_path / "o").exists()
+    code, out, err = run_cli("metrics", "--real", str(tmp_path / "missing"), "--n", "8")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "does not exist" in err
