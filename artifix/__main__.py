@@ -1,0 +1,5 @@
+"""`python -m artifix ...` (also the entry point for `torchrun ... -m artifix`)."""
+
+from .cli import main
+
+main()
