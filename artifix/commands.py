@@ -191,14 +191,19 @@ def cached_stats(ctx: Context, g, layer: str, seed: int, n: int):
     return cached(g, layer, seed, n, ctx.opts.get("cache") or ".artifix-cache")
 
 
+def flagged_and_clean(store, run_id: int) -> tuple[list[int], list[int]]:
+    """The run's samples whose current label is 'artifact', and those labelled 'clean' (sorted)."""
+    flags = store.flags(run_id)
+    return (sorted(int(s) for s in flags.loc[flags.label == "artifact", "sample"]),
+            sorted(int(s) for s in flags.loc[flags.label == "clean", "sample"]))
+
+
 def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None):
     """Score every unit of `layer` from the run's flags/masks (and a classifier, if given)."""
     from .scoring import score_units
 
     o = ctx.opts
-    flags = store.flags(run_id)
-    flagged = sorted(int(s) for s in flags.loc[flags.label == "artifact", "sample"])
-    clean = sorted(int(s) for s in flags.loc[flags.label == "clean", "sample"])
+    flagged, clean = flagged_and_clean(store, run_id)
     masks = store.masks(run_id)
     stats = cached_stats(ctx, g, layer, o["seed"], o["stats_n"])
     prob_fn = score_fn = None
@@ -209,9 +214,9 @@ def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None):
         score_fn = getattr(C, "differentiable_score", lambda *_: None)(clf, g.spec.range)
         missing = [i for i in flagged if i not in masks]
         if missing:  # pseudo masks from the classifier's localisation maps (Tousi et al. 2021)
-            from .scoring import _images
+            from .generator import images_at
 
-            pm = C.pseudo_masks(clf, _images(g, o["seed"], missing))
+            pm = C.pseudo_masks(clf, images_at(g, o["seed"], missing))
             masks = {**masks, **{i: m for i, m in zip(missing, pm)}}
     if not flagged and not clean:
         ctx.say("no flags yet: ranking units by the cold-start prior (rarely-activated units)")
@@ -285,7 +290,7 @@ def _classify_extra(p) -> None:
           "classify": ["classifier", "review_k"], "run": ["threads", "cache"]}, _classify_extra)
 def cmd_classify(ctx: Context) -> dict[str, Any]:
     from .classifier import ArtifactClassifier, review_queue, train_classifier
-    from .scoring import _images
+    from .generator import images_at
 
     o = ctx.opts
     g = load(ctx)
@@ -294,11 +299,10 @@ def cmd_classify(ctx: Context) -> dict[str, Any]:
     path = Path(o["classifier"])
     action = ctx.args.action
     if action == "train":
-        flags = store.flags(run_id)
-        flags = flags[flags.label.isin(["artifact", "clean"])]
-        ids = [int(s) for s in flags["sample"]]
-        y = (flags.label == "artifact").to_numpy().astype(int)
-        clf = train_classifier(_images(g, o["seed"], ids), y)
+        flagged, clean = flagged_and_clean(store, run_id)
+        ids = flagged + clean
+        y = np.r_[np.ones(len(flagged)), np.zeros(len(clean))].astype(int)
+        clf = train_classifier(images_at(g, o["seed"], ids), y)
         clf.save(path)
         r = clf.report
         ctx.say(f"trained on {r['n_pos']} flagged / {r['n_neg']} clean samples: cross-validated ROC-AUC {r['auc']:.3f}, "
@@ -308,7 +312,7 @@ def cmd_classify(ctx: Context) -> dict[str, Any]:
     if clf is None and action == "predict":
         raise UserError(f"no artifact classifier at {path}; train one first with 'artifix classify train'.")
     ids = list(range(o["start"], o["start"] + _check_n(o["n"])))
-    images = _images(g, o["seed"], ids)
+    images = images_at(g, o["seed"], ids)
     probs = clf.predict_proba(images) if clf is not None else None
     if action == "predict":
         flagged = [i for i, p in zip(ids, probs) if p >= clf.threshold]
@@ -381,9 +385,7 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
         plan = plan_auto(report.table.unit.tolist(), layer, o["k"])
     else:
         plan = plan_from_store(store, run_id, layer)
-    flags = store.flags(run_id)
-    flagged = sorted(int(s) for s in flags.loc[flags.label == "artifact", "sample"])
-    clean = sorted(int(s) for s in flags.loc[flags.label == "clean", "sample"])
+    flagged, clean = flagged_and_clean(store, run_id)
     from .scoring import trace_batches
 
     channels = next(iter(trace_batches(g, layer, o["seed"], [0])))[1].shape[1]

@@ -93,17 +93,16 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     say("[6/6] training the artifact classifier, then repairing: remove the approved units, measure, export")
     from .classifier import train_classifier
     from .example import CHECKPOINT
-    from .repair import RepairPlan, repair
-    from .scoring import _images
+    from .repair import plan_from_store, repair
+    from .generator import images_at
 
     ids = review.artifact + review.clean
-    clf = train_classifier(_images(bad, cfg.seed, ids), np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int))
+    clf = train_classifier(images_at(bad, cfg.seed, ids), np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int))
     ck = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
     ck["netG_state_dict"] = bad.module.state_dict()
     with atomic_path(out / "planted.pt") as tmp:  # the generator under repair, in the example's checkpoint layout
         torch.save(ck, tmp)
-    plan = RepairPlan(cfg.layer, sorted(approved), "approved",
-                      [{"unit": int(a.unit), "reviewer": a.reviewer, "time": str(a.time), "note": a.note} for a in store.approved_units(run_id)])
+    plan = plan_from_store(store, run_id, cfg.layer)
     manifest = repair(bad, plan, out / "cleaned", seed=cfg.seed, n=cfg.metrics_n, flagged=review.artifact, clean=review.clean,
                       clf=clf, channels=stats.channels, checkpoint=out / "planted.pt", say=lambda m: say("      " + m))
     random_units = manifest["random_control_units"]

@@ -17,7 +17,7 @@ import sys
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -423,6 +423,17 @@ def sample_batches(g: LoadedGenerator, seed: int, start: int = 0, n: int = 64, b
         with torch.inference_mode():
             out = check_output(forward(g, z, y), len(idx))
         yield idx, to_uint8(out.float(), g.spec.range)
+
+
+def images_at(g: LoadedGenerator, seed: int, indices: Sequence[int], batch: int = 64) -> np.ndarray:
+    """uint8 NHWC images of the given sample indices (any order, any subset), rendered `batch` at a time."""
+    idx = [int(i) for i in indices]
+    parts = []
+    for s in range(0, len(idx), batch):
+        z, y = latents(g.spec, seed, idx[s:s + batch])
+        with torch.inference_mode():
+            parts.append(to_uint8(check_output(forward(g, z, y), len(z)).float(), g.spec.range).numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8)
 
 
 def sample(g: LoadedGenerator, seed: int = 0, start: int = 0, n: int = 64, batch: int = 64, class_id: int | None = None) -> np.ndarray:

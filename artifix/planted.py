@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .generator import LoadedGenerator, fingerprint, latents, forward, to_uint8
+from .generator import LoadedGenerator, fingerprint, forward, images_at, latents
 from .trace import Trace, get_layer
 
 
@@ -111,10 +111,8 @@ def low_impact_units(g: LoadedGenerator, site: PlantedSite = PlantedSite(), seed
 
 def pixel_change(clean: LoadedGenerator, planted: LoadedGenerator, seed: int, indices: list[int], threshold: int = 40) -> np.ndarray:
     """Per sample, a bool (H, W) map of the visible blotches: pixels that moved by > threshold and turned magenta."""
-    z, y = latents(clean.spec, seed, indices)
-    with torch.inference_mode():
-        a = to_uint8(forward(clean, z, y), clean.spec.range).numpy().astype(np.int16)
-        b = to_uint8(forward(planted, z, y), planted.spec.range).numpy().astype(np.int16)
+    a = images_at(clean, seed, indices).astype(np.int16)
+    b = images_at(planted, seed, indices).astype(np.int16)
     magenta = (b[..., 0] > 170) & (b[..., 1] < 110) & (b[..., 2] > 170)
     return (np.abs(a - b).max(-1) > threshold) & magenta
 

@@ -22,7 +22,7 @@ from .generator import LoadedGenerator, sample_batches
 from .images import grid, save_png
 from .io import write_json_atomic, write_text_atomic
 from .report import table_markdown
-from .scoring import _images
+from .generator import images_at
 from .trace import Trace, ablation
 
 
@@ -99,11 +99,11 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: list[int], seed: int,
         res["artifact_rate"] = rates
         if flagged:
             fl = {}
-            imgs = {"before": _images(g, seed, list(flagged))}
+            imgs = {"before": images_at(g, seed, list(flagged))}
             with Trace(g.module, edit={plan.layer: ablation(plan.units)}):
-                imgs["after"] = _images(g, seed, list(flagged))
+                imgs["after"] = images_at(g, seed, list(flagged))
             with Trace(g.module, edit={plan.layer: ablation(control)}):
-                imgs["control"] = _images(g, seed, list(flagged))
+                imgs["control"] = images_at(g, seed, list(flagged))
             for name, im in imgs.items():
                 fl[name] = _rate(clf.predict_proba(im), clf.threshold, seed)
             res["artifact_rate_flagged"] = fl
@@ -124,10 +124,10 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]
     for name, ids in (("flagged", ids_f), ("clean", ids_c)):
         if ids:
-            rows = [_images(g, seed, ids)]
+            rows = [images_at(g, seed, ids)]
             for units in (plan.units, control):
                 with Trace(g.module, edit={plan.layer: ablation(units)}):
-                    rows.append(_images(g, seed, ids))
+                    rows.append(images_at(g, seed, ids))
             save_png(out / f"before_after_{name}.png", grid(np.concatenate(rows), ncol=len(ids), scale=2))
     manifest = {
         "artifix_version": __version__, "source": exported.input, "fingerprint_before": g.fingerprint,

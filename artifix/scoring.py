@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .generator import LoadedGenerator, forward, latents, to_uint8
+from .generator import LoadedGenerator, forward, images_at, latents, to_uint8
 from .io import sha256_json
 from .progress import Progress
 from .stats import UnitStats
@@ -232,15 +232,15 @@ def exact_effect(g: LoadedGenerator, layer: str, seed: int, flagged: Sequence[in
     mrows = [r for r, i in enumerate(flagged) if i in masks]
     m = np.stack([np.asarray(masks[flagged[r]], bool) for r in mrows]) if mrows else None
     edits = edits or (lambda u: ablation([u]))
-    base_f = _images(g, seed, flagged)
-    base_c = _images(g, seed, clean)
+    base_f = images_at(g, seed, flagged)
+    base_c = images_at(g, seed, clean)
     p0 = prob_fn(base_f) if prob_fn is not None and len(flagged) else None
     rows = []
     bar = Progress(len(units), "ablations")
     for u in units:
         with Trace(g.module, edit={layer: edits(u)}):
-            abl_f = _images(g, seed, flagged)
-            abl_c = _images(g, seed, clean)
+            abl_f = images_at(g, seed, flagged)
+            abl_c = images_at(g, seed, clean)
         row = {"unit": int(u)}
         if p0 is not None:
             row["prob_drop"] = float(np.mean(p0 - prob_fn(abl_f)))  # type: ignore[misc]
@@ -256,14 +256,6 @@ def exact_effect(g: LoadedGenerator, layer: str, seed: int, flagged: Sequence[in
         bar.update()
     bar.close()
     return pd.DataFrame(rows)
-
-
-def _images(g: LoadedGenerator, seed: int, indices: Sequence[int]) -> np.ndarray:
-    if not len(indices):
-        return np.zeros((0, 1, 1, 3), np.uint8)
-    z, y = latents(g.spec, seed, list(indices))
-    with torch.inference_mode():
-        return to_uint8(forward(g, z, y).float(), g.spec.range).numpy()
 
 
 @dataclass

@@ -101,11 +101,11 @@ def test_flags_without_masks_use_classifier_pseudo_masks(planted_setup):
     while the combined ranking is weaker than with painted regions, because pseudo masks are coarse.
     """
     from artifix.classifier import pseudo_masks, train_classifier
-    from artifix.scoring import _images
+    from artifix.generator import images_at
 
     g, bad, truth, review, stats = planted_setup
     ids = review.artifact + review.clean
-    imgs = _images(bad, 0, ids)
+    imgs = images_at(bad, 0, ids)
     labels = np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int)
     clf = train_classifier(imgs, labels, seed=0)
     assert clf.report["auc"] > 0.8
