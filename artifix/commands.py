@@ -198,14 +198,19 @@ def flagged_and_clean(store, run_id: int) -> tuple[list[int], list[int]]:
             sorted(int(s) for s in flags.loc[flags.label == "clean", "sample"]))
 
 
-def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None):
-    """Score every unit of `layer` from the run's flags/masks (and a classifier, if given)."""
+def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None, use_cache: bool = True):
+    """Score every unit of `layer` from the run's flags/masks (and a classifier, if given); no stats cache under edits."""
     from .scoring import score_units
 
     o = ctx.opts
     flagged, clean = flagged_and_clean(store, run_id)
     masks = store.masks(run_id)
-    stats = cached_stats(ctx, g, layer, o["seed"], o["stats_n"])
+    if use_cache:
+        stats = cached_stats(ctx, g, layer, o["seed"], o["stats_n"])
+    else:
+        from .scoring import collect_stats
+
+        stats = collect_stats(g, layer, o["seed"], o["stats_n"])
     prob_fn = score_fn = None
     if clf is not None:
         from . import classifier as C
@@ -227,7 +232,7 @@ def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None):
 
 @command("score", "rank the units of a layer that cause the flagged artifacts (IoU@IQR, AUC, causal effect, priors)",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": None,
-          "run": ["out", "cache", "threads"]})
+          "classify": ["classifier"], "run": ["out", "cache", "threads"]})
 def cmd_score(ctx: Context) -> dict[str, Any]:
     from .io import write_json_atomic, write_text_atomic
     from .report import unit_cards
@@ -367,30 +372,75 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
     return {"fingerprint": g.fingerprint, "metrics": res}
 
 
+def maybe_bundled_review(ctx: Context, g, store, run_id: int, layer: str) -> bool:
+    """On the unmodified bundled example, fill an empty run with the maintainers' review; True when this run holds it."""
+    from .example import bundled_review, seed_bundled_review
+    from .generator import EXAMPLE_FACTORY
+
+    if g.spec.generator != EXAMPLE_FACTORY:
+        return False
+    review = bundled_review()
+    if g.fingerprint != review["fingerprint"] or layer != review["layer"]:
+        return False
+    added = seed_bundled_review(store, run_id, g.fingerprint, layer)
+    if added:
+        ctx.say(f"the label store had no labels for the bundled example: imported the maintainers' review "
+                f"({added['flags'].get('flags', '?')} flags; units {added['approved']} approved by {added['reviewer']}); "
+                "see data/example/review/")
+    decided = store.unit_decisions(run_id)
+    return bool(added) or (len(decided) and set(decided.reviewer) == {review["reviewer"]})
+
+
 @command("repair", "remove the approved units, prove the gain against a random-unit control, write a cleaned generator",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "score": None, "repair": None,
-          "classify": ["classifier"], "metrics": ["real"], "run": ["out", "cache", "threads"]})
+          "classify": ["classifier"], "metrics": ["real", "inception_weights"], "run": ["out", "cache", "threads"]})
 def cmd_repair(ctx: Context) -> dict[str, Any]:
-    from .repair import plan_auto, plan_from_store, repair
+    from .repair import combine, plan_auto, plan_from_store, repair, sequential_auto
+    from .scoring import trace_batches
+    from .trace import get_layer
 
     o = ctx.opts
     g = load(ctx)
-    layer = default_layer(ctx, g)
     if g.scripted:
         raise UserError("repair needs a Python generator (--generator 'module:callable'), not a TorchScript file.")
-    store, run_id = open_run(ctx, g, layer)
-    clf = load_classifier(ctx, required=False)
-    if o["auto"]:
-        report, _ = score_run(ctx, g, layer, store, run_id, clf)
-        plan = plan_auto(report.table.unit.tolist(), layer, o["k"])
-    else:
-        plan = plan_from_store(store, run_id, layer)
-    flagged, clean = flagged_and_clean(store, run_id)
-    from .scoring import trace_batches
-
-    channels = next(iter(trace_batches(g, layer, o["seed"], [0])))[1].shape[1]
+    primary = default_layer(ctx, g)
+    layers = [l.strip() for l in str(o["layers"]).split(",") if l.strip()] if o["layers"] else [primary]
+    for layer in layers:
+        get_layer(g.module, layer)
+    if len(set(layers)) != len(layers):
+        raise UserError(f"--layers names a layer twice ({o['layers']}); name each layer once.")
+    n = _check_n(o["repair_n"], "--repair-n")
     out = Path(o["out"] or "artifix-repair")
-    manifest = repair(g, plan, out, seed=o["seed"], n=_check_n(o["repair_n"], "--repair-n"), flagged=flagged, clean=clean,
-                      clf=clf, real=o["real"], channels=channels, say=ctx.say)
+    store, run_id = open_run(ctx, g, primary)  # the flags (and the primary layer's approvals) live in this run
+    clf = load_classifier(ctx, required=False)
+    if o["optimise_alpha"] and clf is None:
+        raise UserError("--optimise-alpha needs the artifact classifier; train one with 'artifix classify train'.")
+    if maybe_bundled_review(ctx, g, store, run_id, primary) and clf is None:
+        from .classifier import ArtifactClassifier
+        from .example import REVIEW_DIR
+
+        clf = ArtifactClassifier.load(REVIEW_DIR / "classifier.pt")
+        ctx.say(f"using the bundled review's artifact classifier ({REVIEW_DIR / 'classifier.pt'})")
+
+    def ranking(layer: str, earlier: dict | None = None) -> list[int]:
+        report, _ = score_run(ctx, g, layer, store, run_id, clf, use_cache=not earlier)
+        return [int(u) for u in report.table.unit]
+
+    if o["auto"]:
+        if o["k"] <= 0:
+            raise UserError(f"--k must be a positive number of units, got {o['k']}.")
+        plan = sequential_auto(g, layers, o["k"], ranking, ctx.say) if len(layers) > 1 else plan_auto(ranking(primary), primary, o["k"])
+    else:
+        plans = []
+        for layer in layers:
+            st, rid = (store, run_id) if layer == primary else open_run(ctx, g, layer)
+            plans.append(plan_from_store(st, rid, layer, ranking(layer) if o["sweep"] and layer == layers[0] else None))
+        plan = combine(plans)
+    flagged, clean = flagged_and_clean(store, run_id)
+    channels = {l: next(iter(trace_batches(g, l, o["seed"], [0])))[1].shape[1] for l in layers}
+    high_pool = 4 * n if o["high_pool"] is None else o["high_pool"]
+    manifest = repair(g, plan, out, seed=o["seed"], n=n, flagged=flagged, clean=clean, clf=clf, real=o["real"], channels=channels,
+                      high_pool=high_pool, optimise=o["optimise_alpha"], run_sweep=o["sweep"], sweep_n=o["sweep_n"],
+                      inception_weights=o.get("inception_weights"), cache=o.get("cache"), say=ctx.say)
     ctx.say(f"wrote the cleaned generator, manifest.json, MODEL_CARD.md and report.md to {out}/")
     return manifest
