@@ -163,6 +163,11 @@ def resolve_factory(target: str) -> Callable[..., nn.Module]:
     return obj
 
 
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
     """Load a checkpoint on CPU: safetensors, or torch.load with weights_only unless trust_pickle."""
     path = Path(path)
@@ -184,9 +189,9 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
                 f"refused to unpickle {path}: it holds Python objects beyond tensors, and loading them could run code; "
                 "pass --trust-pickle only if you trust where this file came from."
             ) from None
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({str(e).splitlines()[0]}).") from None
+        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(e)}).") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({str(e).splitlines()[0][:200]}).") from None
+        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(e)}).") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -289,7 +294,7 @@ def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> 
         try:
             module: nn.Module = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as e:
-            raise UserError(f"cannot load TorchScript file {path} ({str(e).splitlines()[0]}).") from None
+            raise UserError(f"cannot load TorchScript file {path} ({_first_line(e)}).") from None
         scripted = True
     elif gen is None:
         if not spec.checkpoint:
@@ -387,7 +392,7 @@ def probe(g: LoadedGenerator) -> torch.Size:
         with torch.inference_mode():
             out = g(z, y)
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        msg = str(e).splitlines()[0][:240]
+        msg = _first_line(e, 240)
         raise UserError(
             f"the generator rejected latents of shape {tuple(z.shape[1:])}"
             + (f" with {g.spec.classes} classes" if g.spec.classes else "")
