@@ -409,6 +409,24 @@ def _(w, ck):
     return ["sample"]
 
 
+@case("config fraction for a whole number", "invalid value 3.7 for 'seed' (expected a whole number)")
+def _(w, ck):
+    (w / "artifix.toml").write_text("[sample]\nseed = 3.7\n")
+    return ["sample"]
+
+
+@case("config boolean for text", "invalid value True for 'layer'")
+def _(w, ck):
+    (w / "artifix.toml").write_text("[sample]\nlayer = true\n")
+    return ["sample"]
+
+
+@case("config table for text", "invalid value {'a': 1} for 'grid'")
+def _(w, ck):
+    (w / "artifix.toml").write_text("[sample]\ngrid = { a = 1 }\n")
+    return ["sample"]
+
+
 @case("config value instead of a table", "'generator' must be a table")
 def _(w, ck):
     (w / "artifix.toml").write_text('generator = "x:y"\n')
