@@ -331,7 +331,7 @@ def cmd_classify(ctx: Context) -> dict[str, Any]:
     layer = default_layer(ctx, g)
     path = Path(o["classifier"])
     action = ctx.args.action
-    need = ("training needs at least 2 flagged and 2 clean samples, but the label store {} has {} flagged and {} clean "
+    need = ("need at least 2 flagged and 2 clean samples to train the classifier, but the label store {} has {} flagged and {} clean "
             "for this generator, layer and seed; import more with 'artifix flags import'.")
     clf = ArtifactClassifier.load(path) if action != "train" and path.exists() else None  # checked before the store is touched
     if clf is None and action == "predict":
