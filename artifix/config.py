@@ -23,7 +23,7 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise UserError(f"config file {p} is not UTF-8 text.") from None
+        raise UserError(f"config file {p} is not UTF-8 text; save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {p} is not valid TOML: {e}.") from None
     for table, body in data.items():

@@ -180,7 +180,7 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"checkpoint {path} is not a readable safetensors file ({e}).") from None
+            raise UserError(f"checkpoint {path} is not a readable safetensors file ({_first_line(e)}); check --checkpoint.") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
@@ -189,9 +189,12 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
                 f"refused to unpickle {path}: it holds Python objects beyond tensors, and loading them could run code; "
                 "pass --trust-pickle only if you trust where this file came from."
             ) from None
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(e)}).") from None
+        detail = "not a pickle of tensors" if str(e).startswith("Weights only load failed") else _first_line(e)
+        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({detail}); check --checkpoint or save it "
+                        "again with torch.save.") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(e)}).") from None
+        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(e)}); check --checkpoint or save it "
+                        "again with torch.save.") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -311,7 +314,8 @@ def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> 
         except TypeError as e:
             raise UserError(f"calling {gen} with kwargs {dict(spec.kwargs)} failed: {e}; check --kwargs.") from None
         if not isinstance(module, nn.Module):
-            raise UserError(f"{gen} returned a {type(module).__name__}, not a torch.nn.Module.")
+            raise UserError(f"{gen} returned a {type(module).__name__}, not a torch.nn.Module; point --generator at the "
+                            "class or function that builds the model.")
         if spec.checkpoint:
             obj = read_checkpoint(spec.checkpoint, spec.trust_pickle)
             found = extract_state_dict(obj, spec.key, spec.checkpoint)
@@ -376,9 +380,11 @@ def to_uint8(x: torch.Tensor, value_range: str = "[-1,1]") -> torch.Tensor:
 def check_output(out: Any, n: int) -> torch.Tensor:
     """Raise UserError unless G's output is a finite (n, 1|3, H, W) float tensor."""
     if not isinstance(out, torch.Tensor):
-        raise UserError(f"the generator returned a {type(out).__name__}; artifix needs a tensor of images (N, C, H, W).")
+        raise UserError(f"the generator returned a {type(out).__name__}; artifix needs a tensor of images (N, C, H, W), "
+                        "so point --generator at a module (or wrapper) whose forward returns one.")
     if out.dim() != 4 or out.shape[0] != n or out.shape[1] not in (1, 3):
-        raise UserError(f"the generator returned shape {tuple(out.shape)}; artifix needs images shaped (N, 1 or 3, H, W).")
+        raise UserError(f"the generator returned shape {tuple(out.shape)} for {n} latents; artifix needs images shaped "
+                        f"({n}, 1 or 3, H, W), so check --latent or wrap the generator to return those.")
     if not torch.isfinite(out).all():
         bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
         raise UserError(f"the generator produced NaN or Inf values in {bad} of {n} samples; check the checkpoint and --range.")

@@ -148,7 +148,8 @@ def _image_files(folder: Path) -> list[Path]:
     if not files:
         others = sum(1 for p in folder.rglob("*") if p.is_file())
         raise UserError(f"No images ({'/'.join(IMAGE_EXTS)}) in the reference folder {folder}"
-                        + (f" (it holds {others} other files)." if others else " (it is empty)."))
+                        + (f" (it holds {others} other files)" if others else " (it is empty)")
+                        + "; add the images or point --real at another folder.")
     return files
 
 
