@@ -12,6 +12,10 @@ def test_demo_finds_and_removes_planted_units(tmp_path):
     m = json.loads((cfg.out / "cleaned" / "manifest.json").read_text())
     assert m["export"]["exact"] and m["export"]["max_abs_diff"] <= 1e-5
     assert not set(m["random_control_units"]) & set(m["units"])
+    rec = s["metrics"]["fd_recovery"]
+    print("fd recovery", rec)
+    assert rec["repair"] > 0.8 and rec["control"] < 0.3, rec
+    assert set(m["metrics"]["subsets"]) == {"random", "high_activation"}
     rate = m["metrics"]["artifact_rate_flagged"]
     assert rate["after"]["value"] < rate["before"]["value"]
     for f in ("report.md", "samples.png", "planted_samples.png", "unit_scores.csv", "labels.sqlite",
