@@ -428,10 +428,10 @@ def _dissect_layers(o: dict[str, Any], g) -> list[str]:
 
 
 def _ace_layer(o: dict[str, Any], g, layers: list[str]) -> str:
-    from .example import LAYER
+    from .dissect import EXAMPLE_ACE_LAYER
     from .trace import get_layer
 
-    name = o.get("ace_layer") or o.get("layer") or (LAYER if _is_example(g) else layers[-1])
+    name = o.get("ace_layer") or o.get("layer") or (EXAMPLE_ACE_LAYER if _is_example(g) else layers[-1])
     get_layer(g.module, name)
     return name
 

@@ -128,7 +128,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dissect", "iou_min", 0.05, "a unit is interpretable when its best concept's IoU exceeds this", float),
     Option("dissect", "concepts", None,
            "comma-separated concepts for the top-unit tables and the causal check (default: tree,building when the segmenter knows them)"),
-    Option("dissect", "ace_layer", None, "layer of the causal check (default: --layer, else the example's main.8, else the last of --layers)"),
+    Option("dissect", "ace_layer", None, "layer of the causal check (default: --layer, else main.5 for the example, else the last of --layers)"),
     Option("dissect", "ace_units", 20, "units of a concept ablated in the causal check (and as many random units as control)", int),
     Option("dissect", "ace_n", 200, "samples for the causal check (0 = skip it)", int),
     Option("dissect", "concept", None, "paint: the concept whose top units are added or removed"),

@@ -29,8 +29,8 @@ def seg():
 
 
 @pytest.fixture(scope="module")
-def main8(g, seg):
-    return D.dissect(g, ["main.8"], seg, seed=0, n=96)["main.8"]
+def main5(g, seg):
+    return D.dissect(g, ["main.5"], seg, seed=0, n=96)["main.5"]
 
 
 def test_segmenter_beats_trivial_baseline_on_held_out_scenes(seg):
@@ -72,49 +72,49 @@ def test_tally_matches_brute_force_on_a_tiny_case():
         assert torch.allclose(iou_iqr(acts, labels == cls, thr).iou.double(), iou[:, cls], atol=1e-6)
 
 
-def test_dissection_finds_object_units_and_reports(main8, tmp_path):
-    rows = main8.best()
-    assert len(rows) == 64 and all(0 <= r["iou"] <= 1 for r in rows)
-    assert main8.interpretable() == sum(main8.counts().values())
+def test_dissection_finds_object_units_and_reports(main5, tmp_path):
+    rows = main5.best()
+    assert len(rows) == 128 and all(0 <= r["iou"] <= 1 for r in rows)
+    assert main5.interpretable() == sum(main5.counts().values())
     for c in ("tree", "building"):
-        top = main8.top_units(c, 5)
-        assert main8.iou[top[0], scenes.CLASS_INDEX[c]] > D.IOU_MIN
-    cards = D.concepts_of_units(main8, main8.top_units("building", 2), top=3)
+        top = main5.top_units(c, 5)
+        assert main5.iou[top[0], scenes.CLASS_INDEX[c]] > D.IOU_MIN
+    cards = D.concepts_of_units(main5, main5.top_units("building", 2), top=3)
     assert cards[0]["concepts"] and "building" in [x["concept"] for x in cards[0]["concepts"]]
-    again = D.LayerDissection.from_json(json.loads(json.dumps(main8.to_json())))
-    assert np.allclose(again.iou, main8.iou, atol=1e-5) and again.counts() == main8.counts()
-    png = D.charts({"main.8": main8, "copy": again})
+    again = D.LayerDissection.from_json(json.loads(json.dumps(main5.to_json())))
+    assert np.allclose(again.iou, main5.iou, atol=1e-5) and again.counts() == main5.counts()
+    png = D.charts({"main.5": main5, "copy": again})
     assert png.ndim == 3 and png.shape[2] == 3
-    assert "| main.8 |" in D.report_markdown({"main.8": main8}, concepts=["tree"])
+    assert "| main.5 |" in D.report_markdown({"main.5": main5}, concepts=["tree"])
 
 
-def test_ablating_top_tree_units_removes_more_tree_than_random_units(g, seg, main8):
-    units = main8.top_units("tree", 20)
-    r = D.ablation_effect(g, "main.8", units, seg, "tree", seed=0, n=64)
+def test_ablating_top_tree_units_removes_more_tree_than_random_units(g, seg, main5):
+    units = main5.top_units("tree", 20)
+    r = D.ablation_effect(g, "main.5", units, seg, "tree", seed=0, n=48)
     assert r["pixels_before"] > 0 and len(r["control_units"]) == 20 and not set(r["control_units"]) & set(units)
-    assert r["removed_fraction"] > 0.3
-    assert r["removed_fraction"] > r["control_removed_fraction"] + 0.2
+    assert r["removed_fraction"] > 0.4  # 64 % on 200 samples (docs/readme-dissect.md)
+    assert r["removed_fraction"] > r["control_removed_fraction"] + 0.3 and r["removed_ci"][0] > r["control_removed_ci"][1]
 
 
-def test_inserting_tree_units_adds_tree_mostly_inside_the_region(g, seg, main8):
+def test_inserting_tree_units_adds_tree_mostly_inside_the_region(g, seg, main5):
     mask = np.zeros((64, 64), bool)
-    mask[30:62, 4:28] = True
-    units = main8.top_units("tree", 20)
-    r = D.insertion_effect(g, "main.8", units, seg, "tree", mask, seed=0, n=16)
+    mask[20:44, 20:44] = True  # around the horizon (where the segmenter already calls much of the GAN's ground tree, adding does little)
+    units = main5.top_units("tree", 20)
+    r = D.insertion_effect(g, "main.5", units, seg, "tree", mask, seed=0, n=16)
     gain_in = r["share_inside_after"] - r["share_inside_before"]
     gain_out = r["share_outside_after"] - r["share_outside_before"]
     assert gain_in > 0.1 and gain_in > 3 * max(gain_out, 0)
-    before, after = D.paint(g, "main.8", units, mask, "add", seed=0, index=3)
+    before, after = D.paint(g, "main.5", units, mask, "add", seed=0, index=3)
     assert before.shape == after.shape == (64, 64, 3) and before.dtype == np.uint8
     diff = np.abs(after.astype(int) - before).max(-1)
     assert diff[mask].mean() > 2 * diff[~mask].mean()
-    _, removed = D.paint(g, "main.8", units, None, "remove", seed=0, index=3)
+    _, removed = D.paint(g, "main.5", units, None, "remove", seed=0, index=3)
     assert not np.array_equal(removed, before)
 
 
-def test_concept_collateral_lists_every_class(g, seg, main8):
-    units = main8.top_units("building", 5)
-    rows = D.concept_collateral(g, "main.8", units, seg, seed=0, n=16, dissection=main8)
+def test_concept_collateral_lists_every_class(g, seg, main5):
+    units = main5.top_units("building", 5)
+    rows = D.concept_collateral(g, "main.5", units, seg, seed=0, n=16, dissection=main5)
     assert sorted(r["concept"] for r in rows) == sorted(scenes.CLASSES)
     assert all({"pixels_before", "pixels_after", "removed_fraction", "removed_ci", "drawn_by"} <= set(r) for r in rows)
     fr = [r["removed_fraction"] for r in rows if r["pixels_before"] > 0]
@@ -153,7 +153,7 @@ def test_bad_input_is_one_user_error(g, seg, tmp_path):
     errors = []
     for call in (lambda: load_segmenter(bad), lambda: load_segmenter(tmp_path / "missing.pt"),
                  lambda: D.class_index(seg.classes, "unicorn"), lambda: load_segmenter(None, "a,,b"),
-                 lambda: D.paint(g, "main.8", [999], None, "add"), lambda: D.paint(g, "main.8", [1], None, "paint"),
+                 lambda: D.paint(g, "main.5", [999], None, "add"), lambda: D.paint(g, "main.5", [1], None, "paint"),
                  lambda: D.dissect(g, ["main.99"], seg, n=4)):
         with pytest.raises(UserError) as e:
             call()
@@ -164,7 +164,7 @@ def test_bad_input_is_one_user_error(g, seg, tmp_path):
 
 def test_cli_dissect_and_paint(tmp_path):
     out = tmp_path / "d"
-    code, stdout, err = run_cli("dissect", "--layers", "main.5,main.8", "--dissect-n", "32", "--ace-n", "16", "--ace-units", "5",
+    code, stdout, err = run_cli("dissect", "--layers", "main.5,main.8", "--dissect-n", "24", "--ace-n", "16", "--ace-units", "5",
                                 "--concepts", "tree", "--out", str(out), "--cache", str(tmp_path / "cache"), "--json", "--quiet")
     assert code == 0, err
     res = json.loads(stdout)
