@@ -464,11 +464,7 @@ def cmd_dissect(ctx: Context) -> dict[str, Any]:
     if not 0 <= o["iou_min"] < 1:
         raise UserError(f"--iou-min must be in [0, 1), got {o['iou_min']}.")
     g = load(ctx)
-    layers = _dissect_layers(o, g)
-    for name in layers:
-        from .trace import get_layer
-
-        get_layer(g.module, name)
+    layers = D._check_layers(g, _dissect_layers(o, g))  # fail on a bad layer before loading or sampling anything
     seg = _segmenter_from_options(o)
     concepts = _concepts(o, seg)
     ace_layer = _ace_layer(o, g, layers) if concepts and o["ace_n"] else None

@@ -218,6 +218,7 @@ def layer_stats(g: LoadedGenerator, layers: Sequence[str], seed: int, n: int, ba
 
 
 def _check_layers(g: LoadedGenerator, layers: Sequence[str]) -> list[str]:
+    """The distinct layer names, each checked against G (UserError with close names otherwise)."""
     names = list(dict.fromkeys(layers))
     if not names:
         raise UserError("no layers to dissect; pass --layers like 'main.5,main.8'.")

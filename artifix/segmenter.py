@@ -15,6 +15,7 @@ Two kinds load with `load_segmenter`:
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -144,6 +145,8 @@ def load_segmenter(path: str | Path | None = None, classes: str | Sequence[str] 
             raise UserError(f"segmenter {p} has no class names: pass --segmenter-classes 'a,b,c' or put a {p.with_suffix('.json').name} "
                             "with a \"classes\" list next to it.")
     else:
+        if not zipfile.is_zipfile(p):
+            raise UserError(f"segmenter {p} is neither a TorchScript file nor a PyTorch state dict file.")
         try:
             sd = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  any unreadable file is the user's input problem
