@@ -129,6 +129,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("classify", "calibration_bins", 5, "bins of the reliability (calibration) table", int),
     Option("classify", "top_fraction", 0.1, "fraction of pixels of each localisation map kept as the pseudo artifact mask", float),
     Option("classify", "review_k", 32, "number of samples in the review queue", int),
+    # -- concept dissection and painting (artifix/dissect.py, artifix/segmenter.py)
+    Option("dissect", "layers", None,
+           "comma-separated layers to dissect, e.g. 'main.5,main.8' (default for the example: main.2,main.5,main.8,main.11)"),
+    Option("dissect", "dissect_n", 500, "generated samples to dissect (samples 0..N-1 of --seed)", int),
+    Option("dissect", "segmenter", None,
+           "segmenter: a TorchScript file mapping float images [0,1] NCHW to class logits, or a SceneSegmenter state dict; "
+           "default: the bundled scene segmenter"),
+    Option("dissect", "segmenter_classes", None,
+           "comma-separated class names of --segmenter, one per logit channel (default: from <segmenter>.json)"),
+    Option("dissect", "iou_min", 0.05, "a unit is interpretable when its best concept's IoU exceeds this", float),
+    Option("dissect", "concepts", None,
+           "comma-separated concepts for the top-unit tables and the causal check (default: tree,building when the segmenter knows them)"),
+    Option("dissect", "ace_layer", None, "layer of the causal check (default: --layer, else main.5 for the example, else the last of --layers)"),
+    Option("dissect", "ace_units", 20, "units of a concept ablated in the causal check (and as many random units as control)", int),
+    Option("dissect", "ace_n", 200, "samples for the causal check (0 = skip it)", int),
+    Option("dissect", "concept", None, "paint: the concept whose top units are added or removed"),
+    Option("dissect", "units", None, "paint: comma-separated units to add or remove instead of a concept's top --ace-units"),
+    Option("dissect", "region", None, "paint: the region 'x0,y0,x1,y1' in image pixels (default: the whole image)"),
+    Option("dissect", "mode", "add", "paint: 'add' or 'remove'"),
+    Option("dissect", "index", 0, "paint: index of the sample to paint", int),
 )
 
 _BY_KEY: dict[tuple[str, str], Option] = {(o.section, o.name): o for o in OPTIONS}
