@@ -442,8 +442,10 @@ def maybe_bundled_review(ctx: Context, g, store, run_id: int, layer: str) -> boo
 
 @command("repair", "remove the approved units, prove the gain against a random-unit control, write a cleaned generator",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "score": None, "repair": None,
-          "classify": ["classifier"], "metrics": ["real", "inception_weights"], "run": ["out", "cache", "threads"]})
+          "classify": ["classifier"], "metrics": ["real", "inception_weights"], "dissect": ["segmenter", "segmenter_classes"],
+          "run": ["out", "cache", "threads"]})
 def cmd_repair(ctx: Context) -> dict[str, Any]:
+    from .generator import EXAMPLE_FACTORY
     from .repair import combine, plan_auto, plan_from_store, repair, sequential_auto
     from .scoring import trace_batches
     from .trace import get_layer
@@ -495,9 +497,15 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
     flagged, clean = flagged_and_clean(store, run_id)
     channels = {l: next(iter(trace_batches(g, l, o["seed"], [0])))[1].shape[1] for l in layers}
     high_pool = 4 * n if o["high_pool"] is None else o["high_pool"]
+    segmenter = None
+    if o.get("segmenter") or g.spec.generator == EXAMPLE_FACTORY:
+        from .segmenter import load_segmenter
+
+        segmenter = load_segmenter(o.get("segmenter"), o.get("segmenter_classes"))
     manifest = repair(g, plan, out, seed=o["seed"], n=n, flagged=flagged, clean=clean, clf=clf, real=o["real"], channels=channels,
                       high_pool=high_pool, optimise=o["optimise_alpha"], run_sweep=o["sweep"], sweep_n=o["sweep_n"],
-                      inception_weights=o.get("inception_weights"), cache=o.get("cache"), say=ctx.say)
+                      inception_weights=o.get("inception_weights"), segmenter=segmenter, collateral_n=o["collateral_n"],
+                      cache=o.get("cache"), say=ctx.say)
     ctx.say(f"wrote the cleaned generator, manifest.json, MODEL_CARD.md and report.md to {out}/")
     return manifest
 

@@ -110,6 +110,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("repair", "sweep", False, "remove the ranked units one at a time and keep the first k while each still helps "
            "beyond its paired confidence interval", _bool, flag=True),
     Option("repair", "sweep_n", 500, "samples per step of the k sweep", int),
+    Option("repair", "collateral_n", 200, "samples on which the segmenter measures what else the removed units draw "
+           "(needs --segmenter; the example has one bundled; 0 = skip)", int),
     # -- shared run settings
     Option("run", "out", None, "output folder"),
     Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data"),

@@ -369,7 +369,7 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
            flagged: Sequence[int] = (), clean: Sequence[int] = (), clf: Any = None, real: Any = None, channels: int | Mapping[str, int],
            checkpoint: str | Path | None = None, metrics: str = "fd,kid,swd", high_pool: int | None = None,
            optimise: bool = False, run_sweep: bool = False, sweep_n: int | None = None, inception_weights: str | None = None,
-           cache: str | None = None, say: Say = print) -> dict[str, Any]:
+           segmenter: Any = None, collateral_n: int = 200, cache: str | None = None, say: Say = print) -> dict[str, Any]:
     """Remove the plan's units, write the verified cleaned generator and the proof next to it; returns the manifest."""
     t0 = time.time()
     out = Path(out_dir)
@@ -398,6 +398,14 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
     pool = (4 * n if high_pool is None else high_pool)
     results = measure(g, plan, control, seed, n, flagged, clf, real, metrics, high_pool=pool, inception_weights=inception_weights,
                       cache=cache, say=say)
+    collateral = None
+    if segmenter is not None and collateral_n > 0:
+        from .dissect import concept_collateral
+
+        say(f"collateral: what else the removed units draw (segmenter, {collateral_n} samples)")
+        with Trace(g.module, edit={l: a for l, a in plan.ablations().items() if l != plan.layer}) if len(plan.layers) > 1 else _null():
+            collateral = {"layer": plan.layer, "n": collateral_n,
+                          "concepts": concept_collateral(g, plan.layer, plan.edits[plan.layer], segmenter, seed, collateral_n)}
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]
     for name, ids in (("flagged", ids_f), ("clean", ids_c)):
         if ids:
@@ -408,7 +416,7 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
         "fingerprint_after": exported.fingerprint_after, "layer": plan.layer, "units": plan.units, "alphas": plan.alpha(plan.layer),
         "layers": plan.layers, "edits": plan.to_json(), "selection": plan.source, "approvals": plan.approvals,
         "random_control": control, "random_control_units": control[plan.layer], "export": exported.to_json(),
-        "metrics": results, "alpha_optimisation": history or None, "sweep": sweep_res, "seconds": round(time.time() - t0, 1),
+        "metrics": results, "collateral": collateral, "alpha_optimisation": history or None, "sweep": sweep_res, "seconds": round(time.time() - t0, 1),
     }
     write_json_atomic(out / "manifest.json", manifest)
     card = model_card(manifest)
@@ -460,6 +468,15 @@ def model_card(m: dict[str, Any]) -> str:
         lines += [f"Artifact rate on the {r['before']['n']} flagged samples: before {r['before']['value']:.3f}, after {r['after']['value']:.3f} "
                   f"[{r['after']['ci'][0]:.3f}, {r['after']['ci'][1]:.3f}], random control {r['control']['value']:.3f} "
                   "(the flagged samples trained the classifier, so 'before' is in-sample).", ""]
+    col = m.get("collateral")
+    if col:
+        rows = [{"concept": r["concept"], "pixels before": r["pixels_before"], "pixels after": r["pixels_after"],
+                 "removed [95% CI]": f"{100 * r['removed_fraction']:+.1f} %" + ("" if not r.get("removed_ci") else
+                                     " [{:+.1f}, {:+.1f}]".format(*(100 * v for v in r["removed_ci"])))}
+                for r in col["concepts"]]
+        lines += [f"Collateral (what else the removed units of `{col['layer']}` draw): each concept's pixels by the segmenter on "
+                  f"{col['n']} samples, before and after (negative = the concept grew):", "",
+                  table_markdown(rows, ["concept", "pixels before", "pixels after", "removed [95% CI]"]), ""]
     sw = m.get("sweep")
     if sw:
         lines += [f"k sweep over `{sw['layer']}` on {sw['n']} samples (stop rule: {sw['criterion']} must drop beyond its paired 95 % interval); "
