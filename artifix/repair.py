@@ -176,7 +176,11 @@ def _edits(units: Mapping[str, Sequence[int]], alphas: Mapping[str, Sequence[flo
 def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[torch.Tensor], torch.Tensor], seed: int,
                    flagged: Sequence[int], *, steps: int | None = None, lr: float | None = None, l2: float | None = None,
                    batch: int | None = None, say: Say = print) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
-    """Per-unit strengths alpha in [0, 1] minimising mean p(artifact | flagged samples) + l2 * mean(alpha^2), by Adam steps."""
+    """Per-unit strengths alpha in [0, 1] minimising the flagged samples' mean artifact score + l2 * mean(alpha^2), by Adam steps.
+
+    `score_fn` maps G's output to the classifier's score; pass its logit (`differentiable_score(clf, logit=True)`):
+    a confident classifier's probability saturates near 1 on flagged samples and gives almost no gradient.
+    """
     steps, lr, l2, batch = (int(_opt("alpha_steps") if steps is None else steps), float(_opt("alpha_lr") if lr is None else lr),
                             float(_opt("alpha_l2") if l2 is None else l2), int(_opt("alpha_batch") if batch is None else batch))
     if not flagged:
@@ -214,9 +218,9 @@ def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[tor
         with torch.no_grad():
             for a in params.values():
                 a.clamp_(0.0, 1.0)
-        history.append({"step": step, "p_artifact": round(float(p), 5), "l2": round(float(reg), 5)})
+        history.append({"step": step, "score": round(float(p), 5), "l2": round(float(reg), 5)})
         if step % max(1, steps // 5) == 0 or step == steps - 1:
-            say(f"alpha step {step + 1}/{steps}: mean p(artifact) on flagged = {float(p):.3f}, mean alpha^2 = {float(reg):.3f}")
+            say(f"alpha step {step + 1}/{steps}: mean artifact score on flagged = {float(p):.3f}, mean alpha^2 = {float(reg):.3f}")
     return {l: [round(float(v), 4) for v in a.detach()] for l, a in params.items()}, history
 
 
@@ -387,7 +391,7 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
             raise UserError("--optimise-alpha needs the artifact classifier; train one with 'artifix classify train'.")
         from .classifier import differentiable_score
 
-        alphas, history = optimise_alpha(g, plan, differentiable_score(clf, g.spec.range), seed, list(flagged), say=say)
+        alphas, history = optimise_alpha(g, plan, differentiable_score(clf, g.spec.range, logit=True), seed, list(flagged), say=say)
         plan = RepairPlan(plan.edits, plan.source, plan.approvals, alphas)
         say("optimised alphas: " + "; ".join(f"{l}: " + ", ".join(f"{u}={a:.2f}" for u, a in zip(plan.edits[l], plan.alpha(l))) for l in plan.layers))
     control = random_control(plan, channels, seed)
