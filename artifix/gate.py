@@ -14,6 +14,9 @@ The decision rule, in "badness" units (the value for direction = lower, minus it
 estimate, se its standard error and z the two-sided normal quantile of the confidence, a criterion has
 regressed when e - z * se > limit, i.e. the whole interval lies beyond the threshold on the bad side. A
 point estimate beyond the threshold whose interval still reaches it is reported as inconclusive and passes.
+z is Student's t with B - 1 degrees of freedom when se comes from B bootstrap replicates (Welch-Satterthwaite
+for the sum of two such variances), since an se estimated from few replicates is itself noisy; the normal
+quantile is used for the binomial se of rates.
 - against a baseline checkpoint: both generators are sampled on the same seeds; e is the paired difference
   (candidate - baseline) and se the paired bootstrap se (FD / KID / SWD, `metrics.paired_compare`) or
   std(d_i) / sqrt(n) of the per-sample differences d_i of the classifier's artifact calls.
@@ -89,7 +92,7 @@ class Criterion:
 
 
 def _bad(where: str, text: str) -> UserError:
-    return UserError(f"artifix.toml [gate] {where}: {text}")
+    return UserError(f"[gate] {where}: {text}")
 
 
 def _number(value: Any, where: str, what: str) -> float:
@@ -106,7 +109,7 @@ def parse_criteria(raw: Any, confidence: float, classifier: str | None) -> list[
         raise UserError("no gate criteria: add [[gate.criteria]] tables to artifix.toml (see docs/ci/artifix.toml) "
                         "or pass --criteria as a JSON list.")
     if not isinstance(raw, list) or not all(isinstance(c, Mapping) for c in raw):
-        raise UserError("artifix.toml [gate] criteria must be a list of tables ([[gate.criteria]]), each with at least 'metric'.")
+        raise UserError("[gate] criteria must be a list of tables ([[gate.criteria]]), each with at least 'metric'.")
     out: list[Criterion] = []
     for i, c in enumerate(raw):
         where = f"criterion {i + 1}" + (f" ({c['name']!r})" if isinstance(c.get("name"), str) else "")
@@ -170,9 +173,9 @@ def parse_criteria(raw: Any, confidence: float, classifier: str | None) -> list[
     names = [c.name for c in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise UserError(f"artifix.toml [gate]: two criteria are named {dup[0]!r}; give each a unique name.")
+        raise UserError(f"[gate]: two criteria are named {dup[0]!r}; give each a unique name.")
     if sum(c.metric in ("fd", "fid") for c in out) and {c.metric for c in out} >= {"fd", "fid"}:
-        raise UserError("artifix.toml [gate]: use either 'fd' or 'fid' (one feature space per gate run), not both.")
+        raise UserError("[gate]: use either 'fd' or 'fid' (one feature space per gate run), not both.")
     return out
 
 
@@ -327,10 +330,28 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
+def _quantile(confidence: float, df: float | None) -> float:
+    """Two-sided quantile: Student's t with `df` degrees of freedom (se estimated from few replicates), else normal."""
+    if df is None or not math.isfinite(df):
+        return _z(confidence)
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2.0, max(float(df), 1.0)))
+
+
+def _welch_df(se_a: float, df_a: float | None, se_b: float, df_b: float | None) -> float | None:
+    """Welch-Satterthwaite degrees of freedom of se = sqrt(se_a^2 + se_b^2); None (normal) when both are exact."""
+    if df_a is None and df_b is None:
+        return None
+    terms = [se ** 4 / df for se, df in ((se_a, df_a), (se_b, df_b)) if df is not None and se > 0]
+    total = (se_a ** 2 + se_b ** 2) ** 2
+    return total / sum(terms) if terms and total > 0 else None
+
+
 def _binomial(k: int, n: int) -> dict[str, Any]:
     """A rate k/n with its standard error (Laplace-smoothed, so that 0/n still has a non-zero se)."""
     p = (k + 1.0) / (n + 2.0)
-    return {"value": k / n, "se": math.sqrt(p * (1.0 - p) / n), "n": n, "count": int(k)}
+    return {"value": k / n, "se": math.sqrt(p * (1.0 - p) / n), "n": n, "count": int(k), "df": None}
 
 
 def _feature_tap(inner: Any, limit: int) -> Any:
@@ -418,16 +439,19 @@ def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: 
             for m in metrics:
                 name = _dist_key(m, list(r))
                 e = r[name]
+                df = (s.swd_bootstrap if m == "swd" else s.bootstrap) - 1
                 out[m] = {"metric": name, "paired": True,
-                          "candidate": {"value": e["b"], "se": (e["ci_b"][1] - e["ci_b"][0]) / (2 * z95), "n": e["n"]},
-                          "baseline": {"value": e["a"], "se": (e["ci_a"][1] - e["ci_a"][0]) / (2 * z95), "n": e["n"]},
-                          "diff": {"value": e["diff"], "se": e["se"]}}
+                          "candidate": {"value": e["b"], "se": (e["ci_b"][1] - e["ci_b"][0]) / (2 * z95), "n": e["n"], "df": df},
+                          "baseline": {"value": e["a"], "se": (e["ci_a"][1] - e["ci_a"][0]) / (2 * z95), "n": e["n"], "df": df},
+                          "diff": {"value": e["diff"], "se": e["se"], "df": df}}
         else:
             r = compute_metrics(iter(c_imgs), **kw)
             c_feat = tap.features()
             for m in metrics:
                 name = _dist_key(m, list(r))
-                out[m] = {"metric": name, "paired": False, "candidate": {"value": r[name]["value"], "se": r[name]["se"], "n": r[name]["n"]}}
+                df = (s.swd_bootstrap if m == "swd" else s.bootstrap) - 1
+                out[m] = {"metric": name, "paired": False,
+                          "candidate": {"value": r[name]["value"], "se": r[name]["se"], "n": r[name]["n"], "df": df}}
         if "fd" in out and any(c.metric == "fid" for c in s.criteria):
             out["fid"] = out.pop("fd")
     for path, (clf, sha) in res["classifiers"].items():
@@ -440,7 +464,7 @@ def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: 
             hb = _artifact_hits(clf, np.concatenate(b_imgs), b_feat, ext_name)
             d = hc.astype(float) - hb.astype(float)
             m["baseline"] = _binomial(int(hb.sum()), len(hb))
-            m["diff"] = {"value": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d)))}
+            m["diff"] = {"value": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))), "df": len(d) - 1}
         out[key] = m
     for path, mf in res["manifests"].items():
         key = next(c.key for c in s.criteria if c.manifest == path)
@@ -462,29 +486,31 @@ def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: 
 def judge(c: Criterion, m: Mapping[str, Any], stored: Mapping[str, Any] | None) -> dict[str, Any]:
     """Apply the decision rule of one criterion to its measurement (and a stored baseline's, if any)."""
     sign = 1.0 if c.direction == "lower" else -1.0
-    z = _z(c.confidence)
     cand = m["candidate"]
     row: dict[str, Any] = {"name": c.name, "metric": c.metric, "measurement": m.get("metric", c.metric), "tier": c.tier,
                            "direction": c.direction, "against": c.against, "confidence": c.confidence,
                            "candidate": cand["value"], "candidate_se": cand["se"]}
     if c.against == "absolute":
-        est, se = cand["value"], cand["se"]
+        est, se, df = cand["value"], cand["se"], cand.get("df")
         bad, allowed = sign * est, sign * c.threshold  # in "badness" units: larger is worse
         row.update(threshold=c.threshold, baseline=None, comparison="absolute")
     else:
         if "diff" in m:
             base_v, est, se, comp = m["baseline"]["value"], m["diff"]["value"], m["diff"]["se"], "paired"
+            df = m["diff"].get("df")
         else:
             if stored.get("metric", c.metric) != m.get("metric", c.metric):  # type: ignore[union-attr]
                 raise RuntimeFailure(f"the baseline report measured {stored.get('metric')!r} but this run {m.get('metric')!r}.")  # type: ignore[union-attr]
             b = stored["candidate"]  # type: ignore[index]
             base_v = b["value"]
             est, se, comp = cand["value"] - base_v, math.sqrt(cand["se"] ** 2 + b["se"] ** 2), "unpaired (stored report)"
+            df = _welch_df(cand["se"], cand.get("df"), b["se"], b.get("df"))
         allowed = c.threshold * abs(base_v) if c.percent else c.threshold  # the allowed worsening
         bad = sign * est
         row.update(baseline=base_v, threshold=f"{c.threshold * 100:g}%" if c.percent else c.threshold,
                    allowed_worsening=allowed, change=est, change_se=se, comparison=comp)
-    row["ci"] = [est - z * se, est + z * se]
+    z = _quantile(c.confidence, df)
+    row["ci"], row["df"], row["quantile"] = [est - z * se, est + z * se], df, z
     tol = 1e-12 * max(1.0, abs(allowed))
     regressed = bad - z * se > allowed + tol  # even the best end of the interval is beyond the threshold
     row["regressed"] = bool(regressed)
