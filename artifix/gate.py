@@ -24,8 +24,9 @@ quantile is used for the binomial se of rates.
   --measure-only): the samples are independent, so e = candidate - baseline and se = sqrt(se_c^2 + se_b^2)
   from the two reports' standard errors; the protocol (n, features, reference, metrics seed, ...) must match.
 - absolute: e is the candidate's value and se its bootstrap (or binomial) standard error.
-With threshold 0 an unchanged model fails a criterion with probability about (1 - confidence) / 2; a small
-margin (e.g. "2%") makes that negligible while a real regression beyond the margin still fails.
+An unchanged model fails a criterion with probability about P(Z > q + margin / se): with threshold 0 that is
+(1 - confidence) / 2, so set a margin of the order of the noise (e.g. "2%" for a large n) and, against a
+stored report, a higher confidence such as 0.99: the baseline's own error is one draw shared by every later run.
 
 "units_removed" reads a repair's manifest.json (layer + units) and measures, on the candidate's samples,
 the fraction of samples whose image changes (some pixel by more than `tolerance` levels of 255) when the
@@ -85,7 +86,7 @@ class Criterion:
     def key(self) -> str:
         """The measurement this criterion reads (several criteria may share one)."""
         if self.metric == "artifact_rate":
-            return f"artifact_rate[{Path(self.classifier or '').name}]"
+            return f"artifact_rate[{Path(self.classifier or '').as_posix()}]"
         if self.metric == "units_removed":
             return f"units_removed[{Path(self.manifest or '').as_posix()}]"
         return self.metric
