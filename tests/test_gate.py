@@ -121,7 +121,7 @@ def test_example_against_itself_passes_on_20_seeds(proj):
         cand = np.array([r[name]["candidate"] for r in rows])
         print(f"\n{name}: baseline {rows[0][name]['baseline']:.4g}; change over 20 seeds mean {change.mean():+.3g}, "
               f"sd {change.std(ddof=1):.3g}, min {change.min():+.3g}, max {change.max():+.3g}; "
-              f"mean half-width of the 95 % CI {np.mean([(r[name]['ci'][1] - r[name]['ci'][0]) / 2 for r in rows]):.3g}")
+              f"mean half-width of the {rows[0][name]['confidence']:.0%} CI {np.mean([(r[name]['ci'][1] - r[name]['ci'][0]) / 2 for r in rows]):.3g}")
         assert all(r[name]["comparison"] == "unpaired (stored report)" for r in rows)
         # the candidate was really resampled: its value moves from seed to seed, and so does the change
         assert len(set(cand.tolist())) == 20 and np.all(change != 0)
