@@ -257,3 +257,19 @@ def test_input_errors_exit_2_before_sampling(proj):
     code, out, err = gate(proj, "--config", "broken.toml", "--baseline", str(CHECKPOINT), "--out", "bad")
     assert code == 2 and err.strip() == ("artifix gate: error: [gate] criterion 1: tier must be 'fail' or 'warn', "
                                          "got 'maybe'.")
+
+
+def test_classifier_reuses_the_metrics_features(proj):
+    """With effnet-lite0 metrics, the artifact calls come from the metrics' features and match the classifier's own pass."""
+    from artifix.classifier import ArtifactClassifier
+    from artifix.generator import GeneratorSpec
+
+    crit = '[{"metric": "fd", "against": "absolute", "threshold": 1e9}, {"metric": "artifact_rate", "threshold": 1.0}]'
+    code, out, err = gate(proj, "--features", "effnet-lite0", "--n", "16", "--bootstrap", "2", "--checkpoint", "planted.pt",
+                          "--baseline", str(CHECKPOINT), "--criteria", crit, "--out", "reuse", "--json")
+    assert code == 0, err
+    m = json.loads(out)["measurements"]["artifact_rate[clf.pt]"]
+    clf = ArtifactClassifier.load(proj / "clf.pt")
+    planted = load_generator(GeneratorSpec(generator="artifix.example:make_generator", checkpoint=str(proj / "planted.pt")))
+    for g, side in ((planted, "candidate"), (load_generator(), "baseline")):
+        assert m[side]["count"] == int(clf.predict(images_at(g, 0, range(16))).sum())
