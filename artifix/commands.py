@@ -670,3 +670,29 @@ def cmd_paint(ctx: Context) -> dict[str, Any]:
     save_png(path, grid(np.stack([outline, after]), ncol=2, scale=4))
     ctx.say(f"{o['mode']} {len(units)} units of {layer} in sample {o['index']}: before (region outlined) | after -> {path}")
     return {"layer": layer, "units": units, "mode": o["mode"], "index": o["index"], "region": o["region"], "png": str(path)}
+
+
+# ------------------------------------------------------------------------------------------------- gate
+
+
+@command("gate", "judge a release candidate against [gate] criteria (significant regressions only); exit 1 when it fails",
+         {"generator": None, "sample": ["seed"], "gate": None,
+          "metrics": ["features", "real", "real_n", "real_resize", "inception_weights", "bootstrap", "swd_n", "swd_bootstrap",
+                      "kid_subsets", "kid_subset_size", "metrics_seed", "feature_batch", "torchscript_size", "torchscript_range"],
+          "classify": ["classifier"], "run": ["out", "cache", "threads"]})
+def cmd_gate(ctx: Context) -> dict[str, Any]:
+    from .gate import GateSettings, parse_criteria, run_gate
+    from .generator import spec_from_options
+
+    o = ctx.opts
+    metric_keys = ("features", "real", "real_n", "real_resize", "inception_weights", "swd_n", "kid_subsets", "kid_subset_size",
+                   "feature_batch", "torchscript_size", "torchscript_range", "cache")
+    s = GateSettings(criteria=parse_criteria(o["criteria"], o["confidence"], o.get("classifier")), n=o["n"], seed=o["seed"],
+                     metrics_seed=o["metrics_seed"], bootstrap=o["bootstrap"], swd_bootstrap=o["swd_bootstrap"],
+                     baseline=o["baseline"], baseline_report=o["baseline_report"], measure_only=bool(o["measure_only"]),
+                     out=o["out"] or "artifix-gate", metric_opts={k: o.get(k) for k in metric_keys})
+    report = run_gate(s, spec_from_options(o), ctx.say)
+    for r in report["criteria"]:
+        ctx.say(f"{r['status'].upper():<8} {r['name']} ({r['tier']}): {r['reason']}")
+    ctx.say(f"gate {report['status']}: report, JUnit XML and summary in {s.out}/")
+    return report

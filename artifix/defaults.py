@@ -37,6 +37,19 @@ def _bool(s: str) -> bool:
     raise ValueError(f"expected true or false, got {s!r}")
 
 
+def _json_list(s: Any) -> Any:
+    """A TOML list passes through; command-line text is parsed as a JSON list (or one object)."""
+    if not isinstance(s, str):
+        return s
+    import json
+
+    try:
+        v = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON: {e.msg} at column {e.colno}") from None
+    return [v] if isinstance(v, dict) else v
+
+
 OPTIONS: tuple[Option, ...] = (
     # -- generator spec
     Option("generator", "generator", None,
@@ -151,6 +164,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("dissect", "region", None, "paint: the region 'x0,y0,x1,y1' in image pixels (default: the whole image)"),
     Option("dissect", "mode", "add", "paint: 'add' or 'remove'"),
     Option("dissect", "index", 0, "paint: index of the sample to paint", int),
+    # -- release gate (artifix/gate.py)
+    Option("gate", "criteria", None,
+           "gate criteria: [[gate.criteria]] tables in artifix.toml, or a JSON list of objects on the command line", _json_list),
+    Option("gate", "baseline", None, "baseline release checkpoint, sampled on the same seeds as the candidate (paired comparison)"),
+    Option("gate", "baseline_report", None,
+           "stored gate report of the baseline release (unpaired comparison; write one with --measure-only)"),
+    Option("gate", "n", 1000, "samples per generator (the N in the metric names)", int),
+    Option("gate", "confidence", 0.95, "required confidence of a criterion that does not set its own", float),
+    Option("gate", "measure_only", False,
+           "measure the candidate and write the report without judging it (to store as a baseline report)", _bool, flag=True),
 )
 
 _BY_KEY: dict[tuple[str, str], Option] = {(o.section, o.name): o for o in OPTIONS}
