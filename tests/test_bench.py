@@ -31,4 +31,4 @@ def test_quick_bench_runs_and_agrees(tmp_path):
     assert len(c["top_exact"]) == len(c["top_fast"]) == c["top"] and 0.0 <= c["overlap"] <= 1.0
     assert c["units"] == 128 and -1.0 <= c["spearman_first_order_vs_exact"] <= 1.0
     rows = res["scaling"]["rows"]
-    assert [r["n"] for r in rows] == [100, 300] and all(r["recorded"] == r["n"] and r["peak_rss_mb"] > 0 for r in rows)
+    assert [r["n"] for r in rows] == [100, 300, 100, 300] and all(r["recorded"] == r["n"] and r["peak_rss_mb"] > 0 for r in rows)
