@@ -25,6 +25,7 @@ from .errors import UserError
 
 T = TypeVar("T")
 TIMEOUT_S = 1800  # a rank that waits longer than this for the others fails instead of hanging
+_OWNED = False  # whether init() created the process group (then shutdown() destroys it)
 
 
 def _dist() -> Any:
@@ -82,14 +83,18 @@ def init() -> bool:
         if be == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         d.init_process_group(be, timeout=timedelta(seconds=TIMEOUT_S))
+        global _OWNED
+        _OWNED = True
     return active()
 
 
 def shutdown() -> None:
-    """Leave the process group (no-op when none)."""
+    """Leave the process group if init() created it (no-op otherwise)."""
+    global _OWNED
     d = _dist()
-    if d.is_available() and d.is_initialized():
+    if _OWNED and d.is_available() and d.is_initialized():
         d.destroy_process_group()
+    _OWNED = False
 
 
 def barrier() -> None:
