@@ -101,7 +101,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER
     cmd = COMMANDS[args.command]
     progress.QUIET = bool(args.quiet)
+    from . import dist
+
     try:
+        if dist.init() and not dist.is_main():
+            progress.QUIET = True  # under torchrun only rank 0 prints
         cfg = config.load_config(args.config)
         opts: dict[str, Any] = {}
         for sec, names in cmd.options.items():
@@ -113,7 +117,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
             torch.set_num_threads(int(threads))
         result = cmd.handler(ctx)
-        if ctx.json and result is not None:
+        if ctx.json and result is not None and dist.is_main():
             sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
             sys.stdout.flush()
         code = result.get("exit_code", EXIT_OK) if isinstance(result, dict) else EXIT_OK
@@ -133,6 +137,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"artifix {args.command}: runtime error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(set ARTIFIX_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        dist.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -151,6 +151,7 @@ def open_run(ctx: Context, g, layer: str, missing: str | None = None):
 
     from .generator import probe
 
+    from . import dist
     if missing is not None:
         location = str(ctx.opts["store"])
         if "://" not in location and not Path(location).expanduser().is_file():
@@ -161,11 +162,12 @@ def open_run(ctx: Context, g, layer: str, missing: str | None = None):
             store.close()
             raise UserError(missing)
         return store, run.id
-    store = LabelStore(ctx.opts["store"])
 
     out_shape = probe(g)
-    run_id = store.register_run(g.fingerprint, [layer], ctx.opts["seed"], max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0),
-                                meta={"spec": g.spec.to_json()}, image_size=(int(out_shape[2]), int(out_shape[3])))
+    with dist.main_first():  # under torchrun rank 0 creates the run, the others find it
+        store = LabelStore(ctx.opts["store"])
+        run_id = store.register_run(g.fingerprint, [layer], ctx.opts["seed"], max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0),
+                                    meta={"spec": g.spec.to_json()}, image_size=(int(out_shape[2]), int(out_shape[3])))
     return store, run_id
 
 
@@ -277,6 +279,10 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
     clf = load_classifier(ctx, required=False)  # a bad classifier file is reported before the store is touched
     store, run_id = open_run(ctx, g, layer)
     report, stats = score_run(ctx, g, layer, store, run_id, clf)
+    from . import dist
+
+    if not dist.is_main():  # under torchrun the ranks shared the work; rank 0 writes and reports
+        return None
     out = Path(o["out"] or "artifix-out")
     top = report.table.head(o["top"])
     rows = top.to_dict("records")
@@ -399,13 +405,17 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
     if o["real"] is not None and not Path(o["real"]).exists():
         raise UserError(f"reference data {o['real']} does not exist; give an image folder, a .npz/.npy uint8 array or a statistics .npz.")
     from .metrics.reference import check_real
+    from . import dist
 
     check_real(o["real"], n=o.get("real_n"), resize=o.get("real_resize"))  # before sampling or extracting features
-    batches = (imgs.numpy() for _, imgs in sample_batches(g, o["seed"], 0, n, _check_n(o["batch"], "--batch")))
+    first, count = dist.shard_range(0, n)  # under torchrun each rank samples its block; rank 0 merges
+    batches = (imgs.numpy() for _, imgs in sample_batches(g, o["seed"], first, count, _check_n(o["batch"], "--batch")))
     names = ("metrics", "features", "real", "bootstrap", "confidence", "kid_subsets", "kid_subset_size", "fd_inf", "inception_weights",
              "real_n", "real_resize", "swd_n", "swd_bootstrap", "feature_batch")
     kwargs = {k: o[k] for k in names if k in o}
-    res = compute_metrics(batches, n=n, seed=o["metrics_seed"], cache=o["cache"], progress=ctx.say, **kwargs)
+    res = compute_metrics(batches, n=n, seed=o["metrics_seed"], cache=o["cache"], progress=ctx.say, sharded=True, **kwargs)
+    if not dist.is_main():
+        return None
     if not ctx.json:
         for name, r in res.items():
             ci = f" [{r['ci'][0]:.4g}, {r['ci'][1]:.4g}]" if r.get("ci") else ""
@@ -696,3 +706,32 @@ def cmd_gate(ctx: Context) -> dict[str, Any]:
         ctx.say(f"{r['status'].upper():<8} {r['name']} ({r['tier']}): {r['reason']}")
     ctx.say(f"gate {report['status']}: report, JUnit XML and summary in {s.out}/")
     return report
+
+
+# ------------------------------------------------------------------------------------- stats (scale-out)
+
+
+@command("stats", "stream per-unit statistics of a layer (quantiles, moments, firing rates, top samples); splits under torchrun",
+         {"generator": None, "sample": ["seed", "start", "batch", "layer"], "score": ["stats_n", "top"], "run": ["out", "threads"]})
+def cmd_stats(ctx: Context) -> dict[str, Any]:
+    from . import dist
+    from .scoring import collect_stats
+    from .stats import unit_summary
+
+    o = ctx.opts
+    g = load(ctx)
+    layer = default_layer(ctx, g)
+    n = _check_n(o["stats_n"], "--stats-n")
+    stats = collect_stats(g, layer, o["seed"], n, _check_n(o["batch"], "--batch"), start=o["start"])
+    if not dist.is_main():
+        return None
+    result: dict[str, Any] = {"fingerprint": g.fingerprint, "layer": layer, "seed": o["seed"], "start": o["start"], "n": n,
+                              "ranks": dist.world_size(), "units": unit_summary(stats, o["top"])}
+    if o["out"]:
+        path = Path(o["out"]) / "unit_stats.pt"
+        stats.save(path)
+        result["file"] = str(path)
+        ctx.say(f"wrote the statistics of {n} samples at {layer} to {path}")
+    ctx.say(f"{layer}: {stats.channels} units over {n} samples; median firing rate "
+            f"{float(stats.firing_rate().median()):.3f}" + (f" ({dist.world_size()} ranks)" if dist.active() else ""))
+    return result

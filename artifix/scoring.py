@@ -24,11 +24,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from . import dist
 from .errors import UserError
 from .generator import LoadedGenerator, forward, images_at, latents, to_uint8
 from .io import sha256_json
 from .progress import Progress
-from .stats import UnitStats
+from .stats import UnitStats, all_reduce_
 from .trace import Ablation, Trace, ablation, get_layer
 
 COMBINED_WEIGHTS = {"causal": 0.6, "iou": 0.2, "auc": 0.2}  # interventional evidence counts most
@@ -74,12 +75,15 @@ def iou_iqr(acts: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor, c
     na = torch.zeros(c, t, dtype=torch.float64)
     thr = thresholds.to(acts.dtype)[None, :, :, None]  # (1, C, T, 1)
     for i in range(0, b, chunk):
+        if (i // chunk) % dist.world_size() != dist.rank():  # under torchrun each rank tallies some chunks
+            continue
         up = F.interpolate(acts[i:i + chunk].float(), size=(hh, ww), mode="bilinear", align_corners=False)
         up = up.reshape(up.shape[0], c, 1, -1)  # (b, C, 1, HW)
         for j in range(t):
             above = (up[:, :, 0] > thr[:, :, j]).float()  # (b, C, HW)
             n11[:, j] += torch.einsum("bcp,bp->c", above, s[i:i + chunk]).double()
             na[:, j] += above.sum((0, 2)).double()
+    n11, na = dist.all_reduce_sum(n11), dist.all_reduce_sum(na)  # integer counts: the sum is exact
     total = float(b * hh * ww)
     iqr = iqr_from_counts(n11, na, ns.double(), total)
     best = iqr.argmax(1)
@@ -162,16 +166,26 @@ def trace_batches(g: LoadedGenerator, layer: str, seed: int, indices: Sequence[i
 
 def collect_stats(g: LoadedGenerator, layer: str, seed: int, n: int, batch: int = 64, start: int = 0,
                   indices: Sequence[int] | None = None) -> UnitStats:
-    """Stream samples start..start+n-1 (or `indices`) through G up to `layer` and record per-unit statistics."""
+    """Stream samples start..start+n-1 (or `indices`) through G up to `layer` and record per-unit statistics.
+
+    Under torchrun each rank records its contiguous block of the samples and the shards are merged on every rank
+    (`stats.all_reduce_`), so every rank returns the statistics of the whole run.
+    """
     idx = list(indices) if indices is not None else list(range(start, start + n))
+    mine = dist.shard(idx)
     stats: UnitStats | None = None
-    bar = Progress(len(idx), "unit stats")
-    for part, acts, _ in trace_batches(g, layer, seed, idx, batch):
+    bar = Progress(len(mine), "unit stats")
+    for part, acts, _ in trace_batches(g, layer, seed, mine, batch):
         if stats is None:
             stats = UnitStats(layer, acts.shape[1], n, start=start, meta={"seed": seed, "fingerprint": g.fingerprint})
         stats.update(acts, part)
         bar.update(len(part))
     bar.close()
+    if dist.active():
+        channels = next(c for c in dist.all_gather_objects(None if stats is None else stats.channels) if c is not None)
+        if stats is None:  # more ranks than samples: this rank recorded nothing but still takes part in the merge
+            stats = UnitStats(layer, channels, n, start=start, meta={"seed": seed, "fingerprint": g.fingerprint})
+        all_reduce_(stats)
     assert stats is not None
     return stats
 
@@ -180,6 +194,7 @@ def cached_stats(g: LoadedGenerator, layer: str, seed: int, n: int, cache_dir: s
     """Unit statistics for (G, layer, seed, n): loaded from cache_dir when present, else collected and cached.
 
     The cache key is a content hash of G's fingerprint, the layer, seed and n (never a user-chosen name).
+    Under torchrun the ranks collect their shards together and only rank 0 writes the cache file.
     """
     key = sha256_json({"fingerprint": g.fingerprint, "layer": layer, "seed": seed, "n": n, "v": 1})[:20]
     path = Path(cache_dir) / f"stats-{key}.pt"
@@ -189,7 +204,8 @@ def cached_stats(g: LoadedGenerator, layer: str, seed: int, n: int, cache_dir: s
         except UserError:
             pass  # a damaged or foreign cache entry is recomputed and replaced, never trusted
     stats = collect_stats(g, layer, seed, n)
-    stats.save(path)
+    if dist.is_main():
+        stats.save(path)
     return stats
 
 
@@ -204,7 +220,10 @@ def _stack(g: LoadedGenerator, layer: str, seed: int, indices: Sequence[int]) ->
 
 def first_order_effect(g: LoadedGenerator, layer: str, seed: int, indices: Sequence[int], score_fn: ScoreFn,
                        batch: int = 16) -> torch.Tensor:
-    """Per unit, the first-order estimate (gradient x activation) of the score change from ablating it, per sample mean."""
+    """Per unit, the first-order estimate (gradient x activation) of the score change from ablating it, per sample mean.
+
+    Under torchrun each rank takes a contiguous block of `indices`; the per-rank sums are added in rank order.
+    """
     total: torch.Tensor | None = None
     held: dict[str, torch.Tensor] = {}
 
@@ -213,7 +232,8 @@ def first_order_effect(g: LoadedGenerator, layer: str, seed: int, indices: Seque
         held["x"] = x
         return x
 
-    idx = list(indices)
+    n_all = len(indices)
+    idx = dist.shard(list(indices))
     for s in range(0, len(idx), batch):
         part = idx[s:s + batch]
         z, y = latents(g.spec, seed, part)
@@ -224,14 +244,22 @@ def first_order_effect(g: LoadedGenerator, layer: str, seed: int, indices: Seque
         act = held["x"].detach()[: len(part)]
         eff = -(grad[: len(part)] * act).flatten(2).sum(2).sum(0)  # (C,) sum over samples of delta score
         total = eff if total is None else total + eff
+    if dist.active():
+        parts = [t for t in dist.all_gather_objects(total) if t is not None]
+        total = parts[0]
+        for t in parts[1:]:
+            total = total + t
     assert total is not None
-    return total / len(idx)
+    return total / n_all
 
 
 def exact_effect(g: LoadedGenerator, layer: str, seed: int, flagged: Sequence[int], clean: Sequence[int], units: Sequence[int],
                  prob_fn: ProbFn | None, masks: dict[int, np.ndarray] | None = None,
                  edits: Callable[[int], Ablation] | None = None) -> pd.DataFrame:
-    """Ablate each unit in turn: artifact-probability drop and in-mask change on flagged samples, pixel change on clean ones."""
+    """Ablate each unit in turn: artifact-probability drop and in-mask change on flagged samples, pixel change on clean ones.
+
+    Under torchrun the units are split between ranks (contiguous blocks) and every rank gets all rows, in `units` order.
+    """
     masks = masks or {}
     mrows = [r for r, i in enumerate(flagged) if i in masks]
     m = np.stack([np.asarray(masks[flagged[r]], bool) for r in mrows]) if mrows else None
@@ -240,8 +268,9 @@ def exact_effect(g: LoadedGenerator, layer: str, seed: int, flagged: Sequence[in
     base_c = images_at(g, seed, clean)
     p0 = prob_fn(base_f) if prob_fn is not None and len(flagged) else None
     rows = []
-    bar = Progress(len(units), "ablations")
-    for u in units:
+    mine = dist.shard(list(units))
+    bar = Progress(len(mine), "ablations")
+    for u in mine:
         with Trace(g.module, edit={layer: edits(u)}):
             abl_f = images_at(g, seed, flagged)
             abl_c = images_at(g, seed, clean)
@@ -259,7 +288,7 @@ def exact_effect(g: LoadedGenerator, layer: str, seed: int, flagged: Sequence[in
         rows.append(row)
         bar.update()
     bar.close()
-    return pd.DataFrame(rows)
+    return pd.DataFrame(dist.all_gather_list(rows))
 
 
 @dataclass

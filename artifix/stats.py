@@ -873,3 +873,16 @@ def gather(stats: UnitStats, dst: int = 0, group: Any = None) -> UnitStats | Non
     if not _dist_active():
         return stats
     return _collect(stats, dst, group)
+
+
+def unit_summary(stats: UnitStats, top: int = 5,
+                 quantiles: Sequence[float] = (0.01, 0.1, 0.5, 0.9, 0.99)) -> list[dict[str, Any]]:
+    """Per unit a JSON-able row: count, mean, std, min, max, quantiles, firing rate and the top samples by spatial max."""
+    q = stats.quantile(list(quantiles))
+    rate = stats.firing_rate()
+    idx, val = stats.top_samples(top)
+    mean, std, lo, hi, cnt = stats.mean, stats.std, stats.min, stats.max, stats.count
+    return [{"unit": u, "count": int(cnt[u]), "mean": float(mean[u]), "std": float(std[u]), "min": float(lo[u]),
+             "max": float(hi[u]), "quantiles": {str(f): float(q[u, k]) for k, f in enumerate(quantiles)},
+             "firing_rate": float(rate[u]), "top_samples": [int(i) for i in idx[u]],
+             "top_values": [float(v) for v in val[u]]} for u in range(stats.channels)]

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .. import defaults
+from .. import defaults, dist
 from ..errors import UserError
 from .fd import FDReference, Moments, fd_inf as _fd_inf
 from .features import Extractor, as_uint8_nhwc, get_extractor
@@ -118,6 +118,63 @@ class FakeSamples:
             raise UserError(f"Metrics need at least 2 {label}, got {self.n}.")
         if n is not None and self.n < n:
             raise UserError(f"Asked for metrics on n={n} {label} but the stream ended after {self.n}.")
+
+    def consume_shard(self, batches: Iterable[Any], progress: Callable[[str], None] | None, label: str) -> None:
+        """Take this rank's contiguous block of the stream (all of it), keeping raw images for SWD to merge later."""
+        self._swd_images: list[np.ndarray] = []
+        kept = 0
+        for b in batches:
+            b = as_uint8_nhwc(b, what="generated images")
+            f = self.extractor(b)
+            if self.moments is None:
+                self.moments = Moments(f.shape[1])
+            self.moments.update(f)
+            if self.keep:
+                self._feats.append(f.astype(np.float32))
+            if self.swd is not None and kept < self.swd.limit:  # rank 0 keeps the first swd_n images of the stream
+                self._swd_images.append(np.ascontiguousarray(b[: self.swd.limit - kept]))
+                kept += self._swd_images[-1].shape[0]
+            if progress:
+                progress(f"{label} (this rank): {self.n} images")
+
+    def merged(self, n: int | None, label: str) -> "FakeSamples | None":
+        """On rank 0, one FakeSamples holding every rank's shard in stream order (None on the other ranks).
+
+        Feature moments are float64 sums and add exactly as a single pass would (up to the order of
+        additions); features (KID, bootstrap, FD-inf) and the first swd_n images (SWD) are gathered.
+        """
+        dim = next((d for d in dist.all_gather_objects(None if self.moments is None else self.moments.dim) if d is not None), None)
+        if dim is None:
+            raise UserError(f"Metrics need at least 2 {label}, got 0.")
+        m = self.moments or Moments(dim)
+        total = Moments(dim)
+        total.n = int(dist.all_reduce_sum(np.array([m.n], np.int64))[0])
+        total.sum = dist.all_reduce_sum(m.sum)
+        total.outer = dist.all_reduce_sum(m.outer)
+        counts = dist.all_gather_objects(m.n)
+        offset = sum(counts[: dist.rank()])
+        feats = dist.gather_rows(self.features) if self.keep else None
+        swd_part = None
+        if self.swd is not None:
+            need = max(0, self.swd.limit - offset)
+            imgs = np.concatenate(self._swd_images)[:need] if self._swd_images else None
+            swd_part = dist.gather_objects(imgs)
+        if not dist.is_main():
+            return None
+        out = FakeSamples(self.extractor, self.keep, 0, 0)
+        out.moments = total
+        if feats is not None:
+            out._feats = [feats]
+        if self.swd is not None:
+            out.swd = SWDSet(self.swd.seed, self.swd.limit)
+            for part in swd_part or []:
+                if part is not None and part.shape[0]:
+                    out.swd.add(part)
+        if out.n < 2:
+            raise UserError(f"Metrics need at least 2 {label}, got {out.n}.")
+        if n is not None and out.n != n:
+            raise UserError(f"Asked for metrics on n={n} {label} but the ranks produced {out.n}.")
+        return out
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -288,8 +345,12 @@ def compute_metrics(fake_batches: Iterable[Any], *, real: Any = None, n: int | N
                     inception_weights: str | os.PathLike | None = None, real_n: int | None = None,
                     real_resize: bool | None = None, swd_n: int | None = None, swd_bootstrap: int | None = None,
                     cache: str | os.PathLike | None = None, feature_batch: int | None = None,
-                    progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+                    progress: Callable[[str], None] | None = None, sharded: bool = False) -> dict[str, dict[str, Any]]:
     """Metrics of generated uint8 image batches against a reference; JSON-able.
+
+    With `sharded` under torchrun, `fake_batches` is this rank's contiguous block of the stream (rank order =
+    stream order, see `dist.shard_range`) and `n` the total: the shards are merged on rank 0, which computes
+    and returns the metrics; the other ranks return {}. Without torchrun `sharded` changes nothing.
 
     Returns {metric name: {"value", "ci": [lo, hi] or None, "n", "n_real", "confidence", "features",
     "ci_method", ...}}; KID adds "std" (over subsets), SWD "levels" (1e3 x SWD per pyramid level),
@@ -300,7 +361,14 @@ def compute_metrics(fake_batches: Iterable[Any], *, real: Any = None, n: int | N
                 inception_weights=inception_weights, real_n=real_n, real_resize=real_resize, swd_n=swd_n,
                 swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress)
     fake = st.fake()
-    fake.consume(fake_batches, st.n, progress, "generated images")
+    if sharded and dist.active():
+        fake.consume_shard(fake_batches, progress, "generated images")
+        merged = fake.merged(st.n, "generated images")
+        if merged is None:
+            return {}
+        fake = merged
+    else:
+        fake.consume(fake_batches, st.n, progress, "generated images")
     raw, real = _run(st, [fake])
     out: dict[str, dict[str, Any]] = {}
     for name, (entry,) in raw.items():

@@ -2,11 +2,13 @@
 
 FD = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^1/2).
 
-The trace term never forms a matrix square root of a non-symmetric matrix (no scipy.linalg.sqrtm):
-with S1 = V diag(w) V^T (symmetric eigh, tiny negative w clipped to 0) and F = V diag(sqrt(w)),
-Tr((S1 S2)^1/2) = sum_i sqrt(lambda_i(F^T S2 F)); F^T S2 F is symmetric positive semi-definite and is
-similar to S1^1/2 S2 S1^1/2, so its eigenvalues come from a second symmetric eigh (negatives clipped).
-Both steps are backward stable, so near-singular covariances (N < d) are fine.
+The trace term never forms a matrix square root of a non-symmetric matrix (no scipy.linalg.sqrtm): for any
+factor F with F F^T = S1, Tr((S1 S2)^1/2) = sum_i sqrt(lambda_i(F^T S2 F)), because F^T S2 F is symmetric
+positive semi-definite and has the eigenvalues of S1 S2 (and of S1^1/2 S2 S1^1/2). F is the Cholesky factor
+L of S1 when S1 is positive definite (the usual case, N > d: d^3/3 flops, and F^T S2 F costs two triangular
+products), else V diag(sqrt(w)) from a symmetric eigh of S1 (tiny negative w clipped to 0). The
+eigenvalues come from one symmetric eigenvalue problem without eigenvectors (negatives clipped). Every step
+is backward stable, so near-singular covariances (N < d) are fine.
 
 `FDReference` keeps F for a fixed reference set so that repeated distances (bootstrap, FD-inf) cost
 one symmetric eigenvalue problem each, of size min(d, number of distinct samples).
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
+from scipy.linalg import blas, lapack
 
 from ..errors import UserError
 
@@ -139,11 +142,49 @@ def clip_eigenvalues(lam: np.ndarray) -> np.ndarray:
     return np.where(lam > tol, lam, 0.0)
 
 
+def cholesky_factor(s: np.ndarray) -> np.ndarray | None:
+    """Lower-triangular L with L L^T = S for a symmetric positive definite S, or None when S is not (numerically) PD."""
+    s = np.asarray(s, np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
+        return None
+    c, info = lapack.dpotrf(np.asfortranarray((s + s.T) * 0.5), lower=1, clean=1, overwrite_a=1)
+    if info != 0 or not np.all(np.isfinite(c)):
+        return None
+    return c
+
+
+def _factor(s: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(F, lower): the Cholesky factor (lower=True) when S is positive definite, else the eigh factor."""
+    c = cholesky_factor(s)
+    if c is not None:
+        return c, True
+    w, v = np.linalg.eigh((np.asarray(s, np.float64) + np.asarray(s, np.float64).T) * 0.5)
+    return v * np.sqrt(clip_eigenvalues(w)), False
+
+
 @_single_threaded
 def psd_factor(s: np.ndarray) -> np.ndarray:
-    """F with F F^T = S for a symmetric PSD S (eigh; round-off eigenvalues zeroed)."""
-    w, v = np.linalg.eigh((s + s.T) * 0.5)
-    return v * np.sqrt(clip_eigenvalues(w))
+    """F with F F^T = S for a symmetric PSD S: its Cholesky factor if S is positive definite, else from eigh
+    (round-off eigenvalues zeroed)."""
+    return _factor(s)[0]
+
+
+def _congruence(f: np.ndarray, s: np.ndarray, lower: bool) -> np.ndarray:
+    """F^T S F (symmetrised), with triangular products when F is lower triangular."""
+    if lower:
+        b = blas.dtrmm(1.0, f, np.asfortranarray(s, np.float64), side=1, lower=1)  # S F
+        m = blas.dtrmm(1.0, f, b, lower=1, trans_a=1, overwrite_b=1)  # F^T S F
+    else:
+        m = f.T @ np.asarray(s, np.float64) @ f
+    return (m + m.T) * 0.5
+
+
+def _eigvalsh(m: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric matrix (LAPACK syevd without eigenvectors)."""
+    w, _, info = lapack.dsyevd(m, compute_v=0, lower=1, overwrite_a=1)
+    if info != 0:  # pragma: no cover - LAPACK failed to converge
+        return np.linalg.eigvalsh(m)
+    return w
 
 
 @_single_threaded
@@ -156,9 +197,8 @@ def sqrtm_psd(s: np.ndarray) -> np.ndarray:
 @_single_threaded
 def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
     """Tr((S1 S2)^1/2) for symmetric PSD S1, S2, from eigenvalues of F^T S2 F (F F^T = S1)."""
-    f = psd_factor(np.asarray(s1, np.float64))
-    m = f.T @ np.asarray(s2, np.float64) @ f
-    lam = np.linalg.eigvalsh((m + m.T) * 0.5)
+    f, lower = _factor(np.asarray(s1, np.float64))
+    lam = _eigvalsh(_congruence(f, s2, lower))
     return float(np.sqrt(clip_eigenvalues(lam)).sum())
 
 
@@ -190,7 +230,8 @@ class FDReference:
         self.mean = np.asarray(mean, np.float64)
         self.cov = np.asarray(cov, np.float64)
         self.trace = float(np.trace(self.cov))
-        self.factor = psd_factor(self.cov)  # F F^T = S_ref
+        with lapack_single_thread():
+            self.factor, self.lower = _factor(self.cov)  # F F^T = S_ref
 
     @classmethod
     def of(cls, m: Moments) -> "FDReference":
@@ -200,8 +241,7 @@ class FDReference:
     def distance(self, mean: np.ndarray, cov: np.ndarray) -> float:
         """FD between N(mean, cov) and the reference."""
         diff = np.asarray(mean, np.float64) - self.mean
-        m = self.factor.T @ np.asarray(cov, np.float64) @ self.factor
-        lam = np.linalg.eigvalsh((m + m.T) * 0.5)
+        lam = _eigvalsh(_congruence(self.factor, cov, self.lower))
         fd = diff @ diff + np.trace(cov) + self.trace - 2.0 * np.sqrt(clip_eigenvalues(lam)).sum()
         return max(float(fd), 0.0)
 

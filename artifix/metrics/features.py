@@ -110,6 +110,49 @@ def _fold_pairs(root: nn.Module, pairs: Iterable[tuple[str, str]]) -> None:
             setattr(mods[parent_name] if parent_name else root, attr, nn.Identity())
 
 
+class _Pointwise(nn.Module):
+    """A 1x1, stride-1 convolution as one GEMM over the channels of a channels-last tensor (no im2col, no copy)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().reshape(conv.out_channels, conv.in_channels).clone(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+        y = torch.matmul(x.permute(0, 2, 3, 1), self.weight.t())  # (N, H, W, C_out) contiguous
+        if self.bias is not None:
+            y += self.bias  # in place: no broadcast copy of the bias into the output first
+        return y.permute(0, 3, 1, 2)  # the channels-last NCHW view
+
+
+def _fast_convs(root: nn.Module) -> None:
+    """Rewrite 'same'-padded convolutions for CPU inference (in place; the same function up to float rounding).
+
+    PyTorch's CPU dispatch sends EfficientNet's 1x1 convolutions to its im2col path, and a ZeroPad2d before a
+    convolution allocates, zero-fills and copies a padded tensor: 1x1 stride-1 convolutions become one GEMM on
+    the channels-last tensor, symmetric zero padding moves into the convolution, and ReLU6 runs in place.
+    """
+    for name, m in list(root.named_modules()):
+        parent_name, _, attr = name.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        if isinstance(m, nn.ReLU6):
+            m.inplace = True
+        if not (isinstance(m, nn.Conv2d) and hasattr(m, "static_padding")) or m.dilation != (1, 1) or m.padding != (0, 0):
+            continue
+        pad = m.static_padding
+        if m.kernel_size == (1, 1) and tuple(m.stride) == (1, 1) and m.groups == 1 and not isinstance(pad, nn.ZeroPad2d):
+            setattr(parent, attr, _Pointwise(m))
+        elif isinstance(pad, nn.ZeroPad2d) and pad.padding[0] == pad.padding[1] and pad.padding[2] == pad.padding[3]:
+            conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, tuple(m.stride),
+                             padding=(pad.padding[2], pad.padding[0]), groups=m.groups, bias=m.bias is not None)
+            conv.weight.data = m.weight.detach().clone()
+            if m.bias is not None:
+                conv.bias.data = m.bias.detach().clone()
+            setattr(parent, attr, conv.requires_grad_(False))
+
+
 def _in_format(net: nn.Module, channels_last: bool) -> nn.Module:
     """The shared cached network in channels-last layout, or a private contiguous copy of it."""
     if channels_last:
@@ -233,6 +276,7 @@ def _effnet_module(fold: bool) -> tuple[nn.Module, str]:
             pairs += [(f"_blocks.{i}._expand_conv", f"_blocks.{i}._bn0"), (f"_blocks.{i}._depthwise_conv", f"_blocks.{i}._bn1"),
                       (f"_blocks.{i}._project_conv", f"_blocks.{i}._bn2")]
         _fold_pairs(model, pairs)
+        _fast_convs(model)  # in-place ReLU6 is safe only once batch norms no longer sit between conv and ReLU6
     net = _EffNetFeatures(model).eval().requires_grad_(False)
     return net, sha256_file(path)
 

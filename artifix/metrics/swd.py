@@ -209,7 +209,7 @@ def sort_rows(p: np.ndarray) -> np.ndarray:
 
 def _sorted_projections(desc: np.ndarray, dp: np.ndarray, k: np.ndarray, repeats: np.ndarray | None = None) -> np.ndarray:
     """Sorted normalised projections, one row per direction: sort((desc @ d' - k).T) (rows repeated first)."""
-    p = np.ascontiguousarray((desc @ dp).T)
+    p = dp.T @ desc.T  # (directions, rows), C-contiguous straight from the GEMM (no transposed copy)
     p -= k[:, None]
     if repeats is not None:
         p = np.repeat(p, repeats, axis=1)
