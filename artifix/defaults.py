@@ -116,6 +116,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("classify", "calibration_bins", 5, "bins of the reliability (calibration) table", int),
     Option("classify", "top_fraction", 0.1, "fraction of pixels of each localisation map kept as the pseudo artifact mask", float),
     Option("classify", "review_k", 32, "number of samples in the review queue", int),
+    # -- dashboard (dashboard/app.py, started by 'artifix dashboard')
+    Option("dashboard", "host", "127.0.0.1", "address the dashboard binds to (localhost only by default; 0.0.0.0 exposes it)"),
+    Option("dashboard", "port", 8501, "port of the dashboard", int),
+    Option("dashboard", "pool", 256, "samples (from --start) the review queue chooses from", int),
+    Option("dashboard", "page_size", 12, "samples shown at once in the review grid", int),
+    Option("dashboard", "preview_n", 6, "flagged and clean samples in the live before/after ablation preview", int),
+    Option("dashboard", "canvas", "drawable-canvas", "region painter: 'drawable-canvas' (streamlit-drawable-canvas) or 'box' (sliders)"),
 )
 
 _BY_KEY: dict[tuple[str, str], Option] = {(o.section, o.name): o for o in OPTIONS}
