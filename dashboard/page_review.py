@@ -95,7 +95,7 @@ def render(d: Dash) -> None:
         st.session_state["batch_order"] = (q.order, d.classifier_key())
     batch: list[int] = st.session_state[batch_key]
     top = st.columns([1, 1, 3])
-    if top[0].button("Next batch", icon=":material/skip_next:", help="the next unlabelled samples in queue order"):
+    if top[0].button("Next batch", key="next-batch", icon=":material/skip_next:", help="the next unlabelled samples in queue order"):
         st.session_state[batch_key] = batch = next_batch(d, q)
     with top[1].popover("Classifier", icon=":material/model_training:"):
         _train_panel(d)
@@ -105,9 +105,9 @@ def render(d: Dash) -> None:
     labels = dict(zip(d.store.flags(d.run_id)["sample"].astype(int), d.store.flags(d.run_id)["label"]))
     masked = set(int(s) for s in d.store.mask_records(d.run_id).query("pixels > 0")["sample"])
     images = d.images(batch)
-    left, right = st.columns([3, 2], gap="large")
+    left, right = st.columns([2, 1], gap="large")
     with left:
-        ncol = 4
+        ncol = 3
         for r in range(0, len(batch), ncol):
             cols = st.columns(ncol)
             for c, (s, im) in enumerate(zip(batch[r:r + ncol], images[r:r + ncol])):
@@ -118,20 +118,21 @@ def render(d: Dash) -> None:
 
 
 def _tile(d: Dash, q: session.Queue, s: int, im: np.ndarray, label: str | None, masked: bool) -> None:
-    st.image(im, width="stretch")
+    st.image(im.repeat(4, 0).repeat(4, 1), width="stretch")  # nearest-neighbour: keep the pixels sharp
     info = [f"**#{s}**"]
     if q.probability:
         info.append(f"p={q.probability.get(s, float('nan')):.2f}")
     info.append(f"prior {q.priors.get(s, float('nan')):+.2f}")
     st.markdown(" · ".join(info) + ("  \n" + (f":{_colour(label)}-badge[{label}]" if label else ":gray-badge[unlabelled]"))
                 + (" :violet-badge[painted]" if masked else ""))
-    b = st.columns(3, gap="small")
-    for col, (lab, text, icon) in zip(b, LABEL_BUTTONS):
-        col.button("", icon=icon, key=f"flag-{s}-{lab}", help=f"{text}: save '{lab}' for sample {s}",
-                   type="primary" if label == lab else "secondary", on_click=flag, args=(d, s, lab), width="stretch")
-    st.button("Paint region", key=f"paint-{s}", icon=":material/brush:", width="stretch",
-              type="primary" if st.session_state.get("paint_sample") == s else "secondary",
-              on_click=lambda: st.session_state.update(paint_sample=s))
+    for row in (LABEL_BUTTONS[:2], LABEL_BUTTONS[2:]):
+        b = st.columns(2, gap="small")
+        for col, (lab, text, _icon) in zip(b, row):
+            col.button(text, key=f"flag-{s}-{lab}", help=f"save '{lab}' for sample {s} now",
+                       type="primary" if label == lab else "secondary", on_click=flag, args=(d, s, lab), width="stretch")
+    b[1].button("Paint", key=f"paint-{s}", width="stretch", help=f"paint or box the artifact region of sample {s}",
+                type="primary" if st.session_state.get("paint_sample") == s else "tertiary",
+                on_click=lambda: st.session_state.update(paint_sample=s))
 
 
 def _colour(label: str) -> str:
@@ -159,6 +160,8 @@ def _paint_panel(d: Dash, batch: list[int], images: np.ndarray) -> None:
                 last[s] = digest
             except UserError as e:
                 st.error(str(e))
+            else:
+                st.rerun()  # the counters and badges above now include this region
     stored = d.store.mask(d.run_id, s)
     if stored is not None and stored.any():
         st.image(heat_overlay(im, stored.astype(np.float32)), width=160,
