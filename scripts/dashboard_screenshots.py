@@ -59,7 +59,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "artifix", "dashboard", "--checkpoint", str(demo / "planted.pt"), "--store", str(demo / "labels.sqlite"),
+    cmd = [sys.executable, "-m", "artifix", "dashboard", "--generator", "artifix.example:make_generator", "--checkpoint", str(demo / "planted.pt"), "--store", str(demo / "labels.sqlite"),
            "--out", str(demo / "cleaned"), "--reviewer", "demo-approver", "--approvers", "demo-approver", "--pool", "96",
            "--port", str(port), "--cache", str(ROOT / ".artifix-cache"), "--classifier", str(work / "clf.pt")]
     proc = subprocess.Popen(cmd, cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)})
