@@ -116,18 +116,6 @@ def render(d: Dash) -> None:
                 f"{m['export']['max_abs_diff']:.2e}. Metrics on {m['metrics']['n']} paired samples; negative change = closer to the reference.")
     st.dataframe(metrics_table(m), hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("before", "after", "change", "random control change")})
-    st.subheader("Against the number of units removed")
-    df = sweep_frame(m)
-    if df is None:
-        st.info("No sweep in this report: the repair measured one set of units, so there is no curve against k.")
-    else:
-        st.altair_chart(sweep_chart(df))
-    imgs = [p for p in (folder / "before_after_flagged.png", folder / "before_after_clean.png") if p.is_file()]
-    if imgs:
-        st.subheader("Before / after")
-        st.caption("Rows: before; approved units removed; random-unit control.")
-        for p in imgs:
-            st.image(str(p), caption=p.stem.replace("_", " "), width="stretch")
     st.subheader("Downloads")
     cols = st.columns(4)
     files = [(role, Path(f["path"])) for role, f in (m.get("export", {}).get("files") or {}).items() if isinstance(f, dict) and f.get("path")]
@@ -138,3 +126,15 @@ def render(d: Dash) -> None:
         if p.is_file() and p.resolve().is_relative_to(folder.resolve()):  # only files of the report folder
             cols[i % 4].download_button(f"{role}: {p.name}", p.read_bytes(), file_name=p.name, key=f"dl-{role}",
                                         icon=":material/download:")
+    st.subheader("Against the number of units removed")
+    df = sweep_frame(m)
+    if df is None:
+        st.info("No sweep in this report: the repair measured one set of units, so there is no curve against k.")
+    else:
+        st.altair_chart(sweep_chart(df))
+    imgs = [p for p in (folder / "before_after_flagged.png", folder / "before_after_clean.png") if p.is_file()]
+    if imgs:
+        st.subheader("Before / after")
+        st.caption("Rows: before; approved units removed; random-unit control.")
+        for col, p in zip(st.columns(len(imgs), gap="large"), imgs):
+            col.image(str(p), caption=f"{p.stem.split('_')[-1]} samples", width="stretch")

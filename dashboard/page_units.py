@@ -72,29 +72,28 @@ def render(d: Dash) -> None:
         st.toast(f"proposed units {new}" if new else "the top units already have decisions")
     table = ranked_table(d, rep)
     st.dataframe(table, hide_index=True, height=300, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.3f") for k in table.columns
-                                if k not in ("rank", "unit", "status") and table[k].dtype.kind == "f"})
+                 column_config={"status": st.column_config.TextColumn(width="small"),
+                                **{k: st.column_config.NumberColumn(format="%.3f") for k in table.columns
+                                   if k not in ("rank", "unit", "status") and table[k].dtype.kind == "f"}})
     st.caption("combined = 0.6 causal + 0.2 IoU + 0.2 AUC as robust z-scores; causal = change inside the painted regions minus "
                "outside, minus the collateral on clean samples (exact ablation of the candidates); iou = IoU@IQR against the "
                "regions; auc = flagged vs clean by the unit's peak; firing_rate / rarity = the cold-start prior.")
     units = [int(u) for u in rep.table["unit"]]
-    left, right = st.columns([2, 3], gap="large")
-    with left:
-        u = st.selectbox("unit card", units, index=0, key="card_unit", format_func=lambda x: f"unit {x} (rank {units.index(x) + 1})")
-        _card(d, u)
-        if st.button(f"Propose unit {u} for removal", key="propose-one", icon=":material/add_task:"):
-            d.store.propose_unit(d.run_id, d.layer, u, d.reviewer, note="proposed in the dashboard",
-                                 scores={k: float(v) for k, v in rep.table.set_index("unit").loc[u].items() if isinstance(v, float)})
-            st.toast(f"unit {u} proposed")
-    with right:
-        _preview(d, units, u)
+    c = st.columns([2, 1], vertical_alignment="bottom")
+    u = c[0].selectbox("unit card", units, index=0, key="card_unit", format_func=lambda x: f"unit {x} (rank {units.index(x) + 1})")
+    if c[1].button(f"Propose unit {u} for removal", key="propose-one", icon=":material/add_task:"):
+        d.store.propose_unit(d.run_id, d.layer, u, d.reviewer, note="proposed in the dashboard",
+                             scores={k: float(v) for k, v in rep.table.set_index("unit").loc[u].items() if isinstance(v, float)})
+        st.toast(f"unit {u} proposed")
+    _card(d, u)
+    _preview(d, units, u)
 
 
 def _card(d: Dash, u: int) -> None:
     stats = d.stats()
     idx, _ = stats.top_samples(8)
     with d.using_g() as g:
-        img = unit_card(g, d.layer, d.seed, u, idx[u].tolist()[:6], float(stats.max[u]))
+        img = unit_card(g, d.layer, d.seed, u, idx[u].tolist()[:8], float(stats.max[u]))
     st.image(img, width="stretch", caption=f"unit {u}: its top activating samples, plain and with the unit's activation overlaid "
              f"(firing rate {float(stats.firing_rate()[u]):.1%})")
 
@@ -108,13 +107,14 @@ def _preview(d: Dash, units: list[int], u: int) -> None:
         idx, _ = d.stats().top_samples(n)
         flagged = [int(i) for i in idx[u].tolist()[:n]]
         st.caption("no flagged samples yet: the unit's top activating samples stand in for them")
-    for name, ids in (("flagged", flagged[:n]), ("clean", clean[:n])):
+    cols = st.columns(2, gap="large")
+    for col, (name, ids) in zip(cols, (("flagged", flagged[:n]), ("clean", clean[:n]))):
         if not ids:
-            st.caption(f"no {name} samples yet")
+            col.caption(f"no {name} samples yet")
             continue
         with d.using_g() as g:
             before, after, diff = session.before_after(g, d.layer, d.seed, chosen, ids)
         heat = np.stack([heat_overlay(b, m) for b, m in zip(before, diff)])
-        st.image(grid(np.concatenate([before, after, heat]), ncol=len(ids), scale=2), width="stretch",
+        col.image(grid(np.concatenate([before, after, heat]), ncol=len(ids), scale=2), width="stretch",
                  caption=f"{name} samples {ids} — rows: before; units {chosen} ablated; where pixels changed "
                          f"(mean change {float(diff.mean()):.3f})")
