@@ -118,13 +118,13 @@ def render(d: Dash) -> None:
                  column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("before", "after", "change", "random control change")})
     st.subheader("Downloads")
     cols = st.columns(4)
-    files = [(role, Path(f["path"])) for role, f in (m.get("export", {}).get("files") or {}).items() if isinstance(f, dict) and f.get("path")]
+    # the cleaned generator's files sit next to the manifest; only files of the report folder are offered
+    files = [(f"cleaned generator ({role})", folder / Path(f["path"]).name) for role, f in (m.get("export", {}).get("files") or {}).items()
+             if isinstance(f, dict) and f.get("path")]
     files += [("report", folder / "report.md"), ("model card", folder / "MODEL_CARD.md"), ("manifest", folder / "manifest.json")]
     for i, (role, p) in enumerate(files):
-        if not p.is_absolute() and not p.is_file():
-            p = folder / p.name
-        if p.is_file() and p.resolve().is_relative_to(folder.resolve()):  # only files of the report folder
-            cols[i % 4].download_button(f"{role}: {p.name}", p.read_bytes(), file_name=p.name, key=f"dl-{role}",
+        if p.is_file():
+            cols[i % 4].download_button(f"{role}: {p.name}", p.read_bytes(), file_name=p.name, key=f"dl-{i}",
                                         icon=":material/download:")
     st.subheader("Against the number of units removed")
     df = sweep_frame(m)

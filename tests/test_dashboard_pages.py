@@ -153,7 +153,7 @@ def _manifest(with_sweep: bool) -> dict:
     ctl = {"a": 10.0, "b": 10.1, "diff": 0.1, "ci": [-0.3, 0.5]}
     rate = {"value": 0.1, "ci": [0.05, 0.15], "n": 100}
     m = {"layer": "main.8", "units": [5, 50], "selection": "approved", "random_control_units": [3, 9],
-         "export": {"max_abs_diff": 0.0, "files": {}},
+         "export": {"max_abs_diff": 0.0, "files": {"checkpoint": {"path": "/was/written/here/G.pt", "sha256": "0"}}},
          "metrics": {"n": 100, "repair": {"fd_effnetl0_100": met}, "control": {"fd_effnetl0_100": ctl},
                      "artifact_rate": {"before": rate, "after": {**rate, "value": 0.02}, "control": rate}}}
     if with_sweep:
@@ -170,6 +170,7 @@ def test_repair_page_shows_metrics_sweep_and_downloads(tmp_path, monkeypatch, wi
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps(_manifest(with_sweep)))
     (out / "report.md").write_text("# report\n")
+    (out / "G.pt").write_bytes(b"weights")  # the cleaned generator next to the manifest (the folder may have moved)
     at = app(monkeypatch, opts, "Repair")
     table = at.dataframe[0].value
     assert list(table.metric) == ["fd_effnetl0_100", "artifact rate (random samples)"]
@@ -181,6 +182,7 @@ def test_repair_page_shows_metrics_sweep_and_downloads(tmp_path, monkeypatch, wi
         assert len(charts) == 0 and any("No sweep in this report" in i.value for i in at.info)
     labels = [b.proto.label for b in at.get("download_button")]
     assert "report: report.md" in labels and "manifest: manifest.json" in labels
+    assert "cleaned generator (checkpoint): G.pt" in labels
 
 
 def test_repair_page_runs_the_repair_on_approved_units(tmp_path, monkeypatch):
