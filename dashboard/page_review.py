@@ -85,7 +85,7 @@ def render(d: Dash) -> None:
                + ("samples the classifier is least sure about, interleaved with the most suspicious by the priors."
                   if q.order == "active learning" else
                   "no artifact classifier yet, so the priors order it (samples firing rarely-activated units strongly, "
-                  "and samples far from the reference data). Train the classifier below once you have flagged some."))
+                  "and samples far from the reference data). Once you have flagged some, train it with Classifier → Train."))
     counters(d)
     if "last_error" in st.session_state:
         st.error(st.session_state.pop("last_error"))
