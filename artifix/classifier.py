@@ -314,7 +314,8 @@ class ArtifactClassifier:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is a user-input problem
-            raise UserError(f"{str(path)!r} is not a readable artifix classifier file ({type(e).__name__}).") from None
+            raise UserError(f"{str(path)!r} is not a readable artifix classifier file ({type(e).__name__}); check --classifier "
+                            "or train one with 'artifix classify train'.") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise UserError(f"{str(path)!r} is not an artifix classifier file.")
         if d.get("version") != FORMAT_VERSION:

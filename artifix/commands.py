@@ -141,12 +141,26 @@ def reviewer(ctx: Context) -> str:
     return ctx.opts.get("reviewer") or os.environ.get("USER") or "reviewer"
 
 
-def open_run(ctx: Context, g, layer: str):
-    """Open the label store and register (or find) the run of (G, layer, seed)."""
+def open_run(ctx: Context, g, layer: str, missing: str | None = None):
+    """Open the label store and register (or find) the run of (G, layer, seed).
+
+    With `missing` (a sentence), only find the run: when the store file or the run does not exist yet,
+    raise UserError(missing) without creating or writing anything.
+    """
     from .labels import LabelStore
 
     from .generator import probe
 
+    if missing is not None:
+        location = str(ctx.opts["store"])
+        if "://" not in location and not Path(location).expanduser().is_file():
+            raise UserError(missing)
+        store = LabelStore(location)
+        run = store.find_run(g.fingerprint, [layer], ctx.opts["seed"])
+        if run is None:
+            store.close()
+            raise UserError(missing)
+        return store, run.id
     store = LabelStore(ctx.opts["store"])
 
     out_shape = probe(g)
@@ -160,19 +174,39 @@ def _flags_extra(p) -> None:
     p.add_argument("path", nargs="?", default=None, help="file or folder to import from / export to")
 
 
+def check_import(ctx: Context, g, layer: str, path: str) -> None:
+    """Validate an import completely in a throwaway in-memory store, so a bad file never touches the real one."""
+    from .generator import probe
+    from .labels import LabelStore
+
+    n = max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0)
+    location = str(ctx.opts["store"])
+    if "://" in location or Path(location).expanduser().is_file():  # an existing run may cover more samples
+        with LabelStore(location) as real:
+            run = real.find_run(g.fingerprint, [layer], ctx.opts["seed"])
+            n = max(n, run.n) if run is not None else n
+    out_shape = probe(g)
+    with LabelStore(":memory:") as scratch:
+        run_id = scratch.register_run(g.fingerprint, [layer], ctx.opts["seed"], n,
+                                      image_size=(int(out_shape[2]), int(out_shape[3])))
+        scratch.import_labels(run_id, path, reviewer=reviewer(ctx))
+
+
 @command("flags", "import, export or count reviewers' flags and painted masks in the label store",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": ["stats_n"]}, _flags_extra)
 def cmd_flags(ctx: Context) -> dict[str, Any]:
     g = load(ctx)
     layer = default_layer(ctx, g)
-    store, run_id = open_run(ctx, g, layer)
     action, path = ctx.args.action, ctx.args.path
     if action in ("import", "export") and not path:
         raise UserError(f"'artifix flags {action}' needs a path.")
-    result: dict[str, Any] = {"run_id": run_id, "store": ctx.opts["store"]}
     if action == "import":
         if not Path(path).exists():
             raise UserError(f"{path} does not exist; give a flags CSV/JSON file or an export folder.")
+        check_import(ctx, g, layer, path)  # before the store is created or the run registered
+    store, run_id = open_run(ctx, g, layer)
+    result: dict[str, Any] = {"run_id": run_id, "store": ctx.opts["store"]}
+    if action == "import":
         result["imported"] = store.import_labels(run_id, path, reviewer=reviewer(ctx))
         ctx.say(f"imported labels from {path} into run {run_id}")
     elif action == "export":
@@ -198,12 +232,17 @@ def flagged_and_clean(store, run_id: int) -> tuple[list[int], list[int]]:
     return split(store, run_id)
 
 
-def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None):
-    """Score every unit of `layer` from the run's flags/masks (and a classifier, if given)."""
+def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None, use_cache: bool = True):
+    """Score every unit of `layer` from the run's flags/masks (and a classifier, if given); no stats cache under edits."""
     from .session import score_run as score
 
     o = ctx.opts
-    stats = cached_stats(ctx, g, layer, o["seed"], o["stats_n"])
+    if use_cache:
+        stats = cached_stats(ctx, g, layer, o["seed"], o["stats_n"])
+    else:
+        from .scoring import collect_stats
+
+        stats = collect_stats(g, layer, o["seed"], o["stats_n"])
     report = score(g, layer, store, run_id, stats, seed=o["seed"], clf=clf, exact_top=o["exact_top"],
                    collateral_weight=o["collateral_weight"], rare_rate=o["rare_rate"], say=ctx.say)
     return report, stats
@@ -211,7 +250,7 @@ def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None):
 
 @command("score", "rank the units of a layer that cause the flagged artifacts (IoU@IQR, AUC, causal effect, priors)",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": None,
-          "run": ["out", "cache", "threads"]})
+          "classify": ["classifier"], "run": ["out", "cache", "threads"]})
 def cmd_score(ctx: Context) -> dict[str, Any]:
     from .io import write_json_atomic, write_text_atomic
     from .report import unit_cards
@@ -219,8 +258,8 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
     o = ctx.opts
     g = load(ctx)
     layer = default_layer(ctx, g)
+    clf = load_classifier(ctx, required=False)  # a bad classifier file is reported before the store is touched
     store, run_id = open_run(ctx, g, layer)
-    clf = load_classifier(ctx, required=False)
     report, stats = score_run(ctx, g, layer, store, run_id, clf)
     out = Path(o["out"] or "artifix-out")
     top = report.table.head(o["top"])
@@ -278,11 +317,18 @@ def cmd_classify(ctx: Context) -> dict[str, Any]:
     o = ctx.opts
     g = load(ctx)
     layer = default_layer(ctx, g)
-    store, run_id = open_run(ctx, g, layer)
     path = Path(o["classifier"])
     action = ctx.args.action
+    need = ("need at least 2 flagged and 2 clean samples to train the classifier, but the label store {} has {} flagged and {} clean "
+            "for this generator, layer and seed; import more with 'artifix flags import'.")
+    clf = ArtifactClassifier.load(path) if action != "train" and path.exists() else None  # checked before the store is touched
+    if clf is None and action == "predict":
+        raise UserError(f"no artifact classifier at {path}; train one first with 'artifix classify train'.")
+    store, run_id = open_run(ctx, g, layer, missing=need.format(o["store"], 0, 0) if action == "train" else None)
     if action == "train":
         flagged, clean = flagged_and_clean(store, run_id)
+        if min(len(flagged), len(clean)) < 2:  # before rendering anything or writing the classifier
+            raise UserError(need.format(o["store"], len(flagged), len(clean)))
         ids = flagged + clean
         y = np.r_[np.ones(len(flagged)), np.zeros(len(clean))].astype(int)
         clf = train_classifier(images_at(g, o["seed"], ids), y)
@@ -291,9 +337,6 @@ def cmd_classify(ctx: Context) -> dict[str, Any]:
         ctx.say(f"trained on {r['n_pos']} flagged / {r['n_neg']} clean samples: cross-validated ROC-AUC {r['auc']:.3f}, "
                 f"precision {r['precision']:.2f}, recall {r['recall']:.2f}, Brier {r['brier']:.3f}; saved to {path}")
         return {"run_id": run_id, "classifier": str(path), "report": r}
-    clf = ArtifactClassifier.load(path) if path.exists() else None
-    if clf is None and action == "predict":
-        raise UserError(f"no artifact classifier at {path}; train one first with 'artifix classify train'.")
     ids = list(range(o["start"], o["start"] + _check_n(o["n"])))
     if action == "predict":
         probs = clf.predict_proba(images_at(g, o["seed"], ids))
@@ -323,6 +366,9 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
         raise UserError("--real is required for your own generator: an image folder, an .npz array or a statistics file.")
     if o["real"] is not None and not Path(o["real"]).exists():
         raise UserError(f"reference data {o['real']} does not exist; give an image folder, a .npz/.npy uint8 array or a statistics .npz.")
+    from .metrics.reference import check_real
+
+    check_real(o["real"], n=o.get("real_n"), resize=o.get("real_resize"))  # before sampling or extracting features
     batches = (imgs.numpy() for _, imgs in sample_batches(g, o["seed"], 0, n, _check_n(o["batch"], "--batch")))
     names = ("metrics", "features", "real", "bootstrap", "confidence", "kid_subsets", "kid_subset_size", "fd_inf", "inception_weights",
              "real_n", "real_resize", "swd_n", "swd_bootstrap", "feature_batch")
@@ -335,31 +381,91 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
     return {"fingerprint": g.fingerprint, "metrics": res}
 
 
+def is_bundled_example(g, layer: str) -> bool:
+    """Whether G is the unmodified bundled example diagnosed at the layer its bundled review covers."""
+    from .example import bundled_review
+    from .generator import EXAMPLE_FACTORY
+
+    if g.spec.generator != EXAMPLE_FACTORY:
+        return False
+    review = bundled_review()
+    return g.fingerprint == review["fingerprint"] and layer == review["layer"]
+
+
+def maybe_bundled_review(ctx: Context, g, store, run_id: int, layer: str) -> bool:
+    """On the unmodified bundled example, fill an empty run with the maintainers' review; True when this run holds it."""
+    from .example import bundled_review, seed_bundled_review
+
+    if not is_bundled_example(g, layer):
+        return False
+    review = bundled_review()
+    added = seed_bundled_review(store, run_id, g.fingerprint, layer)
+    if added:
+        ctx.say(f"the label store had no labels for the bundled example: imported the maintainers' review "
+                f"({added['flags'].get('flags', '?')} flags; units {added['approved']} approved by {added['reviewer']}); "
+                "see data/example/review/")
+    decided = store.unit_decisions(run_id)
+    return bool(added) or (len(decided) and set(decided.reviewer) == {review["reviewer"]})
+
+
 @command("repair", "remove the approved units, prove the gain against a random-unit control, write a cleaned generator",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "score": None, "repair": None,
-          "classify": ["classifier"], "metrics": ["real"], "run": ["out", "cache", "threads"]})
+          "classify": ["classifier"], "metrics": ["real", "inception_weights"], "run": ["out", "cache", "threads"]})
 def cmd_repair(ctx: Context) -> dict[str, Any]:
-    from .repair import plan_auto, plan_from_store, repair
+    from .repair import combine, plan_auto, plan_from_store, repair, sequential_auto
+    from .scoring import trace_batches
+    from .trace import get_layer
 
     o = ctx.opts
     g = load(ctx)
-    layer = default_layer(ctx, g)
     if g.scripted:
         raise UserError("repair needs a Python generator (--generator 'module:callable'), not a TorchScript file.")
-    store, run_id = open_run(ctx, g, layer)
-    clf = load_classifier(ctx, required=False)
-    if o["auto"]:
-        report, _ = score_run(ctx, g, layer, store, run_id, clf)
-        plan = plan_auto(report.table.unit.tolist(), layer, o["k"])
-    else:
-        plan = plan_from_store(store, run_id, layer)
-    flagged, clean = flagged_and_clean(store, run_id)
-    from .scoring import trace_batches
-
-    channels = next(iter(trace_batches(g, layer, o["seed"], [0])))[1].shape[1]
+    primary = default_layer(ctx, g)
+    layers = [l.strip() for l in str(o["layers"]).split(",") if l.strip()] if o["layers"] else [primary]
+    for layer in layers:
+        get_layer(g.module, layer)
+    if len(set(layers)) != len(layers):
+        raise UserError(f"--layers names a layer twice ({o['layers']}); name each layer once.")
+    n = _check_n(o["repair_n"], "--repair-n")
     out = Path(o["out"] or "artifix-repair")
-    manifest = repair(g, plan, out, seed=o["seed"], n=_check_n(o["repair_n"], "--repair-n"), flagged=flagged, clean=clean,
-                      clf=clf, real=o["real"], channels=channels, say=ctx.say)
+    from .metrics.reference import check_real
+
+    check_real(o["real"])  # a bad reference is reported before hours of sampling
+    if o["auto"] and o["k"] <= 0:
+        raise UserError(f"--k must be a positive number of units, got {o['k']}.")
+    clf = load_classifier(ctx, required=False)
+    if o["optimise_alpha"] and clf is None and not is_bundled_example(g, primary):
+        raise UserError("--optimise-alpha needs the artifact classifier; train one with 'artifix classify train'.")
+    missing = None if o["auto"] or is_bundled_example(g, primary) else (
+        f"no approved units of layer {primary} in the label store {o['store']}; approve some (dashboard) "
+        "or pass --auto --k K to take the top of the ranking.")
+    store, run_id = open_run(ctx, g, primary, missing=missing)  # the flags (and the primary layer's approvals) live here
+    if maybe_bundled_review(ctx, g, store, run_id, primary) and clf is None:
+        from .classifier import ArtifactClassifier
+        from .example import REVIEW_DIR
+
+        clf = ArtifactClassifier.load(REVIEW_DIR / "classifier.pt")
+        ctx.say(f"using the bundled review's artifact classifier ({REVIEW_DIR / 'classifier.pt'})")
+
+    def ranking(layer: str, earlier: dict | None = None) -> list[int]:
+        report, _ = score_run(ctx, g, layer, store, run_id, clf, use_cache=not earlier)
+        return [int(u) for u in report.table.unit]
+
+    if o["auto"]:
+        plan = sequential_auto(g, layers, o["k"], ranking, ctx.say) if len(layers) > 1 else plan_auto(ranking(primary), primary, o["k"])
+    else:
+        plans = []
+        for layer in layers:
+            st, rid = (store, run_id) if layer == primary else open_run(ctx, g, layer, missing=(
+                f"no approved units of layer {layer} in the label store {o['store']}; approve some or drop it from --layers."))
+            plans.append(plan_from_store(st, rid, layer, ranking(layer) if o["sweep"] and layer == layers[0] else None))
+        plan = combine(plans)
+    flagged, clean = flagged_and_clean(store, run_id)
+    channels = {l: next(iter(trace_batches(g, l, o["seed"], [0])))[1].shape[1] for l in layers}
+    high_pool = 4 * n if o["high_pool"] is None else o["high_pool"]
+    manifest = repair(g, plan, out, seed=o["seed"], n=n, flagged=flagged, clean=clean, clf=clf, real=o["real"], channels=channels,
+                      high_pool=high_pool, optimise=o["optimise_alpha"], run_sweep=o["sweep"], sweep_n=o["sweep_n"],
+                      inception_weights=o.get("inception_weights"), cache=o.get("cache"), say=ctx.say)
     ctx.say(f"wrote the cleaned generator, manifest.json, MODEL_CARD.md and report.md to {out}/")
     return manifest
 
@@ -367,7 +473,8 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ dashboard
 
 DASHBOARD_OPTIONS = {"generator": None, "sample": ["seed", "start", "layer"], "labels": None, "score": None,
-                     "classify": ["classifier", "review_k"], "repair": ["repair_n"], "metrics": ["real"],
+                     "classify": ["classifier", "review_k"], "repair": ["repair_n", "sweep", "sweep_n", "high_pool"],
+                     "metrics": ["real", "inception_weights"],
                      "run": ["out", "cache", "threads"], "dashboard": None}
 
 

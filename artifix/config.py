@@ -23,7 +23,7 @@ def load_config(path: str | Path | None = None) -> dict[str, Any]:
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
-        raise UserError(f"config file {p} is not UTF-8 text.") from None
+        raise UserError(f"config file {p} is not UTF-8 text; save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {p} is not valid TOML: {e}.") from None
     for table, body in data.items():
@@ -38,6 +38,15 @@ def _coerce(opt: defaults.Option, value: Any, where: str) -> Any:
         return None
     if opt.name == "kwargs" and isinstance(value, dict):
         return value
+    if opt.parse is str and not opt.flag and not isinstance(value, str):
+        # TOML numbers and lists of plain values are text for text options: layer = 3, latent = [100, 1, 1]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, list) and value and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
+            return ",".join(str(v) for v in value)
+        raise UserError(f"{where}: invalid value {value!r} for '{opt.name}' (expected text like {str(opt.default or 'a name')!r}).")
+    if opt.parse is int and isinstance(value, float) and not value.is_integer():
+        raise UserError(f"{where}: invalid value {value!r} for '{opt.name}' (expected a whole number).")
     if isinstance(value, str) or opt.parse is not str:
         try:
             if isinstance(value, bool) and opt.parse in (int, float):

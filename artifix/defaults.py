@@ -97,6 +97,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("repair", "auto", False, "remove the top --k units of the ranking instead of the approved ones", _bool, flag=True),
     Option("repair", "k", 3, "units to remove with --auto", int),
     Option("repair", "repair_n", 1000, "samples for the before/after metrics (same seeds before and after)", int),
+    Option("repair", "layers", None, "comma-separated layers to repair together, in order (default: --layer); with --auto "
+           "each layer is ranked with the earlier layers' units already removed"),
+    Option("repair", "high_pool", None, "pool of samples from which the high-activation subset (the repair_n samples where "
+           "the removed units fire most) is drawn (default: 4 x repair_n; 0 = skip that subset)", int),
+    Option("repair", "optimise_alpha", False, "optimise a strength alpha in [0, 1] per unit (continuous intervention) "
+           "instead of removing the units fully", _bool, flag=True),
+    Option("repair", "alpha_steps", 30, "gradient steps of the alpha optimisation", int),
+    Option("repair", "alpha_lr", 0.1, "Adam learning rate of the alpha optimisation", float),
+    Option("repair", "alpha_l2", 0.05, "L2 penalty on alpha (mean of alpha^2) against the flagged samples' artifact probability", float),
+    Option("repair", "alpha_batch", 8, "flagged samples per alpha optimisation step", int),
+    Option("repair", "sweep", False, "remove the ranked units one at a time and keep the first k while each still helps "
+           "beyond its paired confidence interval", _bool, flag=True),
+    Option("repair", "sweep_n", 500, "samples per step of the k sweep", int),
     # -- shared run settings
     Option("run", "out", None, "output folder"),
     Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data"),

@@ -73,3 +73,30 @@ def make_generator(nz: int = NZ, ngf: int = NGF) -> Generator:
 def make_discriminator(ndf: int = NDF) -> Discriminator:
     """Factory for the example's discriminator."""
     return Discriminator(ndf=ndf)
+
+
+# ---------------------------------------------------------------------------------------- the bundled review
+
+REVIEW_DIR = DATA_DIR / "review"  # the maintainers' review of the example: flags.csv, approvals.json, classifier.pt
+
+
+def bundled_review() -> dict:
+    """The maintainers' recorded review of the unmodified example (approvals.json)."""
+    import json
+
+    return json.loads((REVIEW_DIR / "approvals.json").read_text())
+
+
+def seed_bundled_review(store, run_id: int, fingerprint: str, layer: str) -> dict | None:
+    """On the unmodified example with an empty run, import the bundled flags and approvals; returns what was added."""
+    review = bundled_review()
+    if fingerprint != review["fingerprint"] or layer != review["layer"]:
+        return None
+    counts = store.counts(run_id)
+    if counts["flag_events"] or counts["masked"] or len(store.unit_decisions(run_id)):
+        return None  # the team's own labels win: never mix the bundled review into them
+    imported = store.import_labels(run_id, REVIEW_DIR / "flags.csv", reviewer=review["reviewer"])
+    store.propose_units(run_id, [(layer, int(a["unit"])) for a in review["approved"]], "artifix", note="bundled example review")
+    for a in review["approved"]:
+        store.decide_unit(run_id, layer, int(a["unit"]), "approved", review["reviewer"], note=a["note"])
+    return {"flags": imported, "approved": [int(a["unit"]) for a in review["approved"]], "reviewer": review["reviewer"]}

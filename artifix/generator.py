@@ -163,6 +163,11 @@ def resolve_factory(target: str) -> Callable[..., nn.Module]:
     return obj
 
 
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
     """Load a checkpoint on CPU: safetensors, or torch.load with weights_only unless trust_pickle."""
     path = Path(path)
@@ -175,7 +180,7 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"checkpoint {path} is not a readable safetensors file ({e}).") from None
+            raise UserError(f"checkpoint {path} is not a readable safetensors file ({_first_line(e)}); check --checkpoint.") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
@@ -184,9 +189,12 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
                 f"refused to unpickle {path}: it holds Python objects beyond tensors, and loading them could run code; "
                 "pass --trust-pickle only if you trust where this file came from."
             ) from None
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({str(e).splitlines()[0]}).") from None
+        detail = "not a pickle of tensors" if str(e).startswith("Weights only load failed") else _first_line(e)
+        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({detail}); check --checkpoint or save it "
+                        "again with torch.save.") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({str(e).splitlines()[0][:200]}).") from None
+        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_line(e)}); check --checkpoint or save it "
+                        "again with torch.save.") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -289,7 +297,7 @@ def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> 
         try:
             module: nn.Module = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as e:
-            raise UserError(f"cannot load TorchScript file {path} ({str(e).splitlines()[0]}).") from None
+            raise UserError(f"cannot load TorchScript file {path} ({_first_line(e)}).") from None
         scripted = True
     elif gen is None:
         if not spec.checkpoint:
@@ -306,7 +314,8 @@ def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> 
         except TypeError as e:
             raise UserError(f"calling {gen} with kwargs {dict(spec.kwargs)} failed: {e}; check --kwargs.") from None
         if not isinstance(module, nn.Module):
-            raise UserError(f"{gen} returned a {type(module).__name__}, not a torch.nn.Module.")
+            raise UserError(f"{gen} returned a {type(module).__name__}, not a torch.nn.Module; point --generator at the "
+                            "class or function that builds the model.")
         if spec.checkpoint:
             obj = read_checkpoint(spec.checkpoint, spec.trust_pickle)
             found = extract_state_dict(obj, spec.key, spec.checkpoint)
@@ -371,9 +380,11 @@ def to_uint8(x: torch.Tensor, value_range: str = "[-1,1]") -> torch.Tensor:
 def check_output(out: Any, n: int) -> torch.Tensor:
     """Raise UserError unless G's output is a finite (n, 1|3, H, W) float tensor."""
     if not isinstance(out, torch.Tensor):
-        raise UserError(f"the generator returned a {type(out).__name__}; artifix needs a tensor of images (N, C, H, W).")
+        raise UserError(f"the generator returned a {type(out).__name__}; artifix needs a tensor of images (N, C, H, W), "
+                        "so point --generator at a module (or wrapper) whose forward returns one.")
     if out.dim() != 4 or out.shape[0] != n or out.shape[1] not in (1, 3):
-        raise UserError(f"the generator returned shape {tuple(out.shape)}; artifix needs images shaped (N, 1 or 3, H, W).")
+        raise UserError(f"the generator returned shape {tuple(out.shape)} for {n} latents; artifix needs images shaped "
+                        f"({n}, 1 or 3, H, W), so check --latent or wrap the generator to return those.")
     if not torch.isfinite(out).all():
         bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
         raise UserError(f"the generator produced NaN or Inf values in {bad} of {n} samples; check the checkpoint and --range.")
@@ -387,7 +398,7 @@ def probe(g: LoadedGenerator) -> torch.Size:
         with torch.inference_mode():
             out = g(z, y)
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
-        msg = str(e).splitlines()[0][:240]
+        msg = _first_line(e, 240)
         raise UserError(
             f"the generator rejected latents of shape {tuple(z.shape[1:])}"
             + (f" with {g.spec.classes} classes" if g.spec.classes else "")

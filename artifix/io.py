@@ -5,18 +5,70 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 
+def _tmp_prefix(path: Path, pid: int | None = None) -> str:
+    """Temporary files of `path` are `.<name>.<host>-<pid>.<random>.tmp`: the owner can be told apart."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40]
+    return f".{path.name}.{host}-{os.getpid() if pid is None else pid}."
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove temporary files of `path` left by a killed writer (same host, process gone); never a live one."""
+    prefix = _tmp_prefix(path, 0)[:-2]  # '.<name>.<host>-'
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # the writer is gone: its temporary file can never be completed
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass
+        except (PermissionError, OverflowError, OSError):
+            pass  # alive (another user's process) or not a pid: leave it
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder, so a rename inside it survives a power cut (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path` atomically, on error it is removed."""
+    """Yield a temporary path next to `path`; on success it replaces `path` atomically, on error it is removed.
+
+    A reader sees the old file or the new one, never a torn one: the new bytes are written to the temporary
+    file, fsynced, renamed over `path`, and the folder is fsynced. Temporary files left by a writer that was
+    killed (SIGKILL, power cut) are removed by the next write of the same path.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -30,6 +82,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

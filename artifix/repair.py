@@ -1,71 +1,235 @@
 """Repair: remove approved units, measure before/after (with a random-unit control), write a cleaned generator.
 
-First version: full ablation of the approved units of one layer (or the top K of the ranking with `auto`),
-paired metrics on the same seeds for (a) random samples and (b) the flagged samples, a random-unit control of
-the same size drawn from the other units, the cleaned generator from `export.export_cleaned` (weights baked and
-verified against the hooks), and a manifest, model card and report next to it.
+Unit selection: the approved units of one or more layers (`plan_from_store`, the default), or the top K of
+the ranking with `--auto` (`plan_auto`; several layers in sequence with `sequential_auto`: each layer is
+scored with the units already chosen in the earlier layers removed, as Tousi et al. 2021 correct layer by
+layer). Strength: full ablation, or a per-unit alpha in [0, 1] optimised by gradient steps to lower the
+artifact classifier's probability on the flagged samples with an L2 penalty on alpha (GAN Dissection's
+continuous intervention, `optimise_alpha`). A k sweep (`sweep`) removes the first 1, 2, ... units of the
+ranking order and stops when the next unit no longer helps beyond its paired confidence interval.
+
+Proof (`measure`): on the same seeds before and after, FD (and FID when Inception weights are given), KID
+and SWD with paired intervals, and the classifier's artifact rate, on (a) random samples and (b) the
+samples where the removed units fire most (GAN Dissection's high-activation subset), always beside a
+random-unit control of the same size per layer; plus the artifact rate on the flagged samples. The cleaned
+generator comes from `export.export_cleaned` (weights baked, verified against the hooks).
 """
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 
-from . import __version__
+from . import __version__, defaults
 from .errors import UserError
 from .export import export_cleaned
-from .generator import LoadedGenerator, sample_batches
+from .generator import LoadedGenerator, forward, images_at, latents, sample_batches
 from .images import grid, save_png
 from .io import write_json_atomic, write_text_atomic
 from .report import table_markdown
-from .generator import images_at
-from .trace import Trace, ablation
+from .trace import Ablation, Trace, ablation
+
+Say = Callable[[str], None]
+
+
+def _opt(name: str) -> Any:
+    return defaults.get("repair", name)
 
 
 @dataclass
 class RepairPlan:
-    """Which units go, and why: approvals from the label store, or the ranking's top K with `auto`."""
+    """Which units go (per layer), how strongly, and why: approvals from the label store, or the ranking with `auto`."""
 
-    layer: str
-    units: list[int]
+    edits: dict[str, list[int]]  # layer -> units, in removal-priority order (the ranking's order when known)
     source: str  # "approved" or "auto"
-    approvals: list[dict[str, Any]]
+    approvals: list[dict[str, Any]] = field(default_factory=list)
+    alphas: dict[str, list[float]] = field(default_factory=dict)  # layer -> strength per unit (absent: 1.0)
+
+    @property
+    def layers(self) -> list[str]:
+        """The edited layers, in the order they are applied."""
+        return list(self.edits)
+
+    @property
+    def layer(self) -> str:
+        """The first (primary) edited layer."""
+        return self.layers[0]
+
+    @property
+    def units(self) -> list[int]:
+        """The units of the primary layer, sorted."""
+        return sorted(self.edits[self.layer])
+
+    @property
+    def n_units(self) -> int:
+        """Units removed over all layers."""
+        return sum(len(u) for u in self.edits.values())
+
+    def alpha(self, layer: str) -> list[float]:
+        """Per-unit strengths of `layer` (1.0 = full ablation)."""
+        return list(self.alphas.get(layer, [1.0] * len(self.edits[layer])))
+
+    def ablations(self) -> dict[str, Ablation]:
+        """The hook edits {layer: Ablation} this plan applies."""
+        return {layer: ablation(units, self.alpha(layer)) for layer, units in self.edits.items()}
+
+    def export_edits(self) -> dict[str, tuple[list[int], list[float]]]:
+        """{layer: (units, alphas)} for export.export_cleaned."""
+        return {layer: (list(units), self.alpha(layer)) for layer, units in self.edits.items()}
+
+    def prefix(self, k: int) -> "RepairPlan":
+        """The plan restricted to the first k units of its primary layer (other layers kept)."""
+        first = self.edits[self.layer][:k]
+        edits = {self.layer: first, **{l: u for l, u in self.edits.items() if l != self.layer}}
+        alphas = {l: a for l, a in self.alphas.items() if l != self.layer}
+        if self.layer in self.alphas:
+            alphas[self.layer] = self.alphas[self.layer][:k]
+        kept = {(self.layer, u) for u in first} | {(l, u) for l, us in edits.items() if l != self.layer for u in us}
+        approvals = [a for a in self.approvals if (a.get("layer", self.layer), a["unit"]) in kept]
+        return RepairPlan(edits, self.source, approvals, alphas)
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as manifest fields."""
+        return {layer: {"units": list(units), "alphas": [round(a, 4) for a in self.alpha(layer)]} for layer, units in self.edits.items()}
 
 
-def plan_from_store(store: Any, run_id: int, layer: str) -> RepairPlan:
-    """The approved units of `layer`; a UserError when there are none (nothing unapproved is ever removed)."""
+def plan_from_store(store: Any, run_id: int, layer: str, ranking: Sequence[int] | None = None) -> RepairPlan:
+    """The approved units of `layer` (ordered by `ranking` when given); a UserError when there are none."""
     approved = [a for a in store.approved_units(run_id) if a.layer == layer]
     if not approved:
         raise UserError(f"no approved units of layer {layer} in the label store; approve some (dashboard) "
                         "or pass --auto --k K to take the top of the ranking.")
-    return RepairPlan(layer, sorted(int(a.unit) for a in approved), "approved",
-                      [{"unit": int(a.unit), "reviewer": a.reviewer, "time": str(a.time), "note": a.note} for a in approved])
+    units = [int(a.unit) for a in approved]
+    pos = {int(u): i for i, u in enumerate(ranking or [])}
+    units.sort(key=lambda u: (pos.get(u, len(pos)), u))
+    return RepairPlan({layer: units}, "approved",
+                      [{"layer": layer, "unit": int(a.unit), "reviewer": a.reviewer, "time": str(a.time), "note": a.note} for a in approved])
+
+
+def combine(plans: Sequence[RepairPlan]) -> RepairPlan:
+    """One plan editing every layer of `plans`, applied in the given order."""
+    if not plans:
+        raise UserError("nothing to repair: no layer has units to remove.")
+    edits: dict[str, list[int]] = {}
+    for p in plans:
+        for layer in p.edits:
+            if layer in edits:
+                raise UserError(f"layer {layer} is listed twice; name each layer once.")
+        edits.update({l: list(u) for l, u in p.edits.items()})
+    return RepairPlan(edits, plans[0].source, [a for p in plans for a in p.approvals],
+                      {l: a for p in plans for l, a in p.alphas.items()})
 
 
 def plan_auto(ranking: Sequence[int], layer: str, k: int) -> RepairPlan:
     """The first k units of a ranking (explicit opt-in: --auto)."""
     if k <= 0:
         raise UserError(f"--k must be a positive number of units, got {k}.")
-    return RepairPlan(layer, sorted(int(u) for u in ranking[:k]), "auto", [])
+    return RepairPlan({layer: [int(u) for u in ranking[:k]]}, "auto")
 
 
-def random_control(plan: RepairPlan, channels: int, seed: int) -> list[int]:
-    """As many random units as the plan removes, drawn from the units it keeps (seeded)."""
-    others = [u for u in range(channels) if u not in plan.units]
-    if len(others) < len(plan.units):
-        raise UserError(f"the layer has too few other units ({len(others)}) for a random control of {len(plan.units)}.")
-    return sorted(int(u) for u in np.random.default_rng(seed).choice(others, len(plan.units), replace=False))
+def sequential_auto(g: LoadedGenerator, layers: Sequence[str], k: int,
+                    rank_layer: Callable[[str, dict[str, Ablation]], Sequence[int]], say: Say = print) -> RepairPlan:
+    """Top k units per layer, layer by layer: each layer ranked with the earlier layers' choices already removed."""
+    plans: list[RepairPlan] = []
+    for layer in layers:
+        done = combine(plans).ablations() if plans else {}
+        with Trace(g.module, edit=done) if done else _null():
+            ranking = rank_layer(layer, done)
+        plans.append(plan_auto(ranking, layer, k))
+        say(f"{layer}: top {k} units with {sum(len(p.edits[p.layer]) for p in plans[:-1])} earlier units removed: {plans[-1].edits[layer]}")
+    return combine(plans)
 
 
-def _batches(g: LoadedGenerator, layer: str, units: list[int] | None, seed: int, n: int) -> list[np.ndarray]:
-    if units:
-        with Trace(g.module, edit={layer: ablation(units)}):
-            return [im.numpy() for _, im in sample_batches(g, seed, 0, n, 64)]
-    return [im.numpy() for _, im in sample_batches(g, seed, 0, n, 64)]
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> bool:
+        return False
+
+
+def random_control(plan: RepairPlan, channels: int | Mapping[str, int], seed: int) -> dict[str, list[int]]:
+    """Per layer, as many random units as the plan removes, drawn from the units it keeps (seeded)."""
+    out: dict[str, list[int]] = {}
+    for i, (layer, units) in enumerate(plan.edits.items()):
+        c = channels[layer] if isinstance(channels, Mapping) else channels
+        others = [u for u in range(c) if u not in units]
+        if len(others) < len(units):
+            raise UserError(f"layer {layer} has too few other units ({len(others)}) for a random control of {len(units)}.")
+        out[layer] = sorted(int(u) for u in np.random.default_rng(seed + i).choice(others, len(units), replace=False))
+    return out
+
+
+def _edits(units: Mapping[str, Sequence[int]], alphas: Mapping[str, Sequence[float]] | None = None) -> dict[str, Ablation]:
+    return {l: ablation(u, (alphas or {}).get(l, 1.0)) for l, u in units.items() if len(u)}
+
+
+# ------------------------------------------------------------------------------------------ continuous intervention
+
+
+def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[torch.Tensor], torch.Tensor], seed: int,
+                   flagged: Sequence[int], *, steps: int | None = None, lr: float | None = None, l2: float | None = None,
+                   batch: int | None = None, say: Say = print) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+    """Per-unit strengths alpha in [0, 1] minimising mean p(artifact | flagged samples) + l2 * mean(alpha^2), by Adam steps."""
+    steps, lr, l2, batch = (int(_opt("alpha_steps") if steps is None else steps), float(_opt("alpha_lr") if lr is None else lr),
+                            float(_opt("alpha_l2") if l2 is None else l2), int(_opt("alpha_batch") if batch is None else batch))
+    if not flagged:
+        raise UserError("optimising alphas needs flagged samples; flag some artifact samples first or drop --optimise-alpha.")
+    if steps < 1 or batch < 1 or lr <= 0 or l2 < 0:
+        raise UserError("--alpha-steps, --alpha-batch and --alpha-lr must be positive and --alpha-l2 >= 0.")
+    ids = [int(i) for i in flagged]
+    params = {l: torch.ones(len(u), dtype=torch.float32, requires_grad=True) for l, u in plan.edits.items()}
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    n_units = max(plan.n_units, 1)
+    history: list[dict[str, float]] = []
+
+    def edit(layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        idx = torch.tensor(plan.edits[layer])
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            a = torch.zeros(x.shape[1], dtype=x.dtype).index_put((idx,), params[layer].to(x.dtype))
+            return x * (1 - a.view(1, -1, *([1] * (x.dim() - 2))))
+
+        return fn
+
+    rng = np.random.default_rng(seed)
+    order = list(rng.permutation(ids))
+    for step in range(steps):
+        take = [order[(step * batch + j) % len(order)] for j in range(min(batch, len(order)))]
+        z, y = latents(g.spec, seed, take)
+        with Trace(g.module, edit={l: edit(l) for l in plan.edits}):
+            x = forward(g, z, y)
+        p = score_fn(x).float().mean()
+        reg = sum((a ** 2).sum() for a in params.values()) / n_units
+        loss = p + l2 * reg
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for a in params.values():
+                a.clamp_(0.0, 1.0)
+        history.append({"step": step, "p_artifact": round(float(p), 5), "l2": round(float(reg), 5)})
+        if step % max(1, steps // 5) == 0 or step == steps - 1:
+            say(f"alpha step {step + 1}/{steps}: mean p(artifact) on flagged = {float(p):.3f}, mean alpha^2 = {float(reg):.3f}")
+    return {l: [round(float(v), 4) for v in a.detach()] for l, a in params.items()}, history
+
+
+# ------------------------------------------------------------------------------------------ measurement helpers
+
+
+def _sets(g: LoadedGenerator, edits: Mapping[str, Ablation] | None, seed: int, ids: Sequence[int] | int) -> list[np.ndarray]:
+    """uint8 image batches of samples `ids` (or 0..ids-1) with `edits` applied."""
+    with Trace(g.module, edit=dict(edits)) if edits else _null():
+        if isinstance(ids, int):
+            return [im.numpy() for _, im in sample_batches(g, seed, 0, ids, 64)]
+        idx = list(ids)
+        return [images_at(g, seed, idx[s:s + 64]) for s in range(0, len(idx), 64)]
 
 
 def _rate(p: np.ndarray, thr: float, seed: int, reps: int = 1000) -> dict[str, Any]:
@@ -77,90 +241,251 @@ def _rate(p: np.ndarray, thr: float, seed: int, reps: int = 1000) -> dict[str, A
             "n": int(len(hits))}
 
 
-def measure(g: LoadedGenerator, plan: RepairPlan, control: list[int], seed: int, n: int, flagged: Sequence[int],
-            clf: Any = None, real: Any = None, metrics: str = "fd,kid,swd", say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Paired before/after metrics on the same seeds for the repair and for the random-unit control."""
+def paired_rate_diff(p_a: np.ndarray, p_b: np.ndarray, thr: float, seed: int, reps: int = 2000) -> dict[str, Any]:
+    """Artifact rate of b minus a on the same samples, with a paired percentile bootstrap 95 % interval."""
+    d = (np.asarray(p_b) >= thr).astype(float) - (np.asarray(p_a) >= thr).astype(float)
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), (reps, len(d)))].mean(1)
+    lo, hi = float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+    return {"diff": float(d.mean()), "ci": [lo, hi], "significant": bool(hi < 0 or lo > 0), "n": int(len(d))}
+
+
+def high_activation_samples(g: LoadedGenerator, units: Mapping[str, Sequence[int]], seed: int, n: int, pool: int) -> list[int]:
+    """The n samples of 0..pool-1 where the given units fire most (sum over layers of each unit's spatial max)."""
+    from .scoring import trace_batches
+
+    score = np.zeros(pool)
+    for layer, us in units.items():
+        for idx, acts, _ in trace_batches(g, layer, seed, list(range(pool))):
+            score[list(idx)] += acts[:, list(us)].flatten(2).amax(2).sum(1).double().numpy()
+    return sorted(int(i) for i in np.argsort(-score, kind="stable")[:n])
+
+
+def _inception_weights(path: str | None) -> str | None:
+    p = path or os.environ.get("ARTIFIX_INCEPTION_WEIGHTS")
+    return p if p and Path(p).is_file() else None
+
+
+def _compare(before: list[np.ndarray], after: list[np.ndarray], n: int, metrics: str, real: Any, seed: int,
+             inception: str | None, cache: str | None) -> dict[str, Any]:
     from .metrics import paired_compare
 
-    say(f"sampling {n} images: before, after, random control")
-    before = _batches(g, plan.layer, None, seed, n)
-    after = _batches(g, plan.layer, plan.units, seed, n)
-    ctrl = _batches(g, plan.layer, control, seed, n)
-    say("metrics: repair vs before")
-    res: dict[str, Any] = {"n": n, "seed": seed,
-                           "repair": paired_compare(iter(before), iter(after), n=n, metrics=metrics, real=real, seed=seed),
-                           "control": None}
-    say("metrics: random control vs before")
-    res["control"] = paired_compare(iter(before), iter(ctrl), n=n, metrics=metrics, real=real, seed=seed)
-    if clf is not None:
-        rates = {}
-        for name, sets in (("before", before), ("after", after), ("control", ctrl)):
-            rates[name] = _rate(clf.predict_proba(np.concatenate(sets)), clf.threshold, seed)
-        res["artifact_rate"] = rates
-        if flagged:
-            fl = {}
-            imgs = {"before": images_at(g, seed, list(flagged))}
-            with Trace(g.module, edit={plan.layer: ablation(plan.units)}):
-                imgs["after"] = images_at(g, seed, list(flagged))
-            with Trace(g.module, edit={plan.layer: ablation(control)}):
-                imgs["control"] = images_at(g, seed, list(flagged))
-            for name, im in imgs.items():
-                fl[name] = _rate(clf.predict_proba(im), clf.threshold, seed)
-            res["artifact_rate_flagged"] = fl
+    res = paired_compare(iter(before), iter(after), n=n, metrics=metrics, real=real, seed=seed, cache=cache)
+    if inception and "fd" in metrics:
+        res.update(paired_compare(iter(before), iter(after), n=n, metrics="fd", features="inception", real=real, seed=seed,
+                                  inception_weights=inception, cache=cache))
     return res
 
 
+def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence[int]], seed: int, n: int, flagged: Sequence[int],
+            clf: Any = None, real: Any = None, metrics: str = "fd,kid,swd", *, high_pool: int = 0,
+            inception_weights: str | None = None, cache: str | None = None, say: Say = print) -> dict[str, Any]:
+    """Paired before/after metrics on the same seeds for the repair and the random-unit control (random and high-activation sets)."""
+    edits, ctrl_edits = plan.ablations(), _edits(control)
+    inception = _inception_weights(inception_weights)
+    subsets: dict[str, Sequence[int] | int] = {"random": n}
+    if high_pool > n:
+        subsets["high_activation"] = high_activation_samples(g, plan.edits, seed, n, high_pool)
+    res: dict[str, Any] = {"n": n, "seed": seed, "subsets": {}}
+    for name, ids in subsets.items():
+        say(f"{name} samples ({n}): sampling before, after and random control")
+        before, after, ctrl = (_sets(g, e, seed, ids) for e in (None, edits, ctrl_edits))
+        say(f"{name} samples: metrics of repair and of control vs before")
+        sub: dict[str, Any] = {"samples": ids if isinstance(ids, int) else f"top {n} of {high_pool} by the removed units' activation",
+                               "repair": _compare(before, after, n, metrics, real, seed, inception, cache),
+                               "control": _compare(before, ctrl, n, metrics, real, seed, inception, cache)}
+        if clf is not None:
+            p = {k: clf.predict_proba(np.concatenate(v)) for k, v in (("before", before), ("after", after), ("control", ctrl))}
+            sub["artifact_rate"] = {k: _rate(v, clf.threshold, seed) for k, v in p.items()}
+            sub["artifact_rate"]["repair_diff"] = paired_rate_diff(p["before"], p["after"], clf.threshold, seed)
+            sub["artifact_rate"]["control_diff"] = paired_rate_diff(p["before"], p["control"], clf.threshold, seed)
+        res["subsets"][name] = sub
+    # the random-sample results also at top level (what the model card's table shows first)
+    res["repair"], res["control"] = res["subsets"]["random"]["repair"], res["subsets"]["random"]["control"]
+    if "artifact_rate" in res["subsets"]["random"]:
+        res["artifact_rate"] = res["subsets"]["random"]["artifact_rate"]
+    if clf is not None and flagged:
+        ids = list(flagged)
+        res["artifact_rate_flagged"] = {k: _rate(clf.predict_proba(np.concatenate(_sets(g, e, seed, ids))), clf.threshold, seed)
+                                        for k, e in (("before", None), ("after", edits), ("control", ctrl_edits))}
+    return res
+
+
+# ------------------------------------------------------------------------------------------ k sweep
+
+
+def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = None, real: Any = None, metrics: str = "fd,swd",
+          k_max: int | None = None, cache: str | None = None, say: Say = print) -> dict[str, Any]:
+    """Remove the first 1, 2, ... units of the primary layer; stop when the next unit's paired gain is not significant.
+
+    The stop rule uses the artifact rate (paired on the same seeds) when a classifier is given, else FD. Each row
+    holds the cumulative metrics with intervals and the marginal change of adding that unit; `k_best` is the last k
+    whose unit helped beyond its interval (0 when even the first did not).
+    """
+    from .metrics import paired_compare
+
+    order = plan.edits[plan.layer]
+    k_max = len(order) if k_max is None else min(k_max, len(order))
+    rows: list[dict[str, Any]] = []
+    prev = _sets(g, None, seed, n)
+    p_prev = clf.predict_proba(np.concatenate(prev)) if clf is not None else None
+    base_rate = _rate(p_prev, clf.threshold, seed) if clf is not None else None
+    k_best, stopped = 0, None
+    for k in range(1, k_max + 1):
+        sub = plan.prefix(k)
+        cur = _sets(g, sub.ablations(), seed, n)
+        say(f"sweep k={k}: removing {sub.edits[plan.layer]}")
+        cmp = paired_compare(iter(prev), iter(cur), n=n, metrics=metrics, real=real, seed=seed, cache=cache)
+        row: dict[str, Any] = {"k": k, "units": list(sub.edits[plan.layer]), "unit_added": int(order[k - 1])}
+        for name, r in cmp.items():
+            key = name.split("_")[0]
+            row[key] = {"name": name, "value": r["b"], "ci": r.get("ci_b"), "marginal": r["diff"], "marginal_ci": r["ci"]}
+        helped = None
+        if clf is not None:
+            p_cur = clf.predict_proba(np.concatenate(cur))
+            d = paired_rate_diff(p_prev, p_cur, clf.threshold, seed + k)
+            row["artifact_rate"] = {**_rate(p_cur, clf.threshold, seed), "marginal": d["diff"], "marginal_ci": d["ci"]}
+            helped = d["ci"][1] < 0
+            p_prev = p_cur
+        elif "fd" in row:
+            helped = row["fd"]["marginal_ci"] is not None and row["fd"]["marginal_ci"][1] < 0
+        row["helped"] = bool(helped)
+        rows.append(row)
+        prev = cur
+        if helped:
+            k_best = k
+        else:
+            stopped = k
+            say(f"sweep: unit {order[k - 1]} (k={k}) did not help beyond its interval; stopping, k_best = {k_best}")
+            break
+    return {"layer": plan.layer, "order": list(order[:k_max]), "criterion": "artifact_rate" if clf is not None else "fd",
+            "before_artifact_rate": base_rate, "rows": rows, "k_best": k_best, "stopped_at": stopped, "n": n}
+
+
+# ------------------------------------------------------------------------------------------ the repair
+
+
 def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: int = 0, n: int = 1000,
-           flagged: Sequence[int] = (), clean: Sequence[int] = (), clf: Any = None, real: Any = None, channels: int,
-           checkpoint: str | Path | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+           flagged: Sequence[int] = (), clean: Sequence[int] = (), clf: Any = None, real: Any = None, channels: int | Mapping[str, int],
+           checkpoint: str | Path | None = None, metrics: str = "fd,kid,swd", high_pool: int | None = None,
+           optimise: bool = False, run_sweep: bool = False, sweep_n: int | None = None, inception_weights: str | None = None,
+           cache: str | None = None, say: Say = print) -> dict[str, Any]:
     """Remove the plan's units, write the verified cleaned generator and the proof next to it; returns the manifest."""
     t0 = time.time()
     out = Path(out_dir)
+    sweep_res = None
+    if run_sweep:
+        sweep_res = sweep(g, plan, seed, sweep_n or n, clf, real, cache=cache, say=say)
+        k = max(sweep_res["k_best"], 1)
+        if k < len(plan.edits[plan.layer]):
+            dropped = plan.edits[plan.layer][k:]
+            say(f"the sweep keeps the first {k} units of {plan.layer}; not removing {dropped}")
+            plan = plan.prefix(k)
+    history: list[dict[str, float]] = []
+    if optimise:
+        if clf is None:
+            raise UserError("--optimise-alpha needs the artifact classifier; train one with 'artifix classify train'.")
+        from .classifier import differentiable_score
+
+        alphas, history = optimise_alpha(g, plan, differentiable_score(clf, g.spec.range), seed, list(flagged), say=say)
+        plan = RepairPlan(plan.edits, plan.source, plan.approvals, alphas)
+        say("optimised alphas: " + "; ".join(f"{l}: " + ", ".join(f"{u}={a:.2f}" for u, a in zip(plan.edits[l], plan.alpha(l))) for l in plan.layers))
     control = random_control(plan, channels, seed)
-    say(f"removing {len(plan.units)} units of {plan.layer} ({plan.source}): {plan.units}; random control: {control}")
-    exported = export_cleaned(g, {plan.layer: plan.units}, out, checkpoint, seed=seed)
+    say(f"removing {plan.n_units} units ({plan.source}): " + "; ".join(f"{l}: {u}" for l, u in plan.edits.items())
+        + "; random control: " + "; ".join(f"{l}: {u}" for l, u in control.items()))
+    exported = export_cleaned(g, plan.export_edits(), out, checkpoint, seed=seed)
     say(f"cleaned generator: max |G_clean - G_hooked| = {exported.max_abs_diff:.2e} ({'exact' if exported.exact else 'TorchScript'})")
-    results = measure(g, plan, control, seed, n, flagged, clf, real, say=say)
+    pool = (4 * n if high_pool is None else high_pool)
+    results = measure(g, plan, control, seed, n, flagged, clf, real, metrics, high_pool=pool, inception_weights=inception_weights,
+                      cache=cache, say=say)
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]
     for name, ids in (("flagged", ids_f), ("clean", ids_c)):
         if ids:
-            rows = [images_at(g, seed, ids)]
-            for units in (plan.units, control):
-                with Trace(g.module, edit={plan.layer: ablation(units)}):
-                    rows.append(images_at(g, seed, ids))
+            rows = [np.concatenate(_sets(g, e, seed, ids)) for e in (None, plan.ablations(), _edits(control))]
             save_png(out / f"before_after_{name}.png", grid(np.concatenate(rows), ncol=len(ids), scale=2))
     manifest = {
         "artifix_version": __version__, "source": exported.input, "fingerprint_before": g.fingerprint,
-        "fingerprint_after": exported.fingerprint_after, "layer": plan.layer, "units": plan.units, "alphas": [1.0] * len(plan.units),
-        "selection": plan.source, "approvals": plan.approvals, "random_control_units": control, "export": exported.to_json(),
-        "metrics": results, "seconds": round(time.time() - t0, 1),
+        "fingerprint_after": exported.fingerprint_after, "layer": plan.layer, "units": plan.units, "alphas": plan.alpha(plan.layer),
+        "layers": plan.layers, "edits": plan.to_json(), "selection": plan.source, "approvals": plan.approvals,
+        "random_control": control, "random_control_units": control[plan.layer], "export": exported.to_json(),
+        "metrics": results, "alpha_optimisation": history or None, "sweep": sweep_res, "seconds": round(time.time() - t0, 1),
     }
     write_json_atomic(out / "manifest.json", manifest)
-    write_text_atomic(out / "MODEL_CARD.md", _model_card(manifest))
-    write_text_atomic(out / "report.md", _model_card(manifest) + "\n## Before / after\n\nRows: before; approved units removed; "
+    card = model_card(manifest)
+    write_text_atomic(out / "MODEL_CARD.md", card)
+    write_text_atomic(out / "report.md", card + "\n## Before / after\n\nRows: before; approved units removed; "
                       "random-unit control.\n\n![flagged](before_after_flagged.png)\n\n![clean](before_after_clean.png)\n")
     return manifest
 
 
-def _model_card(m: dict[str, Any]) -> str:
-    """The before/after table as Markdown."""
+def _ci(d: dict[str, Any], key: str = "ci") -> str:
+    ci = d.get(key)
+    return "" if not ci else " [{:+.3f}, {:+.3f}]".format(*ci)
+
+
+def _metric_rows(sub: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    for name, r in m["metrics"]["repair"].items():
-        c = m["metrics"]["control"][name]
-        rows.append({"metric": name, "before": r["a"], "after": r["b"], "change [95% CI]": "{:+.3f} [{:+.3f}, {:+.3f}]".format(r["diff"], *r["ci"]),
-                     "random control change [95% CI]": "{:+.3f} [{:+.3f}, {:+.3f}]".format(c["diff"], *c["ci"])})
-    for key in ("artifact_rate", "artifact_rate_flagged"):
-        if key in m["metrics"]:
-            r = m["metrics"][key]
-            rows.append({"metric": key, "before": r["before"]["value"], "after": r["after"]["value"],
-                         "change [95% CI]": "after CI [{:.3f}, {:.3f}]".format(*r["after"]["ci"]),
-                         "random control change [95% CI]": "control {:.3f}".format(r["control"]["value"])})
-    ex = m["export"]
-    return "\n".join([
-        "# Cleaned generator", "",
-        f"Removed {len(m['units'])} units of `{m['layer']}` ({m['selection']}): {m['units']}. Random-unit control: {m['random_control_units']}.",
-        f"Weights baked and verified: max |G_clean(z) - G_hooked(z)| = {ex['max_abs_diff']:.2e} on {ex['verify_n']} seeded latents "
-        f"({'exact' if ex['exact'] else 'not exact: TorchScript export'}).", "",
-        f"Metrics on the same {m['metrics']['n']} seeds (paired; negative change = closer to the reference):", "",
-        table_markdown(rows, ["metric", "before", "after", "change [95% CI]", "random control change [95% CI]"]),
-    ])
+    for name, r in sub["repair"].items():
+        c = sub["control"][name]
+        rows.append({"metric": name, "before": r["a"], "after": r["b"], "change [95% CI]": f"{r['diff']:+.3f}{_ci(r)}",
+                     "random control change [95% CI]": f"{c['diff']:+.3f}{_ci(c)}"})
+    if "artifact_rate" in sub:
+        r = sub["artifact_rate"]
+        rows.append({"metric": "artifact rate", "before": r["before"]["value"], "after": r["after"]["value"],
+                     "change [95% CI]": f"{r['repair_diff']['diff']:+.3f}{_ci(r['repair_diff'])}",
+                     "random control change [95% CI]": f"{r['control_diff']['diff']:+.3f}{_ci(r['control_diff'])}"})
+    return rows
+
+
+def model_card(m: dict[str, Any]) -> str:
+    """The manifest as a Markdown model card: what was removed, verification, before/after tables, sweep."""
+    cols = ["metric", "before", "after", "change [95% CI]", "random control change [95% CI]"]
+    ex, met = m["export"], m["metrics"]
+    edits = "; ".join(f"`{l}`: {e['units']}" + ("" if all(a == 1.0 for a in e["alphas"]) else f" (alphas {e['alphas']})")
+                      for l, e in m["edits"].items())
+    lines = ["# Cleaned generator", "",
+             f"Removed {sum(len(e['units']) for e in m['edits'].values())} units ({m['selection']}): {edits}. "
+             f"Random-unit control of the same size: " + "; ".join(f"`{l}`: {u}" for l, u in m["random_control"].items()) + ".",
+             f"Weights baked and verified: max |G_clean(z) - G_hooked(z)| = {ex['max_abs_diff']:.2e} on {ex['verify_n']} seeded latents "
+             f"({'exact' if ex['exact'] else 'not exact: TorchScript export'}).", ""]
+    if m.get("approvals"):
+        lines += ["Approvals: " + "; ".join(f"unit {a['unit']} by {a['reviewer']} at {a['time']}" + (f" ({a['note']})" if a.get("note") else "")
+                                            for a in m["approvals"]), ""]
+    for name, sub in met["subsets"].items():
+        what = f"{met['n']} random samples" if name == "random" else f"the {met['n']} samples where the removed units fire most (of {sub['samples'].split(' of ')[-1].split(' ')[0]})"
+        lines += [f"Metrics on {what}, same seeds before and after (paired; negative change = closer to the reference / fewer artifacts):", "",
+                  table_markdown(_metric_rows(sub), cols), ""]
+    if "artifact_rate_flagged" in met:
+        r = met["artifact_rate_flagged"]
+        lines += [f"Artifact rate on the {r['before']['n']} flagged samples: before {r['before']['value']:.3f}, after {r['after']['value']:.3f} "
+                  f"[{r['after']['ci'][0]:.3f}, {r['after']['ci'][1]:.3f}], random control {r['control']['value']:.3f} "
+                  "(the flagged samples trained the classifier, so 'before' is in-sample).", ""]
+    sw = m.get("sweep")
+    if sw:
+        lines += [f"k sweep over `{sw['layer']}` on {sw['n']} samples (stop rule: {sw['criterion']} must drop beyond its paired 95 % interval); "
+                  f"k_best = {sw['k_best']}:", ""]
+        rows = []
+        for r in sw["rows"]:
+            row = {"k": r["k"], "unit added": r["unit_added"], "helped": "yes" if r["helped"] else "no"}
+            for key in ("fd", "swd", "artifact_rate"):
+                if key in r:
+                    row[key] = f"{r[key]['value']:.3f} (marginal {r[key]['marginal']:+.3f}{_ci(r[key], 'marginal_ci')})"
+            rows.append(row)
+        lines += [table_markdown(rows, ["k", "unit added"] + [c for c in ("fd", "swd", "artifact_rate") if c in rows[0]] + ["helped"]), ""]
+    return "\n".join(lines)
+
+
+def fd_recovery(clean: LoadedGenerator, damaged: LoadedGenerator, manifest: dict[str, Any], seed: int = 0,
+                real: Any = None, cache: str | None = None) -> dict[str, Any]:
+    """Share of the FD damage (damaged vs clean generator, paired on the same seeds) that the repair and its control undo."""
+    from .metrics import paired_compare
+
+    n = int(manifest["metrics"]["n"])
+    res = paired_compare(iter(_sets(clean, None, seed, n)), iter(_sets(damaged, None, seed, n)), n=n, metrics="fd", real=real,
+                         seed=seed, cache=cache)
+    name, damage = next(iter(res.items()))
+    fixed, ctrl = manifest["metrics"]["repair"][name], manifest["metrics"]["control"][name]
+    d = damage["diff"]
+    return {"metric": name, "damage": {"diff": d, "ci": damage["ci"], "clean": damage["a"], "damaged": damage["b"]},
+            "repair": -fixed["diff"] / d if d else float("nan"), "control": -ctrl["diff"] / d if d else float("nan"),
+            "after": fixed["b"], "control_after": ctrl["b"]}

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
 from .generator import LoadedGenerator, forward, images_at, latents, to_uint8
 from .io import sha256_json
 from .progress import Progress
@@ -183,7 +184,10 @@ def cached_stats(g: LoadedGenerator, layer: str, seed: int, n: int, cache_dir: s
     key = sha256_json({"fingerprint": g.fingerprint, "layer": layer, "seed": seed, "n": n, "v": 1})[:20]
     path = Path(cache_dir) / f"stats-{key}.pt"
     if path.is_file():
-        return UnitStats.load(path)
+        try:
+            return UnitStats.load(path)
+        except UserError:
+            pass  # a damaged or foreign cache entry is recomputed and replaced, never trusted
     stats = collect_stats(g, layer, seed, n)
     stats.save(path)
     return stats

@@ -162,18 +162,24 @@ def layer_channels(g: LoadedGenerator, layer: str, seed: int = 0) -> int:
 
 
 def repair_approved(g: LoadedGenerator, layer: str, store: Any, run_id: int, out: str | Path, *, seed: int, n: int,
-                    clf: Any = None, real: Any = None, say: Say = _quiet, **kwargs: Any) -> dict[str, Any]:
-    """Remove the run's approved units of `layer` (as `artifix repair` does); returns the manifest."""
+                    clf: Any = None, real: Any = None, ranking: Sequence[int] | None = None, sweep: bool = False,
+                    sweep_n: int | None = None, high_pool: int | None = None, cache: str | None = None, say: Say = _quiet,
+                    **kwargs: Any) -> dict[str, Any]:
+    """Remove the run's approved units of `layer` (as `artifix repair` does for one layer); returns the manifest.
+
+    With `sweep`, the approved units are removed one at a time in `ranking` order and the manifest holds the sweep.
+    """
     from .repair import plan_from_store, repair
 
     if g.scripted:
         raise UserError("repair needs a Python generator (--generator 'module:callable'), not a TorchScript file.")
     if n <= 0:
         raise UserError(f"repair needs a positive number of samples, got {n}.")
-    plan = plan_from_store(store, run_id, layer)
+    plan = plan_from_store(store, run_id, layer, list(ranking) if ranking is not None else None)
     flagged, clean = flagged_and_clean(store, run_id)
     return repair(g, plan, Path(out), seed=seed, n=n, flagged=flagged, clean=clean, clf=clf, real=real,
-                  channels=layer_channels(g, layer, seed), say=say, **kwargs)
+                  channels={layer: layer_channels(g, layer, seed)}, high_pool=4 * n if high_pool is None else high_pool,
+                  run_sweep=sweep, sweep_n=sweep_n, cache=cache, say=say, **kwargs)
 
 
 def reviewer_name(given: str | None) -> str:

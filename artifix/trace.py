@@ -57,7 +57,7 @@ class Ablation:
         c = x.shape[1]
         for u in self.units:
             if not 0 <= u < c:
-                raise UserError(f"unit {u} is out of range: the layer has {c} units (0..{c - 1}).")
+                raise UserError(f"unit {u} is out of range: the layer has {c} units (0..{c - 1}); pick units in that range.")
         a = torch.zeros(c, dtype=x.dtype, device=x.device)
         alpha = torch.as_tensor(self.alpha, dtype=x.dtype, device=x.device)
         if alpha.dim() and alpha.numel() != len(self.units):

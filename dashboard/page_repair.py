@@ -55,18 +55,30 @@ def metrics_table(m: dict[str, Any]) -> pd.DataFrame:
 
 
 def sweep_frame(m: dict[str, Any]) -> pd.DataFrame | None:
-    """Long table (k, metric, value, lo, hi) from manifest['sweep'], or None when the report has no sweep."""
+    """Long table (k, metric, value, lo, hi) from the manifest's k sweep, with the k = 0 baseline; None without a sweep.
+
+    `artifix.repair.sweep` writes {"rows": [{"k", "fd": {"value", "ci", "marginal", ...}, "swd", "artifact_rate"}], ...};
+    a plain list of rows is read too.
+    """
     sweep = m.get("sweep")
     if not sweep:
         return None
+    steps = sweep.get("rows", []) if isinstance(sweep, dict) else list(sweep)
     rows = []
-    for s in sweep:
+    for i, s in enumerate(steps):
         for name in ("fd", "swd", "artifact_rate"):
             r = s.get(name)
-            if isinstance(r, dict) and r.get("value") is not None:
-                ci = r.get("ci") or [None, None]
-                rows.append({"k": int(s["k"]), "metric": name, "value": float(r["value"]), "lo": ci[0], "hi": ci[1]})
-    return pd.DataFrame(rows) if rows else None
+            if not isinstance(r, dict) or r.get("value") is None:
+                continue
+            ci = r.get("ci") or [None, None]
+            rows.append({"k": int(s["k"]), "metric": name, "value": float(r["value"]), "lo": ci[0], "hi": ci[1]})
+            if i == 0 and int(s["k"]) == 1:  # the generator before any removal
+                base = sweep.get("before_artifact_rate") if name == "artifact_rate" and isinstance(sweep, dict) else None
+                if base:
+                    rows.append({"k": 0, "metric": name, "value": float(base["value"]), "lo": base["ci"][0], "hi": base["ci"][1]})
+                elif r.get("marginal") is not None and name != "artifact_rate":
+                    rows.append({"k": 0, "metric": name, "value": float(r["value"]) - float(r["marginal"]), "lo": None, "hi": None})
+    return pd.DataFrame(rows).sort_values(["metric", "k"]).reset_index(drop=True) if rows else None
 
 
 def sweep_chart(df: pd.DataFrame):
@@ -80,13 +92,18 @@ def sweep_chart(df: pd.DataFrame):
     return (band + line).properties(width=260, height=200).facet(column=alt.Column("metric:N", title=None)).resolve_scale(y="independent")
 
 
-def run_repair(d: Dash, n: int) -> dict[str, Any] | None:
+def run_repair(d: Dash, n: int, sweep: bool = False) -> dict[str, Any] | None:
     """Run the repair on the approved units (spinner); the manifest, or None after showing the error."""
+    rep = st.session_state.get("last_report")  # the Units page's ranking orders the sweep, when there is one
+    ranking = [int(u) for u in rep.table["unit"]] if rep is not None and getattr(rep, "layer", None) == d.layer else None
     try:
-        with st.spinner(f"repairing: exporting the cleaned generator, then {n} samples before / after / random control and their metrics"):
+        with st.spinner(f"repairing: exporting the cleaned generator, then {n} samples before / after / random control and their metrics"
+                        + (", and the k sweep" if sweep else "")):
             with d.using_g() as g:
                 return session.repair_approved(g, d.layer, d.store, d.run_id, out_dir(d), seed=d.seed, n=n, clf=d.classifier(),
-                                               real=d.opts.get("real"))
+                                               real=d.opts.get("real"), ranking=ranking, sweep=sweep, sweep_n=d.opts.get("sweep_n"),
+                                               high_pool=d.opts.get("high_pool"), cache=d.cache,
+                                               inception_weights=d.opts.get("inception_weights"))
     except UserError as e:
         st.error(str(e))
         return None
@@ -97,15 +114,17 @@ def render(d: Dash) -> None:
     st.header("Repair and metrics")
     approved = [a for a in d.store.approved_units(d.run_id) if a.layer == d.layer]
     folder = out_dir(d)
-    c = st.columns([3, 1, 1])
+    c = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
     if approved:
         c[0].markdown("Approved for removal: " + ", ".join(f"**{a.unit}** (by {a.reviewer})" for a in approved))
     else:
         c[0].info("No approved units yet: approve proposed removals on the Approvals page.")
     n = c[1].number_input("samples", min_value=8, max_value=100_000, value=int(d.opts["repair_n"]), step=100, key="repair_n",
                           help="samples before / after (same seeds) for the metrics")
-    if c[2].button("Run repair", type="primary", disabled=not approved, icon=":material/build:", key="run-repair"):
-        run_repair(d, int(n))
+    sweep = c[2].checkbox("k sweep", value=bool(d.opts.get("sweep")), key="sweep",
+                          help="also remove the approved units one at a time (in ranking order) and measure each step")
+    if c[3].button("Run repair", type="primary", disabled=not approved, icon=":material/build:", key="run-repair"):
+        run_repair(d, int(n), sweep)
     m = load_manifest(folder)
     if m is None:
         st.caption(f"No repair report in `{folder}/` yet.")
@@ -132,6 +151,11 @@ def render(d: Dash) -> None:
         st.info("No sweep in this report: the repair measured one set of units, so there is no curve against k.")
     else:
         st.altair_chart(sweep_chart(df))
+        sw = m["sweep"]
+        if isinstance(sw, dict) and "k_best" in sw:
+            st.caption(f"Units removed in order {sw.get('order')}; stop rule: {sw.get('criterion')} must drop beyond its paired 95 % "
+                       f"interval; k_best = {sw['k_best']}" + (f", stopped at k = {sw['stopped_at']}" if sw.get("stopped_at") else "")
+                       + f"; {sw.get('n')} samples per step. Shaded: 95 % intervals.")
     imgs = [p for p in (folder / "before_after_flagged.png", folder / "before_after_clean.png") if p.is_file()]
     if imgs:
         st.subheader("Before / after")

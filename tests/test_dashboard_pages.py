@@ -156,10 +156,14 @@ def _manifest(with_sweep: bool) -> dict:
          "export": {"max_abs_diff": 0.0, "files": {"checkpoint": {"path": "/was/written/here/G.pt", "sha256": "0"}}},
          "metrics": {"n": 100, "repair": {"fd_effnetl0_100": met}, "control": {"fd_effnetl0_100": ctl},
                      "artifact_rate": {"before": rate, "after": {**rate, "value": 0.02}, "control": rate}}}
-    if with_sweep:
-        m["sweep"] = [{"k": k, "units": [5, 50, 55][:k], "fd": {"value": 10.0 - k, "ci": [9.0 - k, 11.0 - k]},
-                       "swd": {"value": 5.0 - k / 2, "ci": [4.0 - k / 2, 6.0 - k / 2]},
-                       "artifact_rate": {"value": 0.1 / (k + 1), "ci": [0.0, 0.2]}} for k in range(4)]
+    if with_sweep:  # the format artifix.repair.sweep writes
+        rows = [{"k": k, "units": [5, 50, 55][:k], "unit_added": [5, 50, 55][k - 1], "helped": k < 3,
+                 "fd": {"name": "fd_effnetl0_100", "value": 10.0 - k, "ci": [9.0 - k, 11.0 - k], "marginal": -1.0, "marginal_ci": [-1.5, -0.5]},
+                 "swd": {"name": "swd_100", "value": 5.0 - k / 2, "ci": [4.0 - k / 2, 6.0 - k / 2], "marginal": -0.5, "marginal_ci": [-1, 0]},
+                 "artifact_rate": {"value": 0.1 / (k + 1), "ci": [0.0, 0.2], "n": 100, "marginal": -0.02, "marginal_ci": [-0.04, 0.0]}}
+                for k in range(1, 4)]
+        m["sweep"] = {"layer": "main.8", "order": [5, 50, 55], "criterion": "artifact_rate", "rows": rows, "k_best": 2,
+                      "stopped_at": 3, "n": 100, "before_artifact_rate": {"value": 0.1, "ci": [0.05, 0.15], "n": 100}}
     return m
 
 
@@ -178,6 +182,14 @@ def test_repair_page_shows_metrics_sweep_and_downloads(tmp_path, monkeypatch, wi
     charts = at.get("vega_lite_chart")
     if with_sweep:
         assert len(charts) == 1 and not any("No sweep" in i.value for i in at.info)
+        from dashboard.page_repair import sweep_frame
+
+        df = sweep_frame(_manifest(True))
+        fd = df[df.metric == "fd"]
+        assert list(fd.k) == [0, 1, 2, 3] and list(fd.value) == [10.0, 9.0, 8.0, 7.0]  # k = 0: value - marginal of k = 1
+        ar = df[df.metric == "artifact_rate"]
+        assert ar.value.iloc[0] == 0.1 and ar.lo.iloc[0] == 0.05  # the baseline rate with its interval
+        assert any("k_best = 2" in c.value for c in at.caption)
     else:
         assert len(charts) == 0 and any("No sweep in this report" in i.value for i in at.info)
     labels = [b.proto.label for b in at.get("download_button")]

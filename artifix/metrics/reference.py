@@ -148,7 +148,8 @@ def _image_files(folder: Path) -> list[Path]:
     if not files:
         others = sum(1 for p in folder.rglob("*") if p.is_file())
         raise UserError(f"No images ({'/'.join(IMAGE_EXTS)}) in the reference folder {folder}"
-                        + (f" (it holds {others} other files)." if others else " (it is empty)."))
+                        + (f" (it holds {others} other files)" if others else " (it is empty)")
+                        + "; add the images or point --real at another folder.")
     return files
 
 
@@ -339,3 +340,53 @@ def load_real(real: str | os.PathLike | RealStats | None, extractor: Extractor, 
         save_stats(path, stats)
         stats.source["cache"] = str(path)
     return stats
+
+
+def check_real(real: str | os.PathLike | None, *, n: int | None = None, resize: bool | None = None) -> None:
+    """Validate reference data cheaply (UserError) before any sampling or feature extraction.
+
+    A folder's image headers (readable, one size unless `resize`), an array file's zip directory and array
+    header (present, 4-D uint8), or a statistics file's readability; nothing is extracted or written.
+    """
+    if real is None or str(real) == "":
+        return
+    path = Path(real).expanduser()
+    if not path.exists():
+        raise UserError(f"Reference data not found: {path} (give an image folder, a .npz/.npy uint8 array or a statistics .npz).")
+    if path.is_dir():
+        _folder_source(path, n, bool(defaults.get("metrics", "real_resize") if resize is None else resize))
+    elif _is_stats_file(path):
+        load_stats(path)
+    elif path.suffix.lower() in (".npz", ".npy"):
+        shape, dtype = _array_header(path)
+        if len(shape) != 4:
+            raise UserError(f"{path} must hold images as a 4-D uint8 array (N, H, W, C) or (N, C, H, W); got shape {shape}.")
+        if dtype != np.uint8:
+            raise UserError(f"{path} holds {dtype} values; the reference array must be uint8 in [0, 255].")
+    else:
+        raise UserError(f"Reference {path} is neither a folder of images, a .npz/.npy array nor a statistics .npz.")
+
+
+def _array_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the image array in a .npy/.npz file, read from the zip directory and the array header."""
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            return tuple(arr.shape), arr.dtype
+        with zipfile.ZipFile(path) as zf:
+            keys = [k[:-4] for k in zf.namelist() if k.endswith(".npy")]
+            if not keys:
+                raise UserError(f"{path} holds no arrays; save images with np.savez(path, images=uint8_array).")
+            key = "images" if "images" in keys else keys[0] if len(keys) == 1 else None
+            if key is None:
+                raise UserError(f"{path} holds several arrays ({', '.join(keys[:6])}); name the image array 'images'.")
+            with zf.open(key + ".npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+        return tuple(shape), np.dtype(dtype)
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise UserError(f"{path} is not a readable .npy/.npz file (truncated or corrupt: {type(e).__name__}); "
+                        "re-create it with np.savez(path, images=uint8_array).") from None

@@ -1,0 +1,118 @@
+"""Repair's methods on the planted example: alpha optimisation, the k sweep, several layers, the high-activation subset."""
+
+import numpy as np
+import pytest
+import torch
+
+from artifix.classifier import differentiable_score, train_classifier
+from artifix.example import REVIEW_DIR, bundled_review, seed_bundled_review
+from artifix.generator import forward, images_at, latents, load_generator
+from artifix.planted import plant_defects, simulate_reviewer
+from artifix.repair import (RepairPlan, combine, high_activation_samples, optimise_alpha, paired_rate_diff, plan_auto,
+                            random_control, sequential_auto, sweep)
+from artifix.trace import Trace, ablation
+
+TRUTH = [5, 17, 40]
+
+
+@pytest.fixture(scope="module")
+def planted_gen():
+    """The example, its planted copy and the simulated review."""
+    g = load_generator()
+    bad = plant_defects(g, TRUTH)
+    return g, bad, simulate_reviewer(g, bad, seed=0, n_scan=300, n_flag=24, n_clean=24)
+
+
+@pytest.fixture(scope="module")
+def planted(planted_gen, one_torch_thread):
+    """The planted generator, the simulated review and a classifier trained on it."""
+    g, bad, review = planted_gen
+    ids = review.artifact + review.clean
+    y = np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int)
+    clf = train_classifier(images_at(bad, 0, ids), y)
+    return g, bad, review, clf
+
+
+def _mean_p(bad, clf, ids, edit=None):
+    with Trace(bad.module, edit=edit or {}):
+        return float(clf.predict_proba(images_at(bad, 0, ids)).mean())
+
+
+def test_alpha_optimisation_lowers_artifact_probability(planted):
+    _, bad, review, clf = planted
+    plan = RepairPlan({"main.8": TRUTH + [30]}, "auto")  # three planted units and one innocent unit
+    alphas, hist = optimise_alpha(bad, plan, differentiable_score(clf, bad.spec.range), 0, review.artifact,
+                                  steps=12, lr=0.15, l2=0.3, batch=4, say=lambda m: None)
+    a = dict(zip(plan.edits["main.8"], alphas["main.8"]))
+    assert all(0.0 <= v <= 1.0 for v in a.values()) and len(hist) == 12
+    # the innocent unit's strength falls under the L2 penalty below every planted unit's
+    assert a[30] < min(a[u] for u in TRUTH), a
+    held_out = review.artifact[12:]
+    opt = ablation(plan.edits["main.8"], alphas["main.8"])
+    assert _mean_p(bad, clf, held_out, {"main.8": opt}) < _mean_p(bad, clf, held_out) - 0.2
+
+
+def test_sweep_keeps_the_planted_units_and_stops_at_an_innocent_one(planted):
+    _, bad, review, clf = planted
+    plan = RepairPlan({"main.8": TRUTH + [30, 31]}, "auto")
+    res = sweep(bad, plan, seed=0, n=160, clf=clf, metrics="fd", say=lambda m: None)
+    assert res["criterion"] == "artifact_rate"
+    assert [r["helped"] for r in res["rows"]][:3] == [True, True, True], res["rows"]
+    assert res["k_best"] == 3 and res["stopped_at"] == 4 and len(res["rows"]) == 4
+    rates = [res["before_artifact_rate"]["value"]] + [r["artifact_rate"]["value"] for r in res["rows"]]
+    assert rates[3] < rates[0] and all("fd" in r and r["fd"]["ci"] for r in res["rows"])
+
+
+def test_paired_rate_difference_interval():
+    p_a = np.array([0.9] * 50 + [0.1] * 50)
+    p_b = np.array([0.1] * 40 + [0.9] * 10 + [0.1] * 50)
+    d = paired_rate_diff(p_a, p_b, 0.5, seed=0)
+    assert d["diff"] == pytest.approx(-0.4) and d["ci"][1] < 0 and d["significant"]
+    same = paired_rate_diff(p_a, p_a, 0.5, seed=0)
+    assert same["diff"] == 0 and not same["significant"]
+
+
+def test_high_activation_subset_finds_the_flagged_samples(planted_gen):
+    _, bad, review = planted_gen
+    top = high_activation_samples(bad, {"main.8": TRUTH}, seed=0, n=20, pool=300)
+    flagged = set(review.artifact) | {i for i, f in enumerate(review.changed_fraction) if f > 0}
+    assert len(set(top) & flagged) >= 18
+
+
+def test_several_layers_sequentially(planted_gen):
+    g, bad, _ = planted_gen
+    seen = []
+
+    def rank(layer, earlier):
+        # the ranking of a later layer must be computed with the earlier layers' units already removed
+        z, y = latents(bad.spec, 0, range(8))
+        with torch.inference_mode():
+            out = forward(bad, z, y)
+        seen.append((layer, dict(earlier), out))
+        return list(range(10, 20)) if layer == "main.5" else TRUTH + [1, 2]
+
+    plan = sequential_auto(bad, ["main.5", "main.8"], 2, rank, say=lambda m: None)
+    assert plan.layers == ["main.5", "main.8"] and plan.edits == {"main.5": [10, 11], "main.8": [5, 17]}
+    assert seen[0][1] == {} and set(seen[1][1]) == {"main.5"}
+    assert not torch.equal(seen[0][2], seen[1][2])  # the second ranking ran under the first layer's ablation
+    ctrl = random_control(plan, {"main.5": 128, "main.8": 64}, seed=0)
+    assert len(ctrl["main.5"]) == 2 and not set(ctrl["main.5"]) & {10, 11} and not set(ctrl["main.8"]) & {5, 17}
+    with pytest.raises(Exception, match="twice"):
+        combine([plan_auto([1, 2], "main.8", 1), plan_auto([3], "main.8", 1)])
+
+
+def test_bundled_review_seeds_only_an_empty_run(store):
+    g = load_generator()
+    review = bundled_review()
+    assert review["fingerprint"] == g.fingerprint and (REVIEW_DIR / "flags.csv").is_file()
+    rid = store.register_run(g.fingerprint, [review["layer"]], 0, 2000, image_size=(64, 64))
+    added = seed_bundled_review(store, rid, g.fingerprint, review["layer"])
+    assert added["approved"] == [a["unit"] for a in review["approved"]]
+    assert sorted(a.unit for a in store.approved_units(rid)) == sorted(added["approved"])
+    assert store.counts(rid)["artifact"] > 10
+    # a second call, or a run with the team's own labels, is left alone
+    assert seed_bundled_review(store, rid, g.fingerprint, review["layer"]) is None
+    other = store.register_run(g.fingerprint, [review["layer"]], 1, 2000, image_size=(64, 64))
+    store.set_flags(other, {3: "clean"}, "bob")
+    assert seed_bundled_review(store, other, g.fingerprint, review["layer"]) is None
+    assert store.counts(other)["labelled"] == 1 and not store.approved_units(other)
