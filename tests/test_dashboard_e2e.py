@@ -117,7 +117,14 @@ def open_review(drv, url: str, page_size: int = 6) -> list[int]:
     return wait_for(batch, "the review grid", STARTUP)
 
 
+def idle(drv) -> bool:
+    """Whether the app's script has finished its run in this browser session (what a person waits for by eye)."""
+    return drv.find_element(By.CSS_SELECTOR, "[data-testid='stApp']").get_attribute("data-test-script-state") == "notRunning"
+
+
 def click_flag(drv, sample: int, label: str) -> None:
+    """Click a flag button once the page is idle, as a person does (mid-run, the button may be a stale copy being replaced)."""
+    wait_for(lambda: idle(drv), "the page to finish its run", STARTUP)
     drv.find_element(By.CSS_SELECTOR, f".st-key-flag-{sample}-{label} button").click()
 
 
