@@ -155,7 +155,7 @@ def render(d: Dash) -> None:
         if isinstance(sw, dict) and "k_best" in sw:
             st.caption(f"Units removed in order {sw.get('order')}; stop rule: {sw.get('criterion')} must drop beyond its paired 95 % "
                        f"interval; k_best = {sw['k_best']}" + (f", stopped at k = {sw['stopped_at']}" if sw.get("stopped_at") else "")
-                       + f"; {sw.get('n')} samples per step. Shaded: 95 % intervals.")
+                       + f"; {sw.get('n')} samples per step. Shaded bands: 95 % intervals, where the report has them.")
     imgs = [p for p in (folder / "before_after_flagged.png", folder / "before_after_clean.png") if p.is_file()]
     if imgs:
         st.subheader("Before / after")
