@@ -481,7 +481,9 @@ DASHBOARD_OPTIONS = {"generator": None, "sample": ["seed", "start", "layer"], "l
 @command("dashboard", "start the review dashboard (Streamlit) on the bundled example or your run; localhost only by default",
          DASHBOARD_OPTIONS)
 def cmd_dashboard(ctx: Context) -> dict[str, Any]:
+    import os
     import subprocess
+    import sys
 
     from .serve import is_local, launch_command, launch_env
 
@@ -491,5 +493,9 @@ def cmd_dashboard(ctx: Context) -> dict[str, Any]:
         ctx.say(f"warning: the dashboard listens on {o['host']}: anyone who can reach this address can label and approve "
                 "as any reviewer name; put it behind an authenticating proxy.")
     ctx.say(f"artifix dashboard on http://{o['host']}:{o['port']}/ (store {o['store']}); Ctrl+C stops it")
+    if os.name == "posix":  # become the server: a signal to this process (Ctrl+C, kill) reaches Streamlit itself
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(cmd[0], cmd, launch_env(o))
     code = subprocess.call(cmd, env=launch_env(o))
     return {"exit_code": 0 if code in (0, -2, 130) else 3, "url": f"http://{o['host']}:{o['port']}/"}

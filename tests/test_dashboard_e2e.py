@@ -93,6 +93,13 @@ def server(tmp_path_factory):
             proc.kill()
         log.close()
 
+        def closed():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) != 0
+
+        # stopping `artifix dashboard` stops the server itself (it execs Streamlit): no orphan keeps the port
+        wait_for(closed, "the server to stop with the command", 30)
+
 
 def browser():
     o = Options()
