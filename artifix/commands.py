@@ -229,40 +229,24 @@ def cached_stats(ctx: Context, g, layer: str, seed: int, n: int):
 
 def flagged_and_clean(store, run_id: int) -> tuple[list[int], list[int]]:
     """The run's samples whose current label is 'artifact', and those labelled 'clean' (sorted)."""
-    flags = store.flags(run_id)
-    return (sorted(int(s) for s in flags.loc[flags.label == "artifact", "sample"]),
-            sorted(int(s) for s in flags.loc[flags.label == "clean", "sample"]))
+    from .session import flagged_and_clean as split
+
+    return split(store, run_id)
 
 
 def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None, use_cache: bool = True):
     """Score every unit of `layer` from the run's flags/masks (and a classifier, if given); no stats cache under edits."""
-    from .scoring import score_units
+    from .session import score_run as score
 
     o = ctx.opts
-    flagged, clean = flagged_and_clean(store, run_id)
-    masks = store.masks(run_id)
     if use_cache:
         stats = cached_stats(ctx, g, layer, o["seed"], o["stats_n"])
     else:
         from .scoring import collect_stats
 
         stats = collect_stats(g, layer, o["seed"], o["stats_n"])
-    prob_fn = score_fn = None
-    if clf is not None:
-        from . import classifier as C
-
-        prob_fn = clf.predict_proba
-        score_fn = getattr(C, "differentiable_score", lambda *_: None)(clf, g.spec.range)
-        missing = [i for i in flagged if i not in masks]
-        if missing:  # pseudo masks from the classifier's localisation maps (Tousi et al. 2021)
-            from .generator import images_at
-
-            pm = C.pseudo_masks(clf, images_at(g, o["seed"], missing))
-            masks = {**masks, **{i: m for i, m in zip(missing, pm)}}
-    if not flagged and not clean:
-        ctx.say("no flags yet: ranking units by the cold-start prior (rarely-activated units)")
-    report = score_units(g, layer, o["seed"], stats, flagged, clean, masks, prob_fn, score_fn,
-                         exact_top=o["exact_top"], collateral_weight=o["collateral_weight"], rare_rate=o["rare_rate"])
+    report = score(g, layer, store, run_id, stats, seed=o["seed"], clf=clf, exact_top=o["exact_top"],
+                   collateral_weight=o["collateral_weight"], rare_rate=o["rare_rate"], say=ctx.say)
     return report, stats
 
 
@@ -289,10 +273,9 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
     write_text_atomic(out / "unit_scores.csv", report.table.to_csv(index=False))
     write_json_atomic(out / "unit_scores.json", {"layer": layer, "components": report.components, "units": report.table.to_dict("records")})
     cards = unit_cards(g, stats, [int(u) for u in top.unit], o["seed"], out / "cards")
-    existing = set(store.unit_decisions(run_id).get("unit", []))
-    new = [(layer, int(r["unit"]), {k: float(v) for k, v in r.items() if isinstance(v, float)}) for r in rows if int(r["unit"]) not in existing]
-    if new:
-        store.propose_units(run_id, new, "artifix", note="proposed by artifix score")
+    from .session import propose_top
+
+    propose_top(store, run_id, report.table, o["top"])
     if not ctx.json:
         cols = ["rank", "unit"] + [c for c in ("combined", "causal", "iou", "auc", "firing_rate") if c in top]
         ctx.say(top[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -334,7 +317,7 @@ def _classify_extra(p) -> None:
          {"generator": None, "sample": ["seed", "n", "start", "layer"], "labels": ["store"], "score": ["stats_n"],
           "classify": ["classifier", "review_k"], "run": ["threads", "cache"]}, _classify_extra)
 def cmd_classify(ctx: Context) -> dict[str, Any]:
-    from .classifier import ArtifactClassifier, review_queue, train_classifier
+    from .classifier import ArtifactClassifier, train_classifier
     from .generator import images_at
 
     o = ctx.opts
@@ -361,34 +344,19 @@ def cmd_classify(ctx: Context) -> dict[str, Any]:
                 f"precision {r['precision']:.2f}, recall {r['recall']:.2f}, Brier {r['brier']:.3f}; saved to {path}")
         return {"run_id": run_id, "classifier": str(path), "report": r}
     ids = list(range(o["start"], o["start"] + _check_n(o["n"])))
-    images = images_at(g, o["seed"], ids)
-    probs = clf.predict_proba(images) if clf is not None else None
     if action == "predict":
+        probs = clf.predict_proba(images_at(g, o["seed"], ids))
         flagged = [i for i, p in zip(ids, probs) if p >= clf.threshold]
         ctx.say(f"{len(flagged)} of {len(ids)} samples look like artifacts (p >= {clf.threshold:.2f}); mean p = {probs.mean():.3f}")
         return {"run_id": run_id, "samples": ids, "probability": [round(float(p), 5) for p in probs],
                 "artifact_rate": float(np.mean(probs >= clf.threshold))}
-    # unsupervised priors: rarely-activated units firing strongly, and low realism against the reference data
-    from .scoring import realism_scores, review_priors
+    from .session import review_queue as queue_for
 
     stats = cached_stats(ctx, g, layer, o["seed"], max(o["stats_n"], o["start"] + len(ids)))
-    realism = None
-    if g.spec.generator == "artifix.example:make_generator":
-        from .metrics import get_extractor, load_real
-
-        ext = get_extractor("effnet-lite0")
-        realism = realism_scores(ext(images), load_real(None, ext, cache=o.get("cache")).features)
-    priors = review_priors(stats, ids, realism)
-    labelled = set(int(s) for s in store.flags(run_id)["sample"])
-    done = {ids.index(s) for s in labelled if s in ids}
-    if probs is None:  # cold start: no classifier yet, the priors alone order the queue
-        order = [int(i) for i in np.argsort(-priors, kind="stable") if int(i) not in done][: o["review_k"]]
-    else:
-        order = review_queue(probs, priors, o["review_k"], done)
-    queue = [ids[i] for i in order]
-    ctx.say("next samples to review: " + ", ".join(map(str, queue)))
-    return {"run_id": run_id, "queue": queue, "priors": {ids[i]: round(float(priors[i]), 4) for i in order},
-            "realism": None if realism is None else {ids[i]: round(float(realism[i]), 4) for i in order}}
+    q = queue_for(g, layer, store, run_id, seed=o["seed"], start=o["start"], n=len(ids), k=o["review_k"], stats=stats,
+                  clf=clf, cache=o.get("cache"))
+    ctx.say("next samples to review: " + ", ".join(map(str, q.samples)))
+    return {"run_id": run_id, "queue": q.samples, "priors": q.priors, "realism": q.realism}
 
 
 @command("metrics", "FD / KID / SWD of the generator against reference data, with confidence intervals",
@@ -735,3 +703,34 @@ def cmd_stats(ctx: Context) -> dict[str, Any]:
     ctx.say(f"{layer}: {stats.channels} units over {n} samples; median firing rate "
             f"{float(stats.firing_rate().median()):.3f}" + (f" ({dist.world_size()} ranks)" if dist.active() else ""))
     return result
+
+
+# ------------------------------------------------------------------------------------------ dashboard
+
+DASHBOARD_OPTIONS = {"generator": None, "sample": ["seed", "start", "layer"], "labels": None, "score": None,
+                     "classify": ["classifier", "review_k"], "repair": ["repair_n", "sweep", "sweep_n", "high_pool"],
+                     "metrics": ["real", "inception_weights"],
+                     "run": ["out", "cache", "threads"], "dashboard": None}
+
+
+@command("dashboard", "start the review dashboard (Streamlit) on the bundled example or your run; localhost only by default",
+         DASHBOARD_OPTIONS)
+def cmd_dashboard(ctx: Context) -> dict[str, Any]:
+    import os
+    import subprocess
+    import sys
+
+    from .serve import is_local, launch_command, launch_env
+
+    o = ctx.opts
+    cmd = launch_command(o)
+    if not is_local(o["host"]):
+        ctx.say(f"warning: the dashboard listens on {o['host']}: anyone who can reach this address can label and approve "
+                "as any reviewer name; put it behind an authenticating proxy.")
+    ctx.say(f"artifix dashboard on http://{o['host']}:{o['port']}/ (store {o['store']}); Ctrl+C stops it")
+    if os.name == "posix":  # become the server: a signal to this process (Ctrl+C, kill) reaches Streamlit itself
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(cmd[0], cmd, launch_env(o))
+    code = subprocess.call(cmd, env=launch_env(o))
+    return {"exit_code": 0 if code in (0, -2, 130) else 3, "url": f"http://{o['host']}:{o['port']}/"}

@@ -174,6 +174,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("gate", "confidence", 0.95, "required confidence of a criterion that does not set its own", float),
     Option("gate", "measure_only", False,
            "measure the candidate and write the report without judging it (to store as a baseline report)", _bool, flag=True),
+
+
+    # -- dashboard (dashboard/app.py, started by 'artifix dashboard')
+    Option("dashboard", "host", "127.0.0.1", "address the dashboard binds to (localhost only by default; 0.0.0.0 exposes it)"),
+    Option("dashboard", "port", 8501, "port of the dashboard", int),
+    Option("dashboard", "pool", 256, "samples (from --start) the review queue chooses from", int),
+    Option("dashboard", "page_size", 12, "samples shown at once in the review grid", int),
+    Option("dashboard", "preview_n", 6, "flagged and clean samples in the live before/after ablation preview", int),
+    Option("dashboard", "canvas", "drawable-canvas", "region painter: 'drawable-canvas' (streamlit-drawable-canvas) or 'box' (sliders)"),
 )
 
 _BY_KEY: dict[tuple[str, str], Option] = {(o.section, o.name): o for o in OPTIONS}

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# CI only: a scratch PostgreSQL 15 on localhost for the label store's PostgreSQL test (Debian packages).
-# Prints the SQLAlchemy URL to use on its last line.
+# CI only: a scratch PostgreSQL 15 on localhost for the label store's PostgreSQL test, and Chromium + its driver
+# for the dashboard's browser test (Debian packages). Prints the SQLAlchemy URL to use on its last line.
 set -euo pipefail
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null && apt-get install -y -qq postgresql >/dev/null

@@ -1,0 +1,195 @@
+"""Review page: the review queue as a grid; one click flags a sample; paint or box its artifact region.
+
+Every click is written to the label store at once (`LabelStore.set_flag` / `set_mask`), attributed to this
+session's reviewer; nothing is kept only in the browser.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from artifix import session
+from artifix.errors import UserError
+from artifix.images import heat_overlay
+
+from . import canvas
+from .state import Dash
+
+LABEL_BUTTONS = (("artifact", "Artifact", ":material/broken_image:"), ("clean", "Clean", ":material/check_circle:"),
+                 ("unsure", "Unsure", ":material/help:"))
+
+
+@st.cache_resource(show_spinner="ordering the review queue (priors and classifier)", max_entries=16)
+def _queue(fingerprint: str, layer: str, seed: int, start: int, pool: int, clf_key: str, _d: Dash) -> session.Queue:
+    """The whole pool in review order (labelled samples are skipped when a batch is drawn)."""
+    with _d.using_g() as g:
+        return session.review_queue(g, layer, _d.store, _d.run_id, seed=seed, start=start, n=pool, k=pool,
+                                    stats=_d.stats(), clf=_d.classifier(), cache=_d.cache, skip_labelled=False)
+
+
+def queue_for(d: Dash) -> session.Queue:
+    """The cached review order of this run's pool."""
+    o = d.opts
+    return _queue(d.g.fingerprint, d.layer, d.seed, int(o["start"]), int(o["pool"]), d.classifier_key(), _d=d)
+
+
+def next_batch(d: Dash, q: session.Queue) -> list[int]:
+    """The next page of the queue: the first unlabelled samples in review order."""
+    labelled = set(int(s) for s in d.store.flags(d.run_id)["sample"])
+    return [s for s in q.samples if s not in labelled][: int(d.opts["page_size"])]
+
+
+def flag(d: Dash, sample: int, label: str) -> None:
+    """Save one flag now (button callback)."""
+    try:
+        d.store.set_flag(d.run_id, int(sample), label, d.reviewer)
+        st.session_state["last_saved"] = f"sample {sample}: {label} (saved)"
+    except UserError as e:
+        st.session_state["last_error"] = str(e)
+
+
+def save_mask(d: Dash, sample: int, mask: np.ndarray) -> int:
+    """Save a painted region now; a painted sample is an artifact sample, so it is flagged as one if it is not yet."""
+    mid = d.store.set_mask(d.run_id, int(sample), d.reviewer, mask)
+    if d.store.label(d.run_id, int(sample)) != "artifact":
+        d.store.set_flag(d.run_id, int(sample), "artifact", d.reviewer)
+    return mid
+
+
+def counters(d: Dash) -> None:
+    """What is done: labels by kind, painted regions, this reviewer's share."""
+    c = d.store.counts(d.run_id)
+    mine = len(d.store.reviewer_flags(d.run_id, d.reviewer))
+    cols = st.columns(6)
+    cols[0].metric("labelled", c["labelled"])
+    cols[1].metric("artifact", c["artifact"])
+    cols[2].metric("clean", c["clean"])
+    cols[3].metric("unsure", c["unsure"])
+    cols[4].metric("painted", c["masked"])
+    cols[5].metric(f"by {d.reviewer}", mine)
+    pool = int(d.opts["pool"])
+    flags = d.store.flags(d.run_id)
+    start = int(d.opts["start"])
+    in_pool = int(((flags["sample"] >= start) & (flags["sample"] < start + pool)).sum())
+    st.progress(min(in_pool / max(pool, 1), 1.0), text=f"{in_pool} of the {pool} samples in the review pool labelled")
+
+
+def render(d: Dash) -> None:
+    """The Review page."""
+    st.header("Review")
+    q = queue_for(d)
+    st.caption(f"Review queue in **{q.order}** order: "
+               + ("samples the classifier is least sure about, interleaved with the most suspicious by the priors."
+                  if q.order == "active learning" else
+                  "no artifact classifier yet, so the priors order it (samples firing rarely-activated units strongly, "
+                  "and samples far from the reference data). Once you have flagged some, train it with Classifier → Train."))
+    counters(d)
+    if "last_error" in st.session_state:
+        st.error(st.session_state.pop("last_error"))
+    batch_key = f"batch-{d.run_id}"
+    if batch_key not in st.session_state or st.session_state.get("batch_order") != (q.order, d.classifier_key()):
+        st.session_state[batch_key] = next_batch(d, q)
+        st.session_state["batch_order"] = (q.order, d.classifier_key())
+    batch: list[int] = st.session_state[batch_key]
+    top = st.columns([1, 1, 3])
+    if top[0].button("Next batch", key="next-batch", icon=":material/skip_next:", help="the next unlabelled samples in queue order"):
+        st.session_state[batch_key] = batch = next_batch(d, q)
+    with top[1].popover("Classifier", icon=":material/model_training:"):
+        _train_panel(d)
+    if not batch:
+        st.success("Every sample of the review pool is labelled. Score the units on the Units page.")
+        return
+    labels = dict(zip(d.store.flags(d.run_id)["sample"].astype(int), d.store.flags(d.run_id)["label"]))
+    masked = set(int(s) for s in d.store.mask_records(d.run_id).query("pixels > 0")["sample"])
+    images = d.images(batch)
+    left, right = st.columns([2, 1], gap="large")
+    with left:
+        ncol = 3
+        for r in range(0, len(batch), ncol):
+            cols = st.columns(ncol)
+            for c, (s, im) in enumerate(zip(batch[r:r + ncol], images[r:r + ncol])):
+                with cols[c].container(border=True, key=f"tile-{s}"):
+                    _tile(d, q, int(s), im, labels.get(int(s)), int(s) in masked)
+    with right:
+        _paint_panel(d, batch, images)
+
+
+def _tile(d: Dash, q: session.Queue, s: int, im: np.ndarray, label: str | None, masked: bool) -> None:
+    st.image(im.repeat(4, 0).repeat(4, 1), width="stretch")  # nearest-neighbour: keep the pixels sharp
+    info = [f"**#{s}**"]
+    if q.probability:
+        info.append(f"p={q.probability.get(s, float('nan')):.2f}")
+    info.append(f"prior {q.priors.get(s, float('nan')):+.2f}")
+    st.markdown(" · ".join(info) + ("  \n" + (f":{_colour(label)}-badge[{label}]" if label else ":gray-badge[unlabelled]"))
+                + (" :violet-badge[painted]" if masked else ""))
+    for row in (LABEL_BUTTONS[:2], LABEL_BUTTONS[2:]):
+        b = st.columns(2, gap="small")
+        for col, (lab, text, _icon) in zip(b, row):
+            col.button(text, key=f"flag-{s}-{lab}", help=f"save '{lab}' for sample {s} now",
+                       type="primary" if label == lab else "secondary", on_click=flag, args=(d, s, lab), width="stretch")
+    b[1].button("Paint", key=f"paint-{s}", width="stretch", help=f"paint or box the artifact region of sample {s}",
+                type="primary" if st.session_state.get("paint_sample") == s else "tertiary",
+                on_click=lambda: st.session_state.update(paint_sample=s))
+
+
+def _colour(label: str) -> str:
+    return {"artifact": "red", "clean": "green", "unsure": "orange"}.get(label, "gray")
+
+
+def _paint_panel(d: Dash, batch: list[int], images: np.ndarray) -> None:
+    s = st.session_state.get("paint_sample")
+    if s not in batch:
+        s = batch[0]
+    im = images[batch.index(s)]
+    st.subheader(f"Artifact region of sample #{s}")
+    c1, c2 = st.columns(2)
+    mode = c1.segmented_control("tool", ["paint", "box"], default="paint", key="paint_mode",
+                                help="paint with a brush, or drag a box") or "paint"
+    brush = c2.slider("brush (image pixels)", 1, 12, 4, key="brush")
+    mask = canvas.paint_region(im, key=f"canvas-{d.run_id}-{s}-{mode}", painter=str(d.opts.get("canvas") or "drawable-canvas"),
+                               mode=mode, brush=brush, scale=5)
+    last = st.session_state.setdefault("saved_masks", {})
+    if mask is not None:
+        digest = hash(mask.tobytes())
+        if last.get(s) != digest:
+            try:
+                save_mask(d, s, mask)
+                last[s] = digest
+            except UserError as e:
+                st.error(str(e))
+            else:
+                st.rerun()  # the counters and badges above now include this region
+    stored = d.store.mask(d.run_id, s)
+    if stored is not None and stored.any():
+        st.image(heat_overlay(im, stored.astype(np.float32)), width=160,
+                 caption=f"saved region: {int(stored.sum())} px (union over reviewers); sample flagged artifact")
+    else:
+        st.caption("Draw on the image: each stroke is saved to the label store as you draw, and the sample is flagged 'artifact'.")
+
+
+def _train_panel(d: Dash) -> None:
+    flagged, clean = session.flagged_and_clean(d.store, d.run_id)
+    st.write(f"Train the artifact classifier on the {len(flagged)} flagged and {len(clean)} clean samples; "
+             "the queue then switches to active-learning order.")
+    clf = d.classifier()
+    if clf is not None:
+        r = clf.report
+        st.caption(f"current classifier: cross-validated ROC-AUC {r.get('auc', float('nan')):.3f} "
+                   f"on {r.get('n_pos')} flagged / {r.get('n_neg')} clean")
+    if st.button("Train classifier", disabled=min(len(flagged), len(clean)) < 2, key="train"):
+        with st.spinner("training (features of the labelled samples, cross-validation)"):
+            try:
+                with d.using_g() as g:
+                    session.train_from_store(g, d.store, d.run_id, d.seed, d.opts.get("classifier") or "artifix-classifier.pt")
+            except UserError as e:
+                st.error(str(e))
+                return
+        st.rerun()
+
+
+def page(d: Dash) -> Any:
+    """Entry point used by app.py."""
+    return render(d)

@@ -1,0 +1,120 @@
+"""Units page: the ranked unit table with every score component, a unit card, and a live ablation preview."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from artifix import session
+from artifix.images import grid, heat_overlay
+from artifix.report import unit_card
+
+from .state import Dash
+
+FIRST_COLUMNS = ["rank", "unit", "status", "combined", "causal", "iou", "auc", "prob_drop", "mask_change",
+                 "flagged_change", "collateral", "first_order", "iqr", "iou_threshold", "firing_rate", "rarity", "mean"]
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _score(fingerprint: str, layer: str, seed: int, labels: str, clf_key: str, settings: tuple, _d: Dash):
+    """The score report for one state of the labels (cached by content)."""
+    exact_top, collateral_weight, rare_rate = settings
+    with _d.using_g() as g:
+        return session.score_run(g, layer, _d.store, _d.run_id, _d.stats(), seed=seed, clf=_d.classifier(),
+                                 exact_top=exact_top, collateral_weight=collateral_weight, rare_rate=rare_rate)
+
+
+def score_report(d: Dash, compute: bool):
+    """The cached report for the current labels; computed only when `compute` (a button) asks for it."""
+    o = d.opts
+    args = (d.g.fingerprint, d.layer, d.seed, session.label_state(d.store, d.run_id), d.classifier_key(),
+            (int(o["exact_top"]), float(o["collateral_weight"]), float(o["rare_rate"])))
+    key = "score:" + repr(args)
+    if compute or st.session_state.get("scored") == key:
+        with st.spinner("scoring units: statistics, IoU against the painted regions, exact ablations of the candidates"):
+            rep = _score(*args, _d=d)
+        st.session_state["scored"] = key
+        st.session_state["last_report"] = rep
+        return rep, True
+    return st.session_state.get("last_report"), False
+
+
+def ranked_table(d: Dash, rep) -> pd.DataFrame:
+    """The ranking with every component, and each unit's latest decision from the store."""
+    dec = d.store.unit_decisions(d.run_id)
+    status = {int(u): s for u, s, lay in zip(dec["unit"], dec["status"], dec["layer"]) if lay == d.layer}
+    t = rep.table.copy()
+    t["status"] = [status.get(int(u), "") for u in t["unit"]]
+    cols = [c for c in FIRST_COLUMNS if c in t] + [c for c in t.columns if c not in FIRST_COLUMNS and c != "layer"]
+    return t[cols]
+
+
+def render(d: Dash) -> None:
+    """The Units page."""
+    st.header(f"Units of `{d.layer}`")
+    flagged, clean = session.flagged_and_clean(d.store, d.run_id)
+    masks = d.store.counts(d.run_id)["masked"]
+    c = st.columns([2, 1, 1])
+    c[0].caption(f"Scores from {len(flagged)} flagged ({masks} painted) and {len(clean)} clean samples"
+                 + (" and the artifact classifier." if d.classifier() is not None else "; no artifact classifier yet."))
+    go = c[1].button("Score units", type="primary", icon=":material/calculate:", key="score")
+    rep, fresh = score_report(d, go)
+    if rep is None:
+        st.info("Press **Score units** to rank the units of this layer from the current labels "
+                "(without labels the cold-start prior ranks them: rarely-activated units with strong peaks).")
+        return
+    if not fresh:
+        st.warning("The labels changed since this ranking was computed; press **Score units** to update it.")
+    top_n = int(d.opts["top"])
+    if c[2].button(f"Propose top {top_n}", icon=":material/playlist_add:", key="propose-top"):
+        new = session.propose_top(d.store, d.run_id, rep.table, top_n, actor=d.reviewer, note="proposed in the dashboard")
+        st.toast(f"proposed units {new}" if new else "the top units already have decisions")
+    table = ranked_table(d, rep)
+    st.dataframe(table, hide_index=True, height=300, width="stretch",
+                 column_config={"status": st.column_config.TextColumn(width="small"),
+                                **{k: st.column_config.NumberColumn(format="%.3f") for k in table.columns
+                                   if k not in ("rank", "unit", "status") and table[k].dtype.kind == "f"}})
+    st.caption("combined = 0.6 causal + 0.2 IoU + 0.2 AUC as robust z-scores; causal = change inside the painted regions minus "
+               "outside, minus the collateral on clean samples (exact ablation of the candidates); iou = IoU@IQR against the "
+               "regions; auc = flagged vs clean by the unit's peak; firing_rate / rarity = the cold-start prior.")
+    units = [int(u) for u in rep.table["unit"]]
+    c = st.columns([2, 1], vertical_alignment="bottom")
+    u = c[0].selectbox("unit card", units, index=0, key="card_unit", format_func=lambda x: f"unit {x} (rank {units.index(x) + 1})")
+    if c[1].button(f"Propose unit {u} for removal", key="propose-one", icon=":material/add_task:"):
+        d.store.propose_unit(d.run_id, d.layer, u, d.reviewer, note="proposed in the dashboard",
+                             scores={k: float(v) for k, v in rep.table.set_index("unit").loc[u].items() if isinstance(v, float)})
+        st.toast(f"unit {u} proposed")
+    _card(d, u)
+    _preview(d, units, u)
+
+
+def _card(d: Dash, u: int) -> None:
+    stats = d.stats()
+    idx, _ = stats.top_samples(8)
+    with d.using_g() as g:
+        img = unit_card(g, d.layer, d.seed, u, idx[u].tolist()[:8], float(stats.max[u]))
+    st.image(img, width="stretch", caption=f"unit {u}: its top activating samples, plain and with the unit's activation overlaid "
+             f"(firing rate {float(stats.firing_rate()[u]):.1%})")
+
+
+def _preview(d: Dash, units: list[int], u: int) -> None:
+    st.subheader("Live ablation preview")
+    chosen = st.multiselect("units to ablate", units, default=[u], key=f"ablate-{u}")
+    n = int(d.opts["preview_n"])
+    flagged, clean = session.flagged_and_clean(d.store, d.run_id)
+    if not flagged:
+        idx, _ = d.stats().top_samples(n)
+        flagged = [int(i) for i in idx[u].tolist()[:n]]
+        st.caption("no flagged samples yet: the unit's top activating samples stand in for them")
+    cols = st.columns(2, gap="large")
+    for col, (name, ids) in zip(cols, (("flagged", flagged[:n]), ("clean", clean[:n]))):
+        if not ids:
+            col.caption(f"no {name} samples yet")
+            continue
+        with d.using_g() as g:
+            before, after, diff = session.before_after(g, d.layer, d.seed, chosen, ids)
+        heat = np.stack([heat_overlay(b, m) for b, m in zip(before, diff)])
+        col.image(grid(np.concatenate([before, after, heat]), ncol=len(ids), scale=2), width="stretch",
+                 caption=f"{name} samples {ids} — rows: before; units {chosen} ablated; where pixels changed "
+                         f"(mean change {float(diff.mean()):.3f})")

@@ -1,0 +1,165 @@
+"""What every page needs: the settings, the generator, the label store and run, and cached heavy results.
+
+Heavy objects are cached across sessions with `st.cache_resource`, keyed by content (generator fingerprint,
+layer, seed, sample count, a hash of the labels); nothing here decides anything the library does not.
+The generator is shared by all browser sessions, so every use of it (sampling, ablation hooks, scoring,
+repair) holds one lock: a session's ablation hook can never leak into another session's images.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import streamlit as st
+
+from artifix import config, serve, session
+from artifix.errors import UserError
+
+
+def resolve_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Settings from `artifix dashboard` (environment), else from `streamlit run app.py -- [artifix flags]`."""
+    given = serve.settings_from_env(environ)
+    if given is not None:
+        return given
+    from artifix.cli import COMMANDS, build_parser
+
+    args = build_parser().parse_args(["dashboard", *(sys.argv[1:] if argv is None else argv)])
+    cfg = config.load_config(args.config)
+    opts: dict[str, Any] = {}
+    for sec, names in COMMANDS["dashboard"].options.items():
+        opts.update(config.resolve(sec, vars(args), cfg, names))
+    return opts
+
+
+@st.cache_resource(show_spinner="loading the generator")
+def _generator(spec_json: str):
+    import json
+
+    from artifix.generator import GeneratorSpec, load_generator
+
+    d = json.loads(spec_json)
+    d["latent"] = tuple(d["latent"])
+    return load_generator(GeneratorSpec(**d))
+
+
+@st.cache_resource
+def _lock(_fingerprint: str) -> threading.RLock:
+    return threading.RLock()
+
+
+@st.cache_resource
+def _store(location: str):
+    from artifix.labels import LabelStore
+
+    return LabelStore(location)
+
+
+@st.cache_resource(show_spinner="collecting unit statistics (once per generator, layer, seed and n)")
+def _stats(fingerprint: str, layer: str, seed: int, n: int, cache: str, _g: Any):
+    from artifix.scoring import cached_stats
+
+    with _lock(fingerprint):
+        return cached_stats(_g, layer, seed, n, cache)
+
+
+@st.cache_resource
+def _classifier(path: str, mtime: float):
+    from artifix.classifier import ArtifactClassifier
+
+    return ArtifactClassifier.load(path)
+
+
+@dataclass
+class Dash:
+    """One page view: settings, generator, store, run id, layer and the reviewer of this browser session."""
+
+    opts: dict[str, Any]
+    g: Any
+    store: Any
+    run_id: int
+    layer: str
+    reviewer: str
+    pinned_reviewer: bool
+    approvers: set[str] | None
+    cache: str = field(default=".artifix-cache")
+
+    @property
+    def seed(self) -> int:
+        return int(self.opts["seed"])
+
+    @contextmanager
+    def using_g(self) -> Iterator[Any]:
+        """The generator, held exclusively (hooks and sampling are not shared between sessions)."""
+        with _lock(self.g.fingerprint):
+            yield self.g
+
+    def images(self, ids: Sequence[int]) -> np.ndarray:
+        """uint8 images of samples `ids` (cached per sample list)."""
+        return _images(self.g.fingerprint, self.seed, tuple(int(i) for i in ids), _dash=self)
+
+    def stats(self):
+        """Unit statistics of the run's layer (cached on disk and in memory)."""
+        return _stats(self.g.fingerprint, self.layer, self.seed, int(self.opts["stats_n"]), self.cache, _g=self.g)
+
+    def classifier(self):
+        """The artifact classifier at --classifier, or None when there is none yet."""
+        p = Path(self.opts.get("classifier") or "artifix-classifier.pt")
+        return _classifier(str(p.resolve()), p.stat().st_mtime) if p.is_file() else None
+
+    def classifier_key(self) -> str:
+        p = Path(self.opts.get("classifier") or "artifix-classifier.pt")
+        return f"{p.resolve()}@{p.stat().st_mtime}" if p.is_file() else "none"
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _images(fingerprint: str, seed: int, ids: tuple[int, ...], _dash: Dash) -> np.ndarray:
+    from artifix.generator import images_at
+
+    with _dash.using_g() as g:
+        return images_at(g, seed, list(ids))
+
+
+def default_layer(opts: dict[str, Any], g: Any) -> str:
+    """--layer, or the example's layer for the bundled example (as the CLI)."""
+    from artifix.example import LAYER
+    from artifix.generator import EXAMPLE_FACTORY
+    from artifix.trace import get_layer
+
+    if opts.get("layer"):
+        get_layer(g.module, opts["layer"])
+        return opts["layer"]
+    if g.spec.generator == EXAMPLE_FACTORY:
+        return LAYER
+    raise UserError("--layer is required for this generator; run 'artifix layers' to list its layers.")
+
+
+def open_dash(opts: dict[str, Any]) -> Dash:
+    """Load (cached) the generator and the store, register the run, and work out this session's reviewer."""
+    from artifix.generator import spec_from_options
+
+    if opts.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(opts["threads"]))
+    spec = spec_from_options(opts)
+    import json
+
+    g = _generator(json.dumps(spec.to_json(), sort_keys=True))
+    layer = default_layer(opts, g)
+    store = _store(str(opts["store"]))
+    with _lock(g.fingerprint):
+        run_id = session.open_run(store, g, layer, int(opts["seed"]), max(int(opts["stats_n"]), int(opts["start"]) + int(opts["pool"])))
+    pinned = bool(opts.get("reviewer"))
+    if pinned:
+        reviewer = str(opts["reviewer"])
+    else:
+        reviewer = st.session_state.get("reviewer") or session.reviewer_name(None)
+    return Dash(opts, g, store, run_id, layer, reviewer, pinned, session.approvers_set(opts.get("approvers")),
+                str(opts.get("cache") or os.environ.get("ARTIFIX_CACHE") or ".artifix-cache"))

@@ -1,0 +1,232 @@
+"""End to end in a real headless Chromium: `artifix dashboard` serves the app; the browser flags a sample and paints a
+region on the streamlit-drawable-canvas; the test reads both back from the label store. Two browser sessions
+labelling at once lose nothing.
+
+Needs Debian's chromium + chromium-driver (.ci/run installs them and sets ARTIFIX_REQUIRE_BROWSER=1, so there a
+missing browser fails instead of skipping).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artifix.labels import LabelStore
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = str(ROOT / ".artifix-cache")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync", "--window-size=1600,1200")
+STARTUP = 600.0  # seconds the first page may take on a busy 2-core machine (generator, statistics, features): a hang guard only
+
+if not (CHROMIUM and DRIVER):
+    if os.environ.get("ARTIFIX_REQUIRE_BROWSER"):
+        raise RuntimeError("ARTIFIX_REQUIRE_BROWSER is set but chromium / chromedriver are not installed (scripts/ci_system_deps.sh installs them)")
+    pytest.skip("needs Debian chromium + chromium-driver (apt-get install chromium chromium-driver)", allow_module_level=True)
+
+selenium = pytest.importorskip("selenium")
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(fn, what: str, timeout: float = 120.0, every: float = 0.25):
+    """Poll fn() until it returns something truthy; fail with `what` after `timeout` seconds (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = fn()
+        except Exception:  # noqa: BLE001  (a page mid-rerun may detach elements)
+            v = None
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`artifix dashboard` on a free localhost port with a fresh label store and small settings."""
+    tmp = tmp_path_factory.mktemp("dash")
+    port = _free_port()
+    store = tmp / "labels.sqlite"
+    cmd = [sys.executable, "-m", "artifix", "dashboard", "--store", str(store), "--stats-n", "200", "--pool", "18",
+           "--page-size", "6", "--port", str(port), "--cache", CACHE, "--classifier", str(tmp / "clf.pt"), "--out", str(tmp / "repair")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def up():
+            assert proc.poll() is None, (tmp / "server.log").read_text()
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(up, "the dashboard server to listen", STARTUP)
+        yield f"http://127.0.0.1:{port}/", store, tmp
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+        def closed():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) != 0
+
+        # stopping `artifix dashboard` stops the server itself (it execs Streamlit): no orphan keeps the port
+        wait_for(closed, "the server to stop with the command", 30)
+
+
+def browser():
+    o = Options()
+    o.binary_location = CHROMIUM
+    for a in CHROME_FLAGS:
+        o.add_argument(a)
+    return webdriver.Chrome(service=Service(DRIVER), options=o)
+
+
+def open_review(drv, url: str, page_size: int = 6) -> list[int]:
+    """Load the app; the sample ids of the review grid (once all `page_size` tiles are drawn), in queue order."""
+    drv.get(url)
+
+    def batch():
+        els = drv.find_elements(By.CSS_SELECTOR, "[class*='st-key-flag-'][class*='-clean']")
+        ids = []
+        for e in els:
+            cls = next(c for c in e.get_attribute("class").split() if c.startswith("st-key-flag-"))
+            ids.append(int(cls.split("-")[3]))
+        return ids if len(ids) == page_size else None
+
+    return wait_for(batch, "the review grid", STARTUP)
+
+
+def idle(drv) -> bool:
+    """Whether the app's script has finished its run in this browser session (what a person waits for by eye)."""
+    return drv.find_element(By.CSS_SELECTOR, "[data-testid='stApp']").get_attribute("data-test-script-state") == "notRunning"
+
+
+def click_flag(drv, sample: int, label: str) -> None:
+    """Click a flag button once the page is idle, as a person does (mid-run, the button may be a stale copy being replaced)."""
+    wait_for(lambda: idle(drv), "the page to finish its run", STARTUP)
+    drv.find_element(By.CSS_SELECTOR, f".st-key-flag-{sample}-{label} button").click()
+
+
+def run_id(store_path: Path) -> int:
+    with LabelStore(str(store_path)) as s:
+        (run,) = s.runs()
+        return run.id
+
+
+def test_browser_flags_a_sample_and_paints_a_region(server):
+    url, store_path, tmp = server
+    drv = browser()
+    try:
+        batch = open_review(drv, url)
+        assert len(batch) == 6
+        rid = run_id(store_path)
+        store = LabelStore(str(store_path))
+        # one click flags a sample, saved at once
+        click_flag(drv, batch[1], "clean")
+        wait_for(lambda: store.label(rid, batch[1]) == "clean", "the clean flag in the label store")
+        # paint a stroke on the drawable canvas (the paint panel shows the first sample of the batch)
+        host = wait_for(lambda: drv.execute_script(
+            "return Array.from(document.querySelectorAll('*')).find(e => e.shadowRoot && e.shadowRoot.querySelector('canvas.upper-canvas'))"),
+            "the drawing canvas")
+        upper = host.shadow_root.find_element(By.CSS_SELECTOR, "canvas.upper-canvas")
+        assert upper.size == {"width": 320, "height": 320}  # 64 px image x 5
+        (ActionChains(drv).move_to_element_with_offset(upper, -100, -60).click_and_hold()
+         .move_by_offset(40, 0).move_by_offset(40, 0).move_by_offset(40, 0).release().perform())
+        wait_for(lambda: len(store.mask_records(rid)) > 0, "the painted mask in the label store")
+        mask = store.mask(rid, batch[0])
+        assert store.label(rid, batch[0]) == "artifact"  # a painted sample is an artifact sample
+        ys, xs = np.nonzero(mask)
+        # the stroke went from canvas (60, 100) to (180, 100): image x 12..36, y 20, 4 image pixels wide
+        assert 17 <= ys.min() and ys.max() <= 23 and 9 <= xs.min() <= 14 and 33 <= xs.max() <= 39
+        assert 60 <= mask.sum() <= 200
+        rec = store.mask_records(rid)
+        assert set(rec.reviewer) == {store.flags(rid).set_index("sample").loc[batch[0], "reviewer"]}
+        # the page shows the saved region and the counters include it
+        wait_for(lambda: "saved region" in drv.page_source, "the saved-region caption")
+        shot = tmp / "dashboard_e2e.png"
+        drv.save_screenshot(str(shot))
+        with Image.open(shot) as im:
+            assert im.size[0] >= 1200
+        out_dir = os.environ.get("ARTIFIX_SCREENSHOT_DIR")
+        if out_dir:
+            shutil.copy(shot, Path(out_dir) / "dashboard_e2e.png")
+    finally:
+        drv.quit()
+
+
+def test_two_browser_sessions_labelling_at_once_lose_nothing(server):
+    url, store_path, _ = server
+    drivers = [browser(), browser()]
+    try:
+        batches = [open_review(d, url) for d in drivers]
+        rid = run_id(store_path)
+        store = LabelStore(str(store_path))
+        names = ["ana", "ben"]
+        for d, name in zip(drivers, names):  # each session names its reviewer in the sidebar
+            box = d.find_element(By.CSS_SELECTOR, ".st-key-reviewer input")
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(name, Keys.ENTER)
+        wait_for(lambda: all(f"by {n}" in d.page_source for d, n in zip(drivers, names)), "both reviewer names applied")
+        before = len(store.flag_history(rid))
+        common = sorted(set(batches[0]) & set(batches[1]))
+        assert len(common) == 6  # the same queue in both sessions
+        plans = [[(s, "artifact" if i % 2 else "unsure") for i, s in enumerate(common)],
+                 [(s, "clean") for s in common]]  # both sessions label the same samples, at the same time
+        errors = []
+
+        def latest(name: str, s: int) -> str | None:
+            f = store.reviewer_flags(rid, name)
+            hit = f[f["sample"] == s]
+            return None if hit.empty else str(hit["label"].iloc[0])
+
+        def work(d, name, plan):
+            try:
+                for s, lab in plan:
+                    click_flag(d, s, lab)
+                    wait_for(lambda: latest(name, s) == lab, f"{name}'s {lab} on sample {s}")
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(d, n, p)) for d, n, p in zip(drivers, names, plans)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        hist = store.flag_history(rid).iloc[before:]
+        for name, plan in zip(names, plans):
+            mine = hist[hist.reviewer == name]
+            assert list(zip(mine["sample"], mine["label"])) == plan  # every click of each session, in order
+        per_reviewer = store.reviewer_flags(rid)
+        assert len(per_reviewer[per_reviewer.reviewer.isin(names)]) == 2 * len(common)
+    finally:
+        for d in drivers:
+            d.quit()
