@@ -84,11 +84,15 @@ def render(d: Dash) -> None:
         st.error(str(e))
         return
     image = d.images([index])[0]
-    left, mid, right = st.columns(3, gap="medium")
+    heads = st.columns(3, gap="medium")
+    for col, text in zip(heads, ("**Region**", "**Before**", "**After**")):
+        col.markdown(text)  # one row of titles, so the canvas toolbar (top right of the canvas) has room
+    left, mid, right = st.columns(3, gap="medium", vertical_alignment="bottom")
     with left:
-        st.markdown("**Region**")
         mask = canvas.paint_region(image, key=f"paint-region-{index}-{tool}", painter=str(d.opts.get("canvas") or "drawable-canvas"),
                                    mode=tool, brush=6, scale=SCALE)
+        st.caption(f"region: {'paint' if tool == 'paint' else 'drag a box'} where the units go"
+                   + (f" ({int(mask.sum())} px)" if mask is not None else ""))
     if mask is None or units is None:
         mid.image(_big(image), caption=f"before: sample {index}")
         right.info(how if units is None else "Draw the region to paint on the left: the edited sample appears here.")
@@ -108,6 +112,11 @@ def render(d: Dash) -> None:
 
 
 def _summary(p: session.Painted, how: str) -> None:
+    with st.container(key="paint-summary"):
+        _summary_text(p, how)
+
+
+def _summary_text(p: session.Painted, how: str) -> None:
     st.markdown(f"{p.mode.capitalize()} {how}: units {', '.join(map(str, p.units))}.  \n"
                 f"Mean change per pixel: **{p.change_inside:.3f}** inside the region ({int(p.mask.sum())} px), "
                 f"**{p.change_outside:.3f}** outside (what the edit leaks beyond the region; 0 = none, 1 = every pixel "
