@@ -286,3 +286,23 @@ def region_outline(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, 
     out = np.array(image, copy=True)
     out[m & ~inner] = colour
     return out
+
+
+def bundled_review_applies(store: Any, run_id: int, fingerprint: str, layer: str, seed: int) -> bool:
+    """Whether the maintainers' review of the example fits this run: the unmodified example, its layer and seed, no labels yet."""
+    from .example import bundled_review
+
+    review = bundled_review()
+    if (fingerprint, layer, int(seed)) != (review["fingerprint"], review["layer"], int(review.get("seed", 0))):
+        return False
+    c = store.counts(run_id)
+    return not (c["flag_events"] or c["masked"] or len(store.unit_decisions(run_id)))
+
+
+def load_bundled_review(store: Any, run_id: int, fingerprint: str, layer: str, seed: int) -> dict[str, Any] | None:
+    """Import the maintainers' flags and approvals into an empty run of the example (`example.seed_bundled_review`); None if it does not fit."""
+    from .example import seed_bundled_review
+
+    if not bundled_review_applies(store, run_id, fingerprint, layer, seed):
+        return None
+    return seed_bundled_review(store, run_id, fingerprint, layer)

@@ -262,6 +262,32 @@ def test_units_page_says_when_there_is_no_segmenter(tmp_path, monkeypatch):
     assert sum(c.value.startswith("No segmenter for this generator") for c in at.caption) == 1
 
 
+def test_sidebar_loads_the_maintainers_example_review_into_an_empty_run(tmp_path, monkeypatch):
+    from artifix.example import bundled_review
+
+    opts = settings(tmp_path)
+    at = open_page(monkeypatch, opts, "Approvals")
+    button(at, "seed-review").click().run()
+    assert not at.exception, at.exception
+    store, run = run_of(opts)
+    review = bundled_review()
+    assert sorted(a.unit for a in store.approved_units(run)) == sorted(a["unit"] for a in review["approved"])
+    assert store.counts(run)["labelled"] == 64 and set(store.flags(run).reviewer) == {review["reviewer"]}
+    assert any(s.value.startswith("loaded the maintainers' review") for s in at.sidebar.success)
+    assert all(b.key != "seed-review" for b in at.button)  # offered only while the run is empty
+    # a run with labels of its own is never mixed with the bundled review
+    opts2 = settings(tmp_path / "other")
+    store2, run2 = run_of(opts2)
+    store2.set_flag(run2, 3, "clean", "alice")
+    at2 = open_page(monkeypatch, opts2, "Approvals")
+    assert all(b.key != "seed-review" for b in at2.button)
+    # nor is a user's generator (its fingerprint is not the example's)
+    from tests.conftest import GENS
+
+    at3 = open_page(monkeypatch, settings(tmp_path / "third", generator=f"{GENS}:tiny_dcgan", latent="16,1,1", layer="main.8"), "Approvals")
+    assert all(b.key != "seed-review" for b in at3.button)
+
+
 def _manifest(with_sweep: bool) -> dict:
     met = {"a": 10.0, "b": 8.0, "diff": -2.0, "ci": [-2.5, -1.5]}
     ctl = {"a": 10.0, "b": 10.1, "diff": 0.1, "ci": [-0.3, 0.5]}
