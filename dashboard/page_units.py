@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -40,7 +42,7 @@ def score_report(d: Dash, compute: bool):
     return st.session_state.get("last_report"), False
 
 
-def ranked_table(d: Dash, rep, diss=None) -> pd.DataFrame:
+def ranked_table(d: Dash, rep: Any, diss: Any = None) -> pd.DataFrame:
     """The ranking with every component, each unit's latest decision from the store, and its best concept (with a dissection)."""
     dec = d.store.unit_decisions(d.run_id)
     status = {int(u): s for u, s, lay in zip(dec["unit"], dec["status"], dec["layer"]) if lay == d.layer}
@@ -98,7 +100,7 @@ def render(d: Dash) -> None:
     _preview(d, units, u)
 
 
-def _card(d: Dash, u: int, diss=None, why: str | None = None) -> None:
+def _card(d: Dash, u: int, diss: Any = None, why: str | None = None) -> None:
     stats = d.stats()
     idx, _ = stats.top_samples(8)
     with d.using_g() as g:
@@ -112,7 +114,7 @@ NO_SEGMENTER = ("No segmenter for this generator, so no concepts: start the dash
                 "(and --segmenter-classes) to see what each unit draws.")
 
 
-def layer_dissection(d: Dash):
+def layer_dissection(d: Dash) -> tuple[Any, str | None]:
     """(the run layer's concept dissection, None) or (None, why there is none)."""
     from artifix.errors import UserError
 
@@ -123,7 +125,7 @@ def layer_dissection(d: Dash):
     return (diss, None) if diss is not None else (None, NO_SEGMENTER)
 
 
-def concepts_line(d: Dash, u: int, diss, why: str | None) -> None:
+def concepts_line(d: Dash, u: int, diss: Any, why: str | None) -> None:
     """The unit's best-matching concepts with their IoU, or one line saying why there are none."""
     from artifix.dissect import concepts_of_units
 

@@ -124,13 +124,13 @@ class Dash:
         p = Path(self.opts.get("classifier") or "artifix-classifier.pt")
         return _classifier(str(p.resolve()), p.stat().st_mtime) if p.is_file() else None
 
-    def segmenter(self):
+    def segmenter(self) -> Any:
         """The segmenter for concepts (--segmenter, or the bundled one for the example), or None when there is none."""
         path = str(self.opts.get("segmenter") or "")
         mtime = Path(path).stat().st_mtime if path and Path(path).is_file() else 0.0
         return _segmenter(str(self.g.spec.generator), path, mtime, str(self.opts.get("segmenter_classes") or ""), _g=self.g)
 
-    def dissection(self, layer: str | None = None):
+    def dissection(self, layer: str | None = None) -> Any:
         """The concept dissection of `layer` (default the run's) on --dissect-n samples, or None without a segmenter."""
         seg = self.segmenter()
         if seg is None:
