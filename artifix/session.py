@@ -209,12 +209,16 @@ def concept_segmenter(g: LoadedGenerator, path: str | Path | None = None, classe
 
 
 def layer_dissection(g: LoadedGenerator, layer: str, segmenter: Any, seed: int, n: int, cache: str | Path) -> Any:
-    """The concept dissection of one layer (`dissect.cached_dissect`: on disk under `cache`, keyed by content)."""
-    from .dissect import cached_dissect
+    """The concept dissection of one layer (`dissect.cached_dissect`: on disk under `cache`, keyed by content).
+
+    The result is passed through its JSON form (IoUs rounded to 5 decimals), so a fresh dissection and one read back
+    from the cache rank units identically (near-ties could otherwise swap, e.g. in `top_units`).
+    """
+    from .dissect import LayerDissection, cached_dissect
 
     if n <= 0:
         raise UserError(f"--dissect-n must be a positive number of samples, got {n}.")
-    return cached_dissect(g, [layer], segmenter, int(seed), int(n), cache)[layer]
+    return LayerDissection.from_json(cached_dissect(g, [layer], segmenter, int(seed), int(n), cache)[layer].to_json())
 
 
 def paint_layers(g: LoadedGenerator, run_layer: str) -> tuple[list[str], str]:
