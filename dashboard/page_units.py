@@ -134,8 +134,9 @@ def concepts_line(d: Dash, u: int, diss: Any, why: str | None) -> None:
         return
     (row,) = concepts_of_units(diss, [u], top=3)
     found = " ".join(f":blue-badge[{c['concept']} {c['iou']:.2f}]" for c in row["concepts"])
-    st.markdown(f"**Unit {u} draws** {found or f'no concept above IoU {diss.iou_min:g}'}  \n"
-                f":gray[its IoU with the segmenter's classes (threshold by IQR, {diss.n} samples): what removing it may also take away]")
+    st.markdown(f"**Unit {u} draws** {found or f'no concept above IoU {diss.iou_min:g}'}")
+    st.caption(f"the unit's top concepts by IoU with the segmenter's classes (threshold by IQR, {diss.n} samples of {d.layer}): "
+               "what removing it may also take away")
 
 
 def _preview(d: Dash, units: list[int], u: int) -> None:
