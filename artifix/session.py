@@ -224,12 +224,18 @@ def layer_dissection(g: LoadedGenerator, layer: str, segmenter: Any, seed: int, 
 def paint_layers(g: LoadedGenerator, run_layer: str) -> tuple[list[str], str]:
     """The layers offered for painting and the default one (main.5 for the example generator, else the run's layer)."""
     from .dissect import EXAMPLE_ACE_LAYER, EXAMPLE_LAYERS
-    from .generator import EXAMPLE_FACTORY
-    from .trace import hookable_layers
+    from .generator import EXAMPLE_FACTORY, latents
+    from .trace import layer_shapes
 
     if g.spec.generator == EXAMPLE_FACTORY:
         return list(dict.fromkeys([*EXAMPLE_LAYERS, run_layer])), EXAMPLE_ACE_LAYER
-    return list(dict.fromkeys([run_layer, *hookable_layers(g.module)])), run_layer
+    try:  # layers with feature maps (N, C, h, w), as `artifix layers` lists them
+        z, y = latents(g.spec, 0, [0, 1])
+        rows = layer_shapes(g.module, z) if y is None else layer_shapes(g.module, z, y)
+        maps = [r["layer"] for r in rows if isinstance(r["shape"], list) and len(r["shape"]) == 4]
+    except Exception:  # noqa: BLE001  (e.g. TorchScript modules take no hooks): offer the run's layer only
+        maps = []
+    return list(dict.fromkeys([run_layer, *maps])), run_layer
 
 
 def paint_units(text: str | None = None, dissection: Any = None, concept: str | None = None, k: int = 20) -> list[int]:

@@ -240,7 +240,8 @@ def test_paint_page_without_a_segmenter_paints_named_units(tmp_path, monkeypatch
     at = open_page(monkeypatch, opts, "Paint")
     assert any(c.value.startswith("No segmenter for this generator") for c in at.caption)
     assert not at.get("selectbox") or all(s.key != "paint-concept" for s in at.selectbox)
-    assert at.selectbox(key="paint-layer").value == "main.5"
+    layer = at.selectbox(key="paint-layer")
+    assert layer.value == "main.5" and layer.options[0] == "main.5" and "main.8" in layer.options  # the run's layer first
     at.text_input(key="paint-units").set_value("0, 1").run()
     at.slider(key="paint-region-0-paint-x").set_value((0, 32)).run()
     at.slider(key="paint-region-0-paint-y").set_value((0, 32)).run()
