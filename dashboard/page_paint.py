@@ -7,6 +7,7 @@ add or remove, and draws the region with the region painter (`canvas.paint_regio
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -23,11 +24,11 @@ SCALE = 5  # shown size = image pixels x SCALE (nearest neighbour)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _painted(fingerprint: str, layer: str, seed: int, index: int, mode: str, units: tuple[int, ...], mask: np.ndarray,
-             _d: Dash) -> session.Painted:
-    """One edit, cached by its inputs (the mask by content)."""
+def _painted(fingerprint: str, layer: str, seed: int, index: int, mode: str, units: tuple[int, ...], mask_digest: str,
+             _mask: np.ndarray, _d: Dash) -> session.Painted:
+    """One edit, cached by its inputs (the mask by a digest of all its pixels)."""
     with _d.using_g() as g:
-        return session.paint_sample(g, layer, seed, index, mask, mode, units)
+        return session.paint_sample(g, layer, seed, index, _mask, mode, units)
 
 
 def _big(image: np.ndarray) -> np.ndarray:
@@ -43,7 +44,8 @@ def choose_units(d: Dash, layer: str) -> tuple[list[int] | None, str]:
         seg, seg_error = None, str(e)
     c = st.columns([1, 2, 1], vertical_alignment="bottom")
     by = c[0].segmented_control("paint with", ["concept", "units"], default="concept" if seg is not None else "units",
-                                key="paint-by", help="a concept's top units by IoU, or units you name") or "units"
+                                key="paint-by", help="a concept's top units by IoU, or units you name",
+                                disabled=seg is None) or "units"
     if by == "units" or seg is None:
         if seg is None:
             st.caption(seg_error or "No segmenter for this generator, so no concepts: name the units to paint with, or start "
@@ -99,7 +101,8 @@ def render(d: Dash) -> None:
         return
     try:
         with st.spinner(f"{mode} {len(units)} units of {layer} in the region"):
-            p = _painted(d.g.fingerprint, layer, d.seed, index, mode, tuple(units), mask, _d=d)
+            digest = hashlib.sha256(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()
+            p = _painted(d.g.fingerprint, layer, d.seed, index, mode, tuple(units), digest, _mask=mask, _d=d)
     except UserError as e:
         right.error(str(e))
         return
