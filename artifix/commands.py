@@ -709,7 +709,7 @@ def cmd_stats(ctx: Context) -> dict[str, Any]:
 
 DASHBOARD_OPTIONS = {"generator": None, "sample": ["seed", "start", "layer"], "labels": None, "score": None,
                      "classify": ["classifier", "review_k"], "repair": ["repair_n", "sweep", "sweep_n", "high_pool"],
-                     "metrics": ["real", "inception_weights"],
+                     "metrics": ["real", "inception_weights"], "dissect": ["segmenter", "segmenter_classes", "dissect_n", "ace_units"],
                      "run": ["out", "cache", "threads"], "dashboard": None}
 
 

@@ -193,3 +193,126 @@ def approvers_set(text: str | Sequence[str] | None) -> set[str] | None:
         return None
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text)]
     return {s for s in names if s}
+
+
+# ------------------------------------------------------------------------- concepts and painting (issue 11)
+
+
+def concept_segmenter(g: LoadedGenerator, path: str | Path | None = None, classes: str | Sequence[str] | None = None) -> Any:
+    """The segmenter `path` names, the bundled scene segmenter for the example generator, or None when there is none."""
+    from .generator import EXAMPLE_FACTORY
+    from .segmenter import load_segmenter
+
+    if not path and g.spec.generator != EXAMPLE_FACTORY:
+        return None
+    return load_segmenter(path, classes)
+
+
+def layer_dissection(g: LoadedGenerator, layer: str, segmenter: Any, seed: int, n: int, cache: str | Path) -> Any:
+    """The concept dissection of one layer (`dissect.cached_dissect`: on disk under `cache`, keyed by content).
+
+    The result is passed through its JSON form (IoUs rounded to 5 decimals), so a fresh dissection and one read back
+    from the cache rank units identically (near-ties could otherwise swap, e.g. in `top_units`).
+    """
+    from .dissect import LayerDissection, cached_dissect
+
+    if n <= 0:
+        raise UserError(f"--dissect-n must be a positive number of samples, got {n}.")
+    return LayerDissection.from_json(cached_dissect(g, [layer], segmenter, int(seed), int(n), cache)[layer].to_json())
+
+
+def paint_layers(g: LoadedGenerator, run_layer: str) -> tuple[list[str], str]:
+    """The layers offered for painting and the default one (main.5 for the example generator, else the run's layer)."""
+    from .dissect import EXAMPLE_ACE_LAYER, EXAMPLE_LAYERS
+    from .generator import EXAMPLE_FACTORY, latents
+    from .trace import layer_shapes
+
+    if g.spec.generator == EXAMPLE_FACTORY:
+        return list(dict.fromkeys([*EXAMPLE_LAYERS, run_layer])), EXAMPLE_ACE_LAYER
+    try:  # layers with feature maps (N, C, h, w), as `artifix layers` lists them
+        z, y = latents(g.spec, 0, [0, 1])
+        rows = layer_shapes(g.module, z) if y is None else layer_shapes(g.module, z, y)
+        maps = [r["layer"] for r in rows if isinstance(r["shape"], list) and len(r["shape"]) == 4]
+    except Exception:  # noqa: BLE001  (e.g. TorchScript modules take no hooks): offer the run's layer only
+        maps = []
+    return list(dict.fromkeys([run_layer, *maps])), run_layer
+
+
+def paint_units(text: str | None = None, dissection: Any = None, concept: str | None = None, k: int = 20) -> list[int]:
+    """The units to paint with: the explicit list in `text` ('3,17'), else the top `k` units of `concept` in `dissection`."""
+    if text and str(text).strip():
+        try:
+            units = [int(u) for u in str(text).replace(" ", ",").split(",") if u.strip()]
+        except ValueError:
+            raise UserError(f"units must be comma-separated integers like '3,17', got {text!r}.") from None
+        if any(u < 0 for u in units):
+            raise UserError(f"units must be non-negative integers, got {text!r}.")
+        return list(dict.fromkeys(units))
+    if dissection is None or not concept:
+        raise UserError("say what to paint: a concept (its top units) or explicit units like '3,17'.")
+    if k <= 0:
+        raise UserError(f"the number of top units must be positive, got {k}.")
+    return dissection.top_units(concept, int(k))
+
+
+@dataclass
+class Painted:
+    """One GANpaint edit of one sample: the images before and after, and how much changed inside / outside the region."""
+
+    layer: str
+    index: int
+    mode: str
+    units: list[int]
+    before: np.ndarray  # uint8 HxWx3
+    after: np.ndarray  # uint8 HxWx3
+    mask: np.ndarray  # bool HxW, the painted region
+    change_inside: float  # mean over the region's pixels of max-channel |after - before| / 255
+    change_outside: float  # the same outside the region (what the edit leaks)
+
+
+def paint_sample(g: LoadedGenerator, layer: str, seed: int, index: int, mask: np.ndarray, mode: str, units: Sequence[int]) -> Painted:
+    """Add or remove `units` of `layer` inside `mask` (bool HxW, image pixels) on sample `index` (`dissect.paint`)."""
+    from .dissect import paint
+
+    if int(index) < 0:
+        raise UserError(f"the sample index must be >= 0, got {index}.")
+    m = np.asarray(mask, bool)
+    if not m.any():
+        raise UserError("the region is empty; draw or box where to paint.")
+    before, after = paint(g, layer, [int(u) for u in units], m.astype(np.float32), mode, int(seed), int(index))
+    if before.shape[:2] != m.shape:
+        raise UserError(f"the region is {m.shape[1]}x{m.shape[0]} pixels but the images are {before.shape[1]}x{before.shape[0]}.")
+    diff = np.abs(after.astype(np.int16) - before.astype(np.int16)).max(-1) / 255.0
+    inside = float(diff[m].mean())
+    outside = float(diff[~m].mean()) if (~m).any() else float("nan")
+    return Painted(layer, int(index), mode, [int(u) for u in units], before, after, m, inside, outside)
+
+
+def region_outline(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (255, 0, 255)) -> np.ndarray:
+    """A copy of `image` (uint8 HxWx3) with the border pixels of the bool region `mask` drawn in `colour`."""
+    m = np.asarray(mask, bool)
+    p = np.pad(m, 1)
+    inner = p[2:, 1:-1] & p[:-2, 1:-1] & p[1:-1, 2:] & p[1:-1, :-2]
+    out = np.array(image, copy=True)
+    out[m & ~inner] = colour
+    return out
+
+
+def bundled_review_applies(store: Any, run_id: int, fingerprint: str, layer: str, seed: int) -> bool:
+    """Whether the maintainers' review of the example fits this run: the unmodified example, its layer and seed, no labels yet."""
+    from .example import bundled_review
+
+    review = bundled_review()
+    if (fingerprint, layer, int(seed)) != (review["fingerprint"], review["layer"], int(review.get("seed", 0))):
+        return False
+    c = store.counts(run_id)
+    return not (c["flag_events"] or c["masked"] or len(store.unit_decisions(run_id)))
+
+
+def load_bundled_review(store: Any, run_id: int, fingerprint: str, layer: str, seed: int) -> dict[str, Any] | None:
+    """Import the maintainers' flags and approvals into an empty run of the example (`example.seed_bundled_review`); None if it does not fit."""
+    from .example import seed_bundled_review
+
+    if not bundled_review_applies(store, run_id, fingerprint, layer, seed):
+        return None
+    return seed_bundled_review(store, run_id, fingerprint, layer)

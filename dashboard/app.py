@@ -17,9 +17,9 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dash
 
 import streamlit as st  # noqa: E402
 
-from artifix import serve  # noqa: E402
+from artifix import serve, session  # noqa: E402
 from artifix.errors import ArtifixError  # noqa: E402
-from dashboard import page_approvals, page_repair, page_review, page_units  # noqa: E402
+from dashboard import page_approvals, page_paint, page_repair, page_review, page_units  # noqa: E402
 from dashboard.state import open_dash, resolve_settings  # noqa: E402
 
 PAGES = {
@@ -27,6 +27,7 @@ PAGES = {
     "Units": (":material/grid_view:", page_units.render),
     "Approvals": (":material/verified_user:", page_approvals.render),
     "Repair": (":material/build:", page_repair.render),
+    "Paint": (":material/brush:", page_paint.render),
 }
 
 
@@ -46,6 +47,13 @@ def sidebar(d) -> str:
         st.caption(f"run **{d.run_id}** · generator `{d.g.fingerprint}` · layer `{d.layer}` · seed {d.seed}  \n"
                    f"store `{d.store.location}`  \n{c['labelled']} labelled · {c['masked']} painted · "
                    f"{c['proposed']} proposed · {c['approved']} approved")
+        if "seeded" in st.session_state:
+            st.success(st.session_state.pop("seeded"))
+        if session.bundled_review_applies(d.store, d.run_id, d.g.fingerprint, d.layer, d.seed):
+            st.button("Load the maintainers' example review", key="seed-review", icon=":material/playlist_add_check:",
+                      on_click=load_example_review, args=(d,), width="stretch",
+                      help="import the flags and approvals the maintainers recorded for this example (data/example/review/); "
+                           "offered only while this run has no labels")
         others = [r for r in d.store.runs() if r.id != d.run_id]
         if others:
             st.caption(f"{len(others)} other run(s) in this store (other generators, layers or seeds): "
@@ -54,6 +62,14 @@ def sidebar(d) -> str:
         if not serve.is_local(str(host)):
             st.warning(f"This dashboard listens on {host}: anyone who reaches it can label under any name.")
     return page
+
+
+def load_example_review(d) -> None:
+    """Import the maintainers' review of the example into this (empty) run (button callback)."""
+    added = session.load_bundled_review(d.store, d.run_id, d.g.fingerprint, d.layer, d.seed)
+    st.session_state["seeded"] = ("loaded the maintainers' review: "
+                                  f"{added['flags'].get('flags', '?')} flags; units {added['approved']} approved by {added['reviewer']}"
+                                  if added else "the run is no longer empty: nothing was loaded")
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -40,13 +42,19 @@ def score_report(d: Dash, compute: bool):
     return st.session_state.get("last_report"), False
 
 
-def ranked_table(d: Dash, rep) -> pd.DataFrame:
-    """The ranking with every component, and each unit's latest decision from the store."""
+def ranked_table(d: Dash, rep: Any, diss: Any = None) -> pd.DataFrame:
+    """The ranking with every component, each unit's latest decision from the store, and its best concept (with a dissection)."""
     dec = d.store.unit_decisions(d.run_id)
     status = {int(u): s for u, s, lay in zip(dec["unit"], dec["status"], dec["layer"]) if lay == d.layer}
     t = rep.table.copy()
     t["status"] = [status.get(int(u), "") for u in t["unit"]]
-    cols = [c for c in FIRST_COLUMNS if c in t] + [c for c in t.columns if c not in FIRST_COLUMNS and c != "layer"]
+    first = list(FIRST_COLUMNS)
+    if diss is not None:
+        best = {r["unit"]: r for r in diss.best()}
+        t["concept"] = [best[int(u)]["concept"] for u in t["unit"]]
+        t["concept_iou"] = [best[int(u)]["iou"] for u in t["unit"]]
+        first[3:3] = ["concept", "concept_iou"]
+    cols = [c for c in first if c in t] + [c for c in t.columns if c not in first and c != "layer"]
     return t[cols]
 
 
@@ -70,14 +78,17 @@ def render(d: Dash) -> None:
     if c[2].button(f"Propose top {top_n}", icon=":material/playlist_add:", key="propose-top"):
         new = session.propose_top(d.store, d.run_id, rep.table, top_n, actor=d.reviewer, note="proposed in the dashboard")
         st.toast(f"proposed units {new}" if new else "the top units already have decisions")
-    table = ranked_table(d, rep)
+    diss, why = layer_dissection(d)
+    table = ranked_table(d, rep, diss)
     st.dataframe(table, hide_index=True, height=300, width="stretch",
                  column_config={"status": st.column_config.TextColumn(width="small"),
+                                "concept": st.column_config.TextColumn(width="small", help="the unit's best-matching segmenter class"),
                                 **{k: st.column_config.NumberColumn(format="%.3f") for k in table.columns
                                    if k not in ("rank", "unit", "status") and table[k].dtype.kind == "f"}})
     st.caption("combined = 0.6 causal + 0.2 IoU + 0.2 AUC as robust z-scores; causal = change inside the painted regions minus "
                "outside, minus the collateral on clean samples (exact ablation of the candidates); iou = IoU@IQR against the "
-               "regions; auc = flagged vs clean by the unit's peak; firing_rate / rarity = the cold-start prior.")
+               "regions; auc = flagged vs clean by the unit's peak; firing_rate / rarity = the cold-start prior"
+               + ("; concept / concept_iou = the unit's best-matching segmenter class and its IoU." if diss is not None else "."))
     units = [int(u) for u in rep.table["unit"]]
     c = st.columns([2, 1], vertical_alignment="bottom")
     u = c[0].selectbox("unit card", units, index=0, key="card_unit", format_func=lambda x: f"unit {x} (rank {units.index(x) + 1})")
@@ -85,17 +96,47 @@ def render(d: Dash) -> None:
         d.store.propose_unit(d.run_id, d.layer, u, d.reviewer, note="proposed in the dashboard",
                              scores={k: float(v) for k, v in rep.table.set_index("unit").loc[u].items() if isinstance(v, float)})
         st.toast(f"unit {u} proposed")
-    _card(d, u)
+    _card(d, u, diss, why)
     _preview(d, units, u)
 
 
-def _card(d: Dash, u: int) -> None:
+def _card(d: Dash, u: int, diss: Any = None, why: str | None = None) -> None:
     stats = d.stats()
     idx, _ = stats.top_samples(8)
     with d.using_g() as g:
         img = unit_card(g, d.layer, d.seed, u, idx[u].tolist()[:8], float(stats.max[u]))
     st.image(img, width="stretch", caption=f"unit {u}: its top activating samples, plain and with the unit's activation overlaid "
              f"(firing rate {float(stats.firing_rate()[u]):.1%})")
+    concepts_line(d, u, diss, why)
+
+
+NO_SEGMENTER = ("No segmenter for this generator, so no concepts: start the dashboard with --segmenter FILE "
+                "(and --segmenter-classes) to see what each unit draws.")
+
+
+def layer_dissection(d: Dash) -> tuple[Any, str | None]:
+    """(the run layer's concept dissection, None) or (None, why there is none)."""
+    from artifix.errors import UserError
+
+    try:
+        diss = d.dissection(d.layer)
+    except UserError as e:
+        return None, f"No concepts: {e}"
+    return (diss, None) if diss is not None else (None, NO_SEGMENTER)
+
+
+def concepts_line(d: Dash, u: int, diss: Any, why: str | None) -> None:
+    """The unit's best-matching concepts with their IoU, or one line saying why there are none."""
+    from artifix.dissect import concepts_of_units
+
+    if diss is None:
+        st.caption(why or NO_SEGMENTER)
+        return
+    (row,) = concepts_of_units(diss, [u], top=3)
+    found = " ".join(f":blue-badge[{c['concept']} {c['iou']:.2f}]" for c in row["concepts"])
+    st.markdown(f"**Unit {u} draws** {found or f'no concept above IoU {diss.iou_min:g}'}")
+    st.caption(f"the unit's top concepts by IoU with the segmenter's classes (threshold by IQR, {diss.n} samples of {d.layer}): "
+               "what removing it may also take away")
 
 
 def _preview(d: Dash, units: list[int], u: int) -> None:

@@ -76,6 +76,17 @@ def _classifier(path: str, mtime: float):
     return ArtifactClassifier.load(path)
 
 
+@st.cache_resource(show_spinner="loading the segmenter")
+def _segmenter(factory: str, path: str, mtime: float, classes: str, _g: Any):
+    return session.concept_segmenter(_g, path or None, classes or None)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _dissection(fingerprint: str, layer: str, segmenter_key: str, seed: int, n: int, cache: str, _g: Any, _seg: Any):
+    with _lock(fingerprint):
+        return session.layer_dissection(_g, layer, _seg, seed, n, cache)
+
+
 @dataclass
 class Dash:
     """One page view: settings, generator, store, run id, layer and the reviewer of this browser session."""
@@ -112,6 +123,25 @@ class Dash:
         """The artifact classifier at --classifier, or None when there is none yet."""
         p = Path(self.opts.get("classifier") or "artifix-classifier.pt")
         return _classifier(str(p.resolve()), p.stat().st_mtime) if p.is_file() else None
+
+    def segmenter(self) -> Any:
+        """The segmenter for concepts (--segmenter, or the bundled one for the example), or None when there is none."""
+        path = str(self.opts.get("segmenter") or "")
+        mtime = Path(path).stat().st_mtime if path and Path(path).is_file() else 0.0
+        return _segmenter(str(self.g.spec.generator), path, mtime, str(self.opts.get("segmenter_classes") or ""), _g=self.g)
+
+    def dissection(self, layer: str | None = None) -> Any:
+        """The concept dissection of `layer` (default the run's) on --dissect-n samples, or None without a segmenter."""
+        seg = self.segmenter()
+        if seg is None:
+            return None
+        from artifix.dissect import segmenter_id
+
+        layer = layer or self.layer
+        n = int(self.opts.get("dissect_n") or 500)
+        with st.spinner(f"dissecting {layer}: matching every unit to the segmenter's classes on {n} samples "
+                        "(once per generator, layer and segmenter; cached on disk)"):
+            return _dissection(self.g.fingerprint, layer, segmenter_id(seg), self.seed, n, self.cache, _g=self.g, _seg=seg)
 
     def classifier_key(self) -> str:
         p = Path(self.opts.get("classifier") or "artifix-classifier.pt")

@@ -1,6 +1,7 @@
 """End to end in a real headless Chromium: `artifix dashboard` serves the app; the browser flags a sample and paints a
 region on the streamlit-drawable-canvas; the test reads both back from the label store. Two browser sessions
-labelling at once lose nothing.
+labelling at once lose nothing. On the Paint page, a stroke on the canvas adds a concept's units in that region
+and the edited sample appears beside the original.
 
 Needs Debian's chromium + chromium-driver (.ci/run installs them and sets ARTIFIX_REQUIRE_BROWSER=1, so there a
 missing browser fails instead of skipping).
@@ -73,7 +74,7 @@ def server(tmp_path_factory):
     port = _free_port()
     store = tmp / "labels.sqlite"
     cmd = [sys.executable, "-m", "artifix", "dashboard", "--store", str(store), "--stats-n", "200", "--pool", "18",
-           "--page-size", "6", "--port", str(port), "--cache", CACHE, "--classifier", str(tmp / "clf.pt"), "--out", str(tmp / "repair")]
+           "--page-size", "6", "--dissect-n", "100", "--port", str(port), "--cache", CACHE, "--classifier", str(tmp / "clf.pt"), "--out", str(tmp / "repair")]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -230,3 +231,57 @@ def test_two_browser_sessions_labelling_at_once_lose_nothing(server):
     finally:
         for d in drivers:
             d.quit()
+
+
+def png_of(el) -> np.ndarray:
+    """What the browser shows of element `el`, as RGB (int)."""
+    import io
+
+    with Image.open(io.BytesIO(el.screenshot_as_png)) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def test_browser_paints_a_concept_in_a_region(server):
+    url, _, tmp = server
+    drv = browser()
+    try:
+        drv.get(url)
+        wait_for(lambda: drv.find_elements(By.XPATH, "//div[contains(@class,'st-key-page')]//label[contains(., 'Paint')]"),
+                 "the page list", STARTUP)
+        wait_for(lambda: idle(drv), "the first page to finish its run", STARTUP)
+        drv.find_element(By.XPATH, "//div[contains(@class,'st-key-page')]//label[contains(., 'Paint')]").click()
+        wait_for(lambda: any(h.text == "Paint" for h in drv.find_elements(By.CSS_SELECTOR, "h2")), "the Paint page")
+        wait_for(lambda: "Draw the region" in drv.page_source, "the invitation to draw", STARTUP)
+        host = wait_for(lambda: drv.execute_script(
+            "return Array.from(document.querySelectorAll('*')).find(e => e.shadowRoot && e.shadowRoot.querySelector('canvas.upper-canvas'))"),
+            "the drawing canvas")
+        upper = host.shadow_root.find_element(By.CSS_SELECTOR, "canvas.upper-canvas")
+        assert upper.size == {"width": 320, "height": 320}  # 64 px image x 5
+        # a blob in the upper-left sky of sample 0: three strokes at canvas y 45, 75, 105 from x 40 to 140
+        # (the brush is 6 image px = 30 canvas px wide, so the region is about canvas x 25..155, y 30..120)
+        for dy in (-115, -85, -55):
+            (ActionChains(drv).move_to_element_with_offset(upper, -120, dy).click_and_hold()
+             .move_by_offset(25, 0).move_by_offset(25, 0).move_by_offset(25, 0).move_by_offset(25, 0).release().perform())
+            time.sleep(0.5)
+        after = wait_for(lambda: drv.find_element(By.CSS_SELECTOR, ".st-key-paint-after img"), "the edited sample", STARTUP)
+        wait_for(lambda: idle(drv), "the page to finish its run", STARTUP)
+        after = drv.find_element(By.CSS_SELECTOR, ".st-key-paint-after img")
+        before = drv.find_element(By.CSS_SELECTOR, ".st-key-paint-before img")
+        assert after.size["width"] == before.size["width"] == 320
+        text = drv.find_element(By.CSS_SELECTOR, ".st-key-paint-summary").text
+        assert "Add the top 20 'tree' units of main.5" in text  # the defaults: layer main.5, concept tree, 20 units, add
+        a, b = png_of(after), png_of(before)
+        diff = np.abs(a - b).max(-1)
+        region = np.zeros(diff.shape, bool)  # inside the painted blob, away from its outlined border
+        region[50:100, 50:130] = True
+        far = np.zeros(diff.shape, bool)
+        far[220:, :] = True  # the lower third, far below the strokes
+        assert diff[region].mean() > 40 and diff[region].mean() > 4 * diff[far].mean()
+        drv.execute_script("window.scrollTo(0, 0)")
+        shot = tmp / "dashboard_paint.png"
+        drv.save_screenshot(str(shot))
+        out_dir = os.environ.get("ARTIFIX_SCREENSHOT_DIR")
+        if out_dir:
+            shutil.copy(shot, Path(out_dir) / "dashboard_paint.png")
+    finally:
+        drv.quit()

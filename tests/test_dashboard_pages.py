@@ -25,7 +25,7 @@ def settings(tmp_path: Path, **over) -> dict:
     opts = resolve_settings([], {})
     opts.update(store=str(tmp_path / "labels.sqlite"), stats_n=200, pool=18, page_size=6, exact_top=3, top=3,
                 cache=CACHE, canvas="box", reviewer="alice", out=str(tmp_path / "repair"),
-                classifier=str(tmp_path / "clf.pt"), preview_n=3, repair_n=32)
+                classifier=str(tmp_path / "clf.pt"), preview_n=3, repair_n=32, dissect_n=100)
     opts.update(over)
     return opts
 
@@ -40,6 +40,18 @@ def app(monkeypatch, opts: dict, page: str | None = None):
     if page:
         at.sidebar.radio(key="page").set_value(page).run()
         assert not at.exception, at.exception
+    return at
+
+
+def open_page(monkeypatch, opts: dict, page: str):
+    """Run the app once, opened directly on `page` (the Review page's queue is never computed); returns the AppTest."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(serve.SETTINGS_ENV, json.dumps(opts))
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.session_state["page"] = page
+    at.run()
+    assert not at.exception, at.exception
     return at
 
 
@@ -115,6 +127,18 @@ def test_units_page_ranks_every_component_previews_and_proposes(tmp_path, monkey
         assert col in table.columns
     assert len(table) == 64 and list(table["rank"]) == list(range(1, 65))
     assert len(at.image) >= 3  # unit card + before/after rows for flagged and clean samples
+    # the unit card lists the unit's concepts (dissection of main.8 with the bundled segmenter), the table its best one
+    assert "concept" in table.columns and "concept_iou" in table.columns
+    u = int(table.unit.iloc[0])
+    (line,) = [m.value for m in at.markdown if m.value.startswith(f"**Unit {u} draws**")]
+    from artifix.dissect import concepts_of_units
+    from artifix.generator import load_generator
+    from artifix.segmenter import load_segmenter
+
+    diss = session.layer_dissection(load_generator(), "main.8", load_segmenter(), 0, 100, CACHE)  # the page's, from the disk cache
+    (want,) = concepts_of_units(diss, [u], top=3)
+    assert want["concepts"] and all(f"{c['concept']} {c['iou']:.2f}" in line for c in want["concepts"])
+    assert table.concept.iloc[0] == diss.best()[u]["concept"]
     button(at, "propose-top").click().run()
     dec = store.unit_decisions(run)
     assert sorted(dec.unit) == sorted(int(u) for u in table.unit[:3]) and set(dec.status) == {"proposed"}
@@ -146,6 +170,123 @@ def test_approvals_are_checked_on_the_server(tmp_path, monkeypatch):
     assert dec.loc[50, "status"] == "rejected"
     audit = at.dataframe[-1].value
     assert {"decide_unit", "propose_unit"} <= set(audit.action) and "alice" in set(audit.actor)
+
+
+TREE = "tree"
+
+
+def _class_pixels(image: np.ndarray, mask: np.ndarray, concept: str) -> int:
+    """Pixels inside `mask` that the bundled segmenter calls `concept`."""
+    from artifix.segmenter import load_segmenter
+
+    seg = load_segmenter()
+    return int(((seg.labels(image[None])[0].numpy() == seg.classes.index(concept)) & mask).sum())
+
+
+def test_paint_page_adds_a_concept_inside_the_region(tmp_path, monkeypatch):
+    from artifix import dissect
+    from artifix.generator import load_generator
+    from artifix.segmenter import load_segmenter
+
+    opts = settings(tmp_path)
+    at = open_page(monkeypatch, opts, "Paint")
+    assert at.selectbox(key="paint-layer").value == "main.5"  # the example's causal-check layer
+    assert at.selectbox(key="paint-concept").value == TREE and at.number_input(key="paint-k").value == 20
+    assert any("Draw the region" in i.value for i in at.info) and "painted" not in at.session_state
+    at.slider(key="paint-region-0-paint-x").set_value((8, 40)).run()
+    at.slider(key="paint-region-0-paint-y").set_value((4, 28)).run()  # a box in the sky of sample 0
+    assert not at.exception, at.exception
+    p = at.session_state["painted"]
+    g = load_generator()
+    diss = session.layer_dissection(g, "main.5", load_segmenter(), 0, 100, CACHE)
+    assert (p.layer, p.index, p.mode, p.units) == ("main.5", 0, "add", diss.top_units(TREE, 20))
+    want = np.zeros((64, 64), bool)
+    want[4:28, 8:40] = True
+    assert np.array_equal(p.mask, want)
+    before, after = dissect.paint(g, "main.5", p.units, want.astype(np.float32), "add", 0, 0)
+    assert np.array_equal(p.before, before) and np.array_equal(p.after, after)  # the page only calls the library
+    diff = np.abs(p.after.astype(int) - p.before.astype(int)).max(-1)
+    assert diff[want].mean() > 4 * diff[~want].mean() and diff[want].mean() > 40  # changed inside, hardly outside
+    assert _class_pixels(p.before, want, TREE) < 20 < 150 < _class_pixels(p.after, want, TREE)  # trees where there were none
+    captions = [c for im in at.image for c in im.captions]
+    assert any(c.startswith("after: add 20 units of main.5") for c in captions)
+    assert any("inside the region (768 px)" in m.value for m in at.markdown)
+    # fewer units of another concept: the page follows
+    at.number_input(key="paint-k").set_value(5).run()
+    at.selectbox(key="paint-concept").set_value("building").run()
+    assert at.session_state["painted"].units == diss.top_units("building", 5)
+
+
+def test_paint_page_removes_a_concept_inside_the_region(tmp_path, monkeypatch):
+    opts = settings(tmp_path)
+    at = open_page(monkeypatch, opts, "Paint")
+    at.button_group(key="paint-mode").set_value("remove").run()
+    at.slider(key="paint-region-0-paint-x").set_value((4, 60)).run()
+    at.slider(key="paint-region-0-paint-y").set_value((32, 60)).run()  # the lower half: ground and the GAN's trees
+    assert not at.exception, at.exception
+    p = at.session_state["painted"]
+    assert p.mode == "remove" and len(p.units) == 20
+    region = np.zeros((64, 64), bool)
+    region[32:60, 4:60] = True
+    assert _class_pixels(p.after, region, TREE) < 0.6 * _class_pixels(p.before, region, TREE)
+    assert p.change_inside > 4 * p.change_outside
+    assert any(c.startswith("after: remove 20 units") for im in at.image for c in im.captions)
+
+
+def test_paint_page_without_a_segmenter_paints_named_units(tmp_path, monkeypatch):
+    from tests.conftest import GENS
+
+    opts = settings(tmp_path, generator=f"{GENS}:tiny_dcgan", latent="16,1,1", layer="main.5")
+    at = open_page(monkeypatch, opts, "Paint")
+    assert any(c.value.startswith("No segmenter for this generator") for c in at.caption)
+    assert not at.get("selectbox") or all(s.key != "paint-concept" for s in at.selectbox)
+    layer = at.selectbox(key="paint-layer")
+    assert layer.value == "main.5" and layer.options[0] == "main.5" and "main.8" in layer.options  # the run's layer first
+    at.text_input(key="paint-units").set_value("0, 1").run()
+    at.slider(key="paint-region-0-paint-x").set_value((0, 32)).run()
+    at.slider(key="paint-region-0-paint-y").set_value((0, 32)).run()
+    assert not at.exception, at.exception
+    p = at.session_state["painted"]
+    assert p.units == [0, 1] and p.mode == "add" and p.change_inside > p.change_outside
+    at.text_input(key="paint-units").set_value("0, 999").run()  # a unit the layer lacks: one sentence, no traceback
+    assert not at.exception and any("out of range" in e.value for e in at.error)
+
+
+def test_units_page_says_when_there_is_no_segmenter(tmp_path, monkeypatch):
+    from tests.conftest import GENS
+
+    opts = settings(tmp_path, generator=f"{GENS}:tiny_dcgan", latent="16,1,1", layer="main.8")
+    at = open_page(monkeypatch, opts, "Units")
+    button(at, "score").click().run()
+    assert not at.exception, at.exception
+    assert "concept" not in at.dataframe[0].value.columns
+    assert sum(c.value.startswith("No segmenter for this generator") for c in at.caption) == 1
+
+
+def test_sidebar_loads_the_maintainers_example_review_into_an_empty_run(tmp_path, monkeypatch):
+    from artifix.example import bundled_review
+
+    opts = settings(tmp_path)
+    at = open_page(monkeypatch, opts, "Approvals")
+    button(at, "seed-review").click().run()
+    assert not at.exception, at.exception
+    store, run = run_of(opts)
+    review = bundled_review()
+    assert sorted(a.unit for a in store.approved_units(run)) == sorted(a["unit"] for a in review["approved"])
+    assert store.counts(run)["labelled"] == 64 and set(store.flags(run).reviewer) == {review["reviewer"]}
+    assert any(s.value.startswith("loaded the maintainers' review") for s in at.sidebar.success)
+    assert all(b.key != "seed-review" for b in at.button)  # offered only while the run is empty
+    # a run with labels of its own is never mixed with the bundled review
+    opts2 = settings(tmp_path / "other")
+    store2, run2 = run_of(opts2)
+    store2.set_flag(run2, 3, "clean", "alice")
+    at2 = open_page(monkeypatch, opts2, "Approvals")
+    assert all(b.key != "seed-review" for b in at2.button)
+    # nor is a user's generator (its fingerprint is not the example's)
+    from tests.conftest import GENS
+
+    at3 = open_page(monkeypatch, settings(tmp_path / "third", generator=f"{GENS}:tiny_dcgan", latent="16,1,1", layer="main.8"), "Approvals")
+    assert all(b.key != "seed-review" for b in at3.button)
 
 
 def _manifest(with_sweep: bool) -> dict:
