@@ -67,3 +67,13 @@ def store(tmp_path):
     s = LabelStore(tmp_path / "labels.db")
     yield s
     s.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest leaves sys.modules['__main__'] pointing at the app script; processes started with
+    'spawn' later in the session would run that script (and its argument parser) instead of the worker."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
