@@ -218,9 +218,9 @@ def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[tor
         with torch.no_grad():
             for a in params.values():
                 a.clamp_(0.0, 1.0)
-        history.append({"step": step, "score": round(float(p), 5), "l2": round(float(reg), 5)})
+        history.append({"step": step, "score": round(p.item(), 5), "l2": round(float(reg.detach()), 5)})
         if step % max(1, steps // 5) == 0 or step == steps - 1:
-            say(f"alpha step {step + 1}/{steps}: mean artifact score on flagged = {float(p):.3f}, mean alpha^2 = {float(reg):.3f}")
+            say(f"alpha step {step + 1}/{steps}: mean artifact score on flagged = {p.item():.3f}, mean alpha^2 = {float(reg.detach()):.3f}")
     return {l: [round(float(v), 4) for v in a.detach()] for l, a in params.items()}, history
 
 
