@@ -92,7 +92,7 @@ def test_ablating_top_tree_units_removes_more_tree_than_random_units(g, seg, mai
     units = main5.top_units("tree", 20)
     r = D.ablation_effect(g, "main.5", units, seg, "tree", seed=0, n=48)
     assert r["pixels_before"] > 0 and len(r["control_units"]) == 20 and not set(r["control_units"]) & set(units)
-    assert r["removed_fraction"] > 0.4  # 64 % on 200 samples (docs/readme-dissect.md)
+    assert r["removed_fraction"] > 0.4  # 64 % on 200 samples (README, "What each unit draws")
     assert r["removed_fraction"] > r["control_removed_fraction"] + 0.3 and r["removed_ci"][0] > r["control_removed_ci"][1]
 
 

@@ -44,7 +44,7 @@ classifier = "clf.pt"
 
 [gate]
 n = 200
-confidence = 0.99   # the stored report is one draw shared by every later run: see docs/readme-gate.md
+confidence = 0.99   # the stored report is one draw shared by every later run: see the README's "Release gate"
 
 [[gate.criteria]]
 metric = "fd"
