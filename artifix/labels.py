@@ -48,7 +48,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from .errors import RuntimeFailure, UserError
-from .io import sha256_file, write_bytes_atomic, write_text_atomic
+from .io import fsync_dir, sha256_file, write_bytes_atomic, write_text_atomic
 
 __all__ = [
     "LABELS", "STATUSES", "SCHEMA_VERSION", "LabelStore", "Run", "ApprovedUnit",
@@ -1002,7 +1002,7 @@ class LabelStore:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         try:
             self._write_export(tmp, run, hist, mask_rows)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             _replace_dir(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1039,7 +1039,7 @@ class LabelStore:
             png = io.BytesIO()
             Image.fromarray(m.astype(np.uint8) * 255, mode="L").save(png, format="PNG")
             write_bytes_atomic(mdir / f"{int(r.sample)}_{r.reviewer}.png", png.getvalue())
-        _fsync_dir(mdir)
+        fsync_dir(mdir)
 
     # -- import
 
@@ -1277,19 +1277,6 @@ def _read_json(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def _replace_dir(tmp: Path, folder: Path) -> None:
     """Move the finished `tmp` folder to `folder`, replacing an earlier export there."""
     if folder.exists() and os.listdir(folder):
@@ -1304,4 +1291,4 @@ def _replace_dir(tmp: Path, folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)

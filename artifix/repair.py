@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -139,19 +140,11 @@ def sequential_auto(g: LoadedGenerator, layers: Sequence[str], k: int,
     plans: list[RepairPlan] = []
     for layer in layers:
         done = combine(plans).ablations() if plans else {}
-        with Trace(g.module, edit=done) if done else _null():
+        with Trace(g.module, edit=done) if done else nullcontext():
             ranking = rank_layer(layer, done)
         plans.append(plan_auto(ranking, layer, k))
         say(f"{layer}: top {k} units with {sum(len(p.edits[p.layer]) for p in plans[:-1])} earlier units removed: {plans[-1].edits[layer]}")
     return combine(plans)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> bool:
-        return False
 
 
 def random_control(plan: RepairPlan, channels: int | Mapping[str, int], seed: int) -> dict[str, list[int]]:
@@ -229,7 +222,7 @@ def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[tor
 
 def _sets(g: LoadedGenerator, edits: Mapping[str, Ablation] | None, seed: int, ids: Sequence[int] | int) -> list[np.ndarray]:
     """uint8 image batches of samples `ids` (or 0..ids-1) with `edits` applied."""
-    with Trace(g.module, edit=dict(edits)) if edits else _null():
+    with Trace(g.module, edit=dict(edits)) if edits else nullcontext():
         if isinstance(ids, int):
             return [im.numpy() for _, im in sample_batches(g, seed, 0, ids, 64)]
         idx = list(ids)
@@ -407,7 +400,7 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
         from .dissect import concept_collateral
 
         say(f"collateral: what else the removed units draw (segmenter, {collateral_n} samples)")
-        with Trace(g.module, edit={l: a for l, a in plan.ablations().items() if l != plan.layer}) if len(plan.layers) > 1 else _null():
+        with Trace(g.module, edit={l: a for l, a in plan.ablations().items() if l != plan.layer}) if len(plan.layers) > 1 else nullcontext():
             collateral = {"layer": plan.layer, "n": collateral_n,
                           "concepts": concept_collateral(g, plan.layer, plan.edits[plan.layer], segmenter, seed, collateral_n)}
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]

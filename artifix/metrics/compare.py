@@ -97,6 +97,15 @@ class FakeSamples:
     def features(self) -> np.ndarray:
         return np.concatenate(self._feats) if self._feats else np.zeros((0, self.extractor.dim), np.float32)
 
+    def _add_features(self, b: np.ndarray) -> None:
+        """Extract one batch's features into the float64 moments (and the kept rows when needed)."""
+        f = self.extractor(b)
+        if self.moments is None:
+            self.moments = Moments(f.shape[1])
+        self.moments.update(f)
+        if self.keep:
+            self._feats.append(f.astype(np.float32))
+
     def consume(self, batches: Iterable[Any], n: int | None, progress: Callable[[str], None] | None, label: str) -> None:
         for b in batches:
             if n is not None and self.n >= n:
@@ -104,12 +113,7 @@ class FakeSamples:
             b = as_uint8_nhwc(b, what="generated images")
             if n is not None:
                 b = b[: n - self.n]
-            f = self.extractor(b)
-            if self.moments is None:
-                self.moments = Moments(f.shape[1])
-            self.moments.update(f)
-            if self.keep:
-                self._feats.append(f.astype(np.float32))
+            self._add_features(b)
             if self.swd is not None:
                 self.swd.add(b)
             if progress:
@@ -125,12 +129,7 @@ class FakeSamples:
         kept = 0
         for b in batches:
             b = as_uint8_nhwc(b, what="generated images")
-            f = self.extractor(b)
-            if self.moments is None:
-                self.moments = Moments(f.shape[1])
-            self.moments.update(f)
-            if self.keep:
-                self._feats.append(f.astype(np.float32))
+            self._add_features(b)
             if self.swd is not None and kept < self.swd.limit:  # rank 0 keeps the first swd_n images of the stream
                 self._swd_images.append(np.ascontiguousarray(b[: self.swd.limit - kept]))
                 kept += self._swd_images[-1].shape[0]
