@@ -16,6 +16,7 @@ import streamlit as st
 
 from artifix import session
 from artifix.errors import UserError
+from artifix.results import metric_rows
 
 from .state import Dash
 
@@ -36,21 +37,10 @@ def _fmt_ci(ci: Any) -> str:
 
 
 def metrics_table(m: dict[str, Any]) -> pd.DataFrame:
-    """One row per metric: before, after, change with its interval, and the random-unit control's change."""
-    rows = []
-    met = m.get("metrics", {})
-    for name, r in (met.get("repair") or {}).items():
-        c = (met.get("control") or {}).get(name, {})
-        rows.append({"metric": name, "before": r.get("a"), "after": r.get("b"), "change": r.get("diff"), "change 95% CI": _fmt_ci(r.get("ci")),
-                     "random control change": c.get("diff"), "control 95% CI": _fmt_ci(c.get("ci"))})
-    for key, label in (("artifact_rate", "artifact rate (random samples)"), ("artifact_rate_flagged", "artifact rate (flagged samples)")):
-        r = met.get(key)
-        if r:
-            rows.append({"metric": label, "before": r["before"]["value"], "after": r["after"]["value"],
-                         "change": r["after"]["value"] - r["before"]["value"],
-                         "change 95% CI": "after in [{:.3f}, {:.3f}]".format(*r["after"]["ci"]),
-                         "random control change": r["control"]["value"] - r["before"]["value"],
-                         "control 95% CI": "control in [{:.3f}, {:.3f}]".format(*r["control"]["ci"])})
+    """One row per metric (`artifix.results.metric_rows`, as the model card): before, after, change, the control's change."""
+    rows = [{"metric": r["metric"], "before": r["before"], "after": r["after"], "change": r["change"], "change 95% CI": _fmt_ci(r["change_ci"]),
+             "random control change": r["control_change"], "control 95% CI": _fmt_ci(r["control_ci"])}
+            for r in metric_rows(m.get("metrics", {}))]
     return pd.DataFrame(rows)
 
 

@@ -53,10 +53,7 @@ def flag(d: Dash, sample: int, label: str) -> None:
 
 def save_mask(d: Dash, sample: int, mask: np.ndarray) -> int:
     """Save a painted region now; a painted sample is an artifact sample, so it is flagged as one if it is not yet."""
-    mid = d.store.set_mask(d.run_id, int(sample), d.reviewer, mask)
-    if d.store.label(d.run_id, int(sample)) != "artifact":
-        d.store.set_flag(d.run_id, int(sample), "artifact", d.reviewer)
-    return mid
+    return session.save_painted_mask(d.store, d.run_id, int(sample), d.reviewer, mask)
 
 
 def counters(d: Dash) -> None:

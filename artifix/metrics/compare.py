@@ -24,12 +24,12 @@ at 64 px); bootstrap counts N x B x 8 bytes.
 from __future__ import annotations
 
 import os
-from statistics import NormalDist
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from .. import defaults, dist
+from .. import intervals
 from ..errors import UserError
 from .fd import FDReference, Moments, fd_inf as _fd_inf
 from .features import Extractor, as_uint8_nhwc, get_extractor
@@ -190,11 +190,10 @@ def _counts(n: int, replicates: int, seed: int, stream: int) -> np.ndarray:
 
 def _normal_ci(value: float, reps: np.ndarray, confidence: float) -> tuple[list[float] | None, float | None]:
     """value +- z * (standard deviation of the bootstrap replicates); (None, None) without replicates."""
-    if reps.size < 2:
+    se = intervals.bootstrap_se(reps)
+    if se is None:
         return None, None
-    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    se = float(np.std(reps, ddof=1))
-    return [value - z * se, value + z * se], se
+    return intervals.normal(value, se, confidence), se
 
 
 def _check_confidence(confidence: float, bootstrap: int, swd_bootstrap: int) -> None:
@@ -427,8 +426,8 @@ def paired_compare(batches_a: Iterable[Any], batches_b: Iterable[Any], *, real: 
             e["levels_a"], e["levels_b"] = ea["levels"], eb["levels"]
         has_ci = bool(e.get("ci_method"))
         e["ci"], e["se"] = _normal_ci(diff, rd, st.confidence) if has_ci else (None, None)
-        e["ci_a"] = _normal_ci(va, ra, st.confidence)[0] if has_ci else None
-        e["ci_b"] = _normal_ci(vb, rb, st.confidence)[0] if has_ci else None
+        e["ci_a"], e["se_a"] = _normal_ci(va, ra, st.confidence) if has_ci else (None, None)
+        e["ci_b"], e["se_b"] = _normal_ci(vb, rb, st.confidence) if has_ci else (None, None)
         tol = 1e-9 * max(abs(va), abs(vb))  # float round-off (e.g. other batch splits) is not a difference
         e["significant"] = bool(e["ci"] is not None and (e["ci"][0] > tol or e["ci"][1] < -tol))
         e["p_b_better"] = float((rd < 0).mean()) if rd.size else None
