@@ -10,7 +10,7 @@ import numpy as np
 from contextlib import nullcontext
 
 from . import workflow as W
-from .cli import Context, command
+from .registry import Context, command
 from .errors import UserError
 from .profiles import profile_for
 from .trace import Trace

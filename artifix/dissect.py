@@ -38,9 +38,7 @@ from .stats import UnitStats
 from .trace import Trace, ablation, get_layer
 
 IOU_MIN = 0.05  # a unit is interpretable when its best concept's IoU exceeds this (as in GAN Dissection)
-EXAMPLE_LAYERS = ("main.2", "main.5", "main.8", "main.11")
-# the example's causal-check layer: 20 units are 16 % of main.5 but a third of main.8, whose ablation wrecks the images
-EXAMPLE_ACE_LAYER = "main.5"
+# the example's dissection layers and causal-check layer are in its profile (`artifix.example.example_profile`)
 
 
 # ------------------------------------------------------------------------------------------- tallies

@@ -123,6 +123,9 @@ def render(d: Dash) -> None:
     st.markdown(f"Removed **{len(m['units'])}** units of `{m['layer']}` ({m['selection']}): {m['units']}; random-unit control: "
                 f"{m.get('random_control_units')}. Cleaned weights verified: max |G_clean − G_hooked| = "
                 f"{m['export']['max_abs_diff']:.2e}. Metrics on {m['metrics']['n']} paired samples; negative change = closer to the reference.")
+    if m.get("skipped_measures"):
+        st.info(f"No reference data (--real) for this generator: skipped {', '.join(x.upper() for x in m['skipped_measures'])}; "
+                "the table holds the reference-free measures only (artifact rate, pixel change).")
     st.dataframe(metrics_table(m), hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("before", "after", "change", "random control change")})
     st.subheader("Downloads")

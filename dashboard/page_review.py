@@ -27,7 +27,8 @@ def _queue(fingerprint: str, layer: str, seed: int, start: int, pool: int, clf_k
     """The whole pool in review order (labelled samples are skipped when a batch is drawn)."""
     with _d.using_g() as g:
         return session.review_queue(g, layer, _d.store, _d.run_id, seed=seed, start=start, n=pool, k=pool,
-                                    stats=_d.stats(), clf=_d.classifier(), cache=_d.cache, skip_labelled=False)
+                                    stats=_d.stats(), clf=_d.classifier(), cache=_d.cache, skip_labelled=False,
+                                    real=_d.opts.get("real"))
 
 
 def queue_for(d: Dash) -> session.Queue:
