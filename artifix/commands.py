@@ -353,7 +353,7 @@ def maybe_bundled_review(ctx: Context, g, store, run_id: int, layer: str) -> boo
         ctx.say(f"the label store had no labels for the bundled example: imported the maintainers' review "
                 f"({added['flags'].get('flags', '?')} flags; units {added['approved']} approved by {added['reviewer']}); "
                 f"see {profile.review.directory}/")
-    return bool(added) or W.holds_bundled_review(workspace(ctx, g, layer), run_id, layer)
+    return bool(added) or W.holds_bundled_review(profile, store, run_id, g.fingerprint, layer, ctx.opts["seed"])
 
 
 @command("repair", "remove the approved units, prove the gain against a random-unit control, write a cleaned generator",
@@ -376,6 +376,7 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
     if len(set(layers)) != len(layers):
         raise UserError(f"--layers names a layer twice ({o['layers']}); name each layer once.")
     n = _check_n(o["repair_n"], "--repair-n")
+    W.check_confidence(o["confidence"])
     out = Path(o["out"] or "artifix-repair")
     from .metrics.reference import check_real
 
@@ -467,6 +468,7 @@ def cmd_dissect(ctx: Context) -> dict[str, Any]:
     n, batch = _check_n(o["dissect_n"], "--dissect-n"), _check_n(o["batch"], "--batch")
     if o["ace_n"] < 0 or o["ace_units"] <= 0:
         raise UserError("--ace-n must be >= 0 and --ace-units positive.")
+    W.check_confidence(o["confidence"])
     if not 0 <= o["iou_min"] < 1:
         raise UserError(f"--iou-min must be in [0, 1), got {o['iou_min']}.")
     g = load(ctx)

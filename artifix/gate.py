@@ -394,11 +394,13 @@ def _artifact_hits(clf: Any, images: np.ndarray, pooled: np.ndarray | None, extr
     return clf.predict_proba(images) >= clf.threshold
 
 
-def _dist_key(metric: str, names: Sequence[str]) -> str:
-    prefix = {"fd": ("fd_", "fid_"), "fid": ("fid_",), "kid": ("kid_",), "swd": ("swd_",)}[metric]
-    found = [n for n in names if n.startswith(prefix) and not n.endswith("_inf")]
+def _dist_key(metric: str, results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The name of the one result of `metric` (fd / fid / kid / swd), found by its fields (metric family, features), not its name."""
+    family = "fd" if metric == "fid" else metric
+    found = [n for n, r in results.items() if r.get("metric") == family and not r.get("extrapolated")
+             and (metric != "fid" or r.get("features") == "inception")]
     if len(found) != 1:
-        raise RuntimeFailure(f"expected one {metric} result among {list(names)}.")
+        raise RuntimeFailure(f"expected one {metric} result among {list(results)}.")
     return found[0]
 
 
@@ -430,7 +432,7 @@ def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: 
             feats = tap.features()
             b_feat, c_feat = feats[: s.n], feats[s.n: 2 * s.n]
             for m in metrics:
-                name = _dist_key(m, list(r))
+                name = _dist_key(m, r)
                 e = r[name]
                 df = (s.swd_bootstrap if m == "swd" else s.bootstrap) - 1
                 out[m] = {"metric": name, "paired": True,
@@ -441,7 +443,7 @@ def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: 
             r = compute_metrics(iter(c_imgs), **kw)
             c_feat = tap.features()
             for m in metrics:
-                name = _dist_key(m, list(r))
+                name = _dist_key(m, r)
                 df = (s.swd_bootstrap if m == "swd" else s.bootstrap) - 1
                 out[m] = {"metric": name, "paired": False,
                           "candidate": {"value": r[name]["value"], "se": r[name]["se"], "n": r[name]["n"], "df": df}}

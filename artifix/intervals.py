@@ -99,7 +99,8 @@ def wilson(k: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
     den = 1.0 + q * q / n
     mid = (p + q * q / (2 * n)) / den
     half = q * math.sqrt(p * (1 - p) / n + q * q / (4 * n * n)) / den
-    return Interval(p, max(0.0, mid - half), min(1.0, mid + half), binomial_se(k, n), int(n), float(confidence))
+    lo, hi = (0.0 if k == 0 else max(0.0, mid - half)), (1.0 if k == n else min(1.0, mid + half))
+    return Interval(p, lo, hi, binomial_se(k, n), int(n), float(confidence))
 
 
 def binomial_se(k: int, n: int) -> float:

@@ -184,13 +184,24 @@ def import_bundled_review(profile: Profile, store: Any, run_id: int, fingerprint
     return {"flags": imported, "approved": [u for u, _ in r.approved], "reviewer": r.reviewer}
 
 
-def holds_bundled_review(ws: Workspace, run_id: int, layer: str | None = None) -> bool:
+def holds_bundled_review(profile: Profile, store: Any, run_id: int, fingerprint: str, layer: str, seed: int) -> bool:
     """Whether this run's unit decisions are exactly the bundled review's (so its classifier fits them too)."""
-    review = bundled_review_for(ws.profile, ws.g.fingerprint, layer or ws.layer, ws.seed)
+    review = bundled_review_for(profile, fingerprint, layer, seed)
     if review is None:
         return False
-    decided = ws.store.unit_decisions(run_id)
+    decided = store.unit_decisions(run_id)
     return bool(len(decided)) and set(decided.reviewer) == {review.reviewer}
+
+
+def check_confidence(confidence: Any) -> float:
+    """--confidence as a float in (0, 1); a UserError otherwise (checked before any heavy work)."""
+    try:
+        c = float(confidence)
+    except (TypeError, ValueError):
+        c = float("nan")
+    if not 0.0 < c < 1.0:
+        raise UserError(f"--confidence must be between 0 and 1 (e.g. 0.95), got {confidence}.")
+    return c
 
 
 # ---------------------------------------------------------------------------------- classify, queue, score

@@ -65,12 +65,14 @@ def test_profiles_resolve_once_from_the_spec(tiny):
 
 def test_bundled_review_compares_the_seed(tmp_path):
     """Regression: `artifix repair --seed 3` on the example imported the flags recorded at seed 0."""
-    code, _, err = run_cli("repair", "--seed", "3", "--store", str(tmp_path / "labels.db"), "--out", str(tmp_path / "r"))
-    assert code == 2 and "no approved units of layer main.8" in err, err
-    assert not (tmp_path / "r").exists()
     g = load_generator()
     with LabelStore(tmp_path / "labels.db") as s:
-        run3 = workflow.register(s, g, "main.8", 3, 100)
+        run3 = workflow.register(s, g, "main.8", 3, 100)  # an empty seed-3 run of the unmodified example
+    code, _, err = run_cli("repair", "--seed", "3", "--store", str(tmp_path / "labels.db"), "--out", str(tmp_path / "r"))
+    assert code == 2 and "approved" in err and "bundled" not in err, err
+    assert not (tmp_path / "r").exists()
+    with LabelStore(tmp_path / "labels.db") as s:
+        assert s.counts(run3)["flag_events"] == 0 and len(s.unit_decisions(run3)) == 0  # nothing imported at seed 3
         assert workflow.import_bundled_review(profile_for(g.spec), s, run3, g.fingerprint, "main.8", 3) is None
         assert s.counts(run3)["flag_events"] == 0 and not session.bundled_review_applies(s, run3, g, "main.8", 3)
         run0 = workflow.register(s, g, "main.8", 0, 100)
@@ -128,7 +130,7 @@ def test_metrics_and_gate_stop_without_real(tiny):
     d, flags = tiny
     code, _, err = run_cli("metrics", *flags, "--n", "4")
     assert code == 2 and "--real is required" in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = run_cli("gate", *flags, "--n", "4", "--criteria", '[{"metric": "fd"}]', "--out", str(d / "gate"))
+    code, _, err = run_cli("gate", *flags, "--n", "4", "--measure-only", "--criteria", '[{"metric": "fd"}]', "--out", str(d / "gate"))
     assert code == 2 and "--real is required" in err and len(err.strip().splitlines()) == 1, err
     assert not (d / "gate").exists()
 

@@ -301,19 +301,20 @@ def _run(st: _Setup, sets: list[FakeSamples]) -> tuple[dict[str, Any], RealStats
         _say(st.progress, "Frechet distance" + (f" + {st.bootstrap} bootstrap replicates" if st.bootstrap else ""))
         values, reps = _fd_block(sets, real, counts)
         out[metric_name("fd", tag, n)] = [
-            {"value": values[k], "reps": reps[k], "ci_method": "bootstrap-se", "bootstrap": st.bootstrap}
+            {"value": values[k], "reps": reps[k], "ci_method": "bootstrap-se", "bootstrap": st.bootstrap, "metric": "fd"}
             for k in range(len(sets))]
         if st.fd_inf:
             ref = FDReference.of(real.moments)
             out[metric_name("fd", tag, "inf")] = [
-                {**_fd_inf(s.features, ref, seed=st.seed), "reps": np.zeros(0), "ci_method": None} for s in sets]
+                {**_fd_inf(s.features, ref, seed=st.seed), "reps": np.zeros(0), "ci_method": None, "metric": "fd", "extrapolated": True}
+                for s in sets]
     if "kid" in st.metrics:
         _say(st.progress, f"KID: {st.kid_subsets} subsets")
         plan, subsets, reps = _kid_block(sets, real, counts, st)
         out[metric_name("kid", tag, n)] = [
             {"value": float(subsets[k].mean()), "std": float(subsets[k].std()), "subsets": st.kid_subsets,
              "subset_size": plan.size, "subset_values": subsets[k], "reps": reps[k],
-             "ci_method": "bootstrap-se-full-sample", "bootstrap": st.bootstrap} for k in range(len(sets))]
+             "ci_method": "bootstrap-se-full-sample", "bootstrap": st.bootstrap, "metric": "kid"} for k in range(len(sets))]
     if "swd" in st.metrics:
         n_swd = min([real.swd.n] + [s.swd.n for s in sets])
         _say(st.progress, f"SWD on {n_swd} images" + (f" + {st.swd_bootstrap} bootstrap replicates" if st.swd_bootstrap else ""))
@@ -321,7 +322,7 @@ def _run(st: _Setup, sets: list[FakeSamples]) -> tuple[dict[str, Any], RealStats
         res = swd_compare([s.swd for s in sets], real.swd, st.seed, sc)
         out[metric_name("swd", tag, n_swd)] = [
             {"value": r["value"], "levels": r["levels"], "n_swd": r["n"], "reps": r["boot"],
-             "ci_method": "bootstrap-se", "bootstrap": st.swd_bootstrap} for r in res]
+             "ci_method": "bootstrap-se", "bootstrap": st.swd_bootstrap, "metric": "swd"} for r in res]
     return out, real
 
 
@@ -417,7 +418,7 @@ def paired_compare(batches_a: Iterable[Any], batches_b: Iterable[Any], *, real: 
             diff = vb - va
         rd = rb - ra
         e: dict[str, Any] = {"a": va, "b": vb, "diff": diff, **st.base(a.n, real, name)}
-        for k in ("ci_method", "bootstrap", "subsets", "subset_size", "n_swd", "ns"):
+        for k in ("ci_method", "bootstrap", "subsets", "subset_size", "n_swd", "ns", "metric", "extrapolated"):
             if k in ea:
                 e[k] = ea[k]
         if "std" in ea:
