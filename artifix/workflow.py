@@ -417,8 +417,9 @@ def parse_units(text: str | int | Sequence[int] | None) -> list[int]:
         raise UserError(f"units must be comma-separated integers like '3,17', got {text!r}.") from None
     if not units:
         raise UserError("no units given; pass units like '3,17'.")
-    if any(u < 0 for u in units):
-        raise UserError(f"units must be non-negative integers, got {text!r}.")
+    neg = [u for u in units if u < 0]
+    if neg:
+        raise UserError(f"unit {neg[0]} is out of range: units are non-negative integers, got {text!r}.")
     if len(set(units)) != len(units):
         raise UserError(f"units must be distinct; {text!r} names a unit twice.")
     return units
