@@ -187,12 +187,14 @@ def test_units_removed_checks_every_layer(tmp_path):
     from artifix.export import export_cleaned
 
     g = load_generator()
-    export_cleaned(g, {"main.8": ([13, 19], [1.0, 1.0])}, tmp_path / "clean8")  # only main.8 baked
+    from artifix.example import CHECKPOINT
+
+    export_cleaned(g, {"main.8": ([13, 19], [1.0, 1.0])}, tmp_path / "clean8", CHECKPOINT)  # only main.8 baked
     mf = {"layer": "main.8", "units": [13, 19], "alphas": [1.0, 1.0], "layers": ["main.8", "main.5"],
           "edits": {"main.8": {"units": [13, 19], "alphas": [1.0, 1.0]}, "main.5": {"units": [4, 7], "alphas": [1.0, 1.0]}}}
     (tmp_path / "manifest.json").write_text(json.dumps(mf))
     assert RepairManifest.from_json(mf).removed == {"main.8": [13, 19], "main.5": [4, 7]}
-    ckpt = next(p for p in (tmp_path / "clean8").iterdir() if p.suffix == ".pt")
+    ckpt = tmp_path / "clean8" / CHECKPOINT.name
     crit = json.dumps([{"metric": "units_removed", "manifest": str(tmp_path / "manifest.json")}])
     code, out, err = run_cli("gate", "--checkpoint", str(ckpt), "--criteria", crit, "--n", "8", "--out", str(tmp_path / "g"), "--json")
     assert code == 1, err  # main.5's units are still there
