@@ -136,7 +136,16 @@ class RepairManifest:
         return cls(edits, primary, control, tuple(m.get("skipped_measures") or ()), m)
 
 
-def metric_rows(sub: Mapping[str, Any]) -> list[dict[str, Any]]:
+def rate_row(label: str, r: Mapping[str, Any]) -> dict[str, Any]:
+    """One artifact-rate row: the paired difference when the result has one, else after - before (no interval)."""
+    rd, cd = r.get("repair_diff"), r.get("control_diff")
+    before, after, control = r["before"]["value"], r["after"]["value"], r["control"]["value"]
+    return {"metric": label, "before": before, "after": after,
+            "change": rd["diff"] if rd else after - before, "change_ci": rd.get("ci") if rd else None,
+            "control_change": cd["diff"] if cd else control - before, "control_ci": cd.get("ci") if cd else None}
+
+
+def metric_rows(sub: Mapping[str, Any], rate_label: str = "artifact rate") -> list[dict[str, Any]]:
     """The before/after table of one subset of a repair's metrics: metric, before, after, change and the control's change.
 
     One row per distribution metric (paired on the same seeds), then the artifact rate (paired difference), then the
@@ -147,11 +156,8 @@ def metric_rows(sub: Mapping[str, Any]) -> list[dict[str, Any]]:
         c = (sub.get("control") or {}).get(name, {})
         rows.append({"metric": name, "before": r.get("a"), "after": r.get("b"), "change": r.get("diff"), "change_ci": r.get("ci"),
                      "control_change": c.get("diff"), "control_ci": c.get("ci")})
-    ar = sub.get("artifact_rate")
-    if ar:
-        rows.append({"metric": "artifact rate", "before": ar["before"]["value"], "after": ar["after"]["value"],
-                     "change": ar["repair_diff"]["diff"], "change_ci": ar["repair_diff"].get("ci"),
-                     "control_change": ar["control_diff"]["diff"], "control_ci": ar["control_diff"].get("ci")})
+    if sub.get("artifact_rate"):
+        rows.append(rate_row(rate_label, sub["artifact_rate"]))
     pc = sub.get("pixel_change")
     if pc:
         rows.append({"metric": "pixel change", "before": 0.0, "after": pc["repair"]["value"], "change": pc["repair"]["value"],

@@ -16,7 +16,7 @@ import streamlit as st
 
 from artifix import session
 from artifix.errors import UserError
-from artifix.results import metric_rows
+from artifix.results import metric_rows, rate_row
 
 from .state import Dash
 
@@ -36,11 +36,19 @@ def _fmt_ci(ci: Any) -> str:
     return "" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
+def table_rows(met: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model card's rows (`results.metric_rows`) on the random samples, plus the artifact rate on the flagged samples."""
+    rows = metric_rows(met, "artifact rate (random samples)")
+    if met.get("artifact_rate_flagged"):
+        rows.append(rate_row("artifact rate (flagged samples)", met["artifact_rate_flagged"]))
+    return rows
+
+
 def metrics_table(m: dict[str, Any]) -> pd.DataFrame:
     """One row per metric (`artifix.results.metric_rows`, as the model card): before, after, change, the control's change."""
     rows = [{"metric": r["metric"], "before": r["before"], "after": r["after"], "change": r["change"], "change 95% CI": _fmt_ci(r["change_ci"]),
              "random control change": r["control_change"], "control 95% CI": _fmt_ci(r["control_ci"])}
-            for r in metric_rows(m.get("metrics", {}))]
+            for r in table_rows(m.get("metrics", {}))]
     return pd.DataFrame(rows)
 
 
