@@ -137,8 +137,10 @@ def open_run(ctx: Context, g, layer: str, missing: str | None = None):
     ws = workspace(ctx, g, layer)
     try:
         if missing is not None:
-            return ws.store, W.find_run(ws, layer, missing)
-        return ws.store, W.register_run(ws, max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0), layer)
+            run_id = W.find_run(ws, layer, missing)  # before ws.store: a missing store file is never created
+        else:
+            run_id = W.register_run(ws, max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0), layer)
+        return ws.store, run_id
     except UserError:
         ws.close()
         raise
