@@ -447,7 +447,7 @@ def _ace_layer(o: dict[str, Any], g, layers: list[str]) -> str:
 def _concepts(o: dict[str, Any], seg) -> list[str]:
     from .dissect import class_index
 
-    names = _split(o.get("concepts"))
+    names = W.split_names(o.get("concepts"))
     if not names:
         return [c for c in ("tree", "building") if c in seg.classes]
     for c in names:

@@ -366,13 +366,14 @@ def segmenter_for(profile: Profile, path: str | Path | None = None, classes: str
     return load_segmenter(chosen, classes)
 
 
-def _split(text: str | None) -> list[str]:
+def split_names(text: str | None) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c'] (empty for None or '')."""
     return [s.strip() for s in str(text).split(",") if s.strip()] if text else []
 
 
 def dissect_layers(profile: Profile, given: str | None) -> list[str]:
     """--layers, else the profile's dissection layers; a UserError when neither exists."""
-    layers = _split(given)
+    layers = split_names(given)
     if layers:
         return layers
     if profile.dissect_layers:
