@@ -28,8 +28,10 @@ def test_torchscript_samples_but_refuses_hooks(tmp_path, tiny_ckpt):
     gen = ["--generator", str(ts), "--latent", "16,1,1"]
     code, out, err = run_cli("sample", *gen, "--n", "4", "--grid", str(tmp_path / "s.png"), "--json")
     assert code == 0, err
-    for cmd in (["score", "--layer", "main.3"], ["layers"], ["repair", "--layer", "main.3"], ["flags", "show"]):
-        code, out, err = run_cli(*cmd, *gen, "--store", str(tmp_path / "l.sqlite"))
+    store = ["--store", str(tmp_path / "l.sqlite")]
+    for cmd in (["score", "--layer", "main.3", *store], ["layers"], ["repair", "--layer", "main.3", *store], ["flags", "show", *store],
+                ["sample", "--layer", "main.3", "--ablate", "1"]):
+        code, out, err = run_cli(*cmd, *gen)
         assert code == 2 and "TorchScript file cannot carry them" in err and len(err.strip().splitlines()) == 1, (cmd, err)
     assert not (tmp_path / "l.sqlite").exists()
     code, _, err = run_cli("sample", "--adapter", "torchscript", "--generator", f"{GENS}:tiny_dcgan", "--latent", "16,1,1")
