@@ -55,10 +55,28 @@ def command(name: str, help: str, options: dict[str, list[str] | None] | None = 
     """Register a handler as `artifix <name>`."""
 
     def deco(fn: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help, fn, options or {}, extra)
+        COMMANDS[name] = Command(name, help, fn, with_device(options or {}), extra)
         return fn
 
     return deco
+
+
+def with_device(sections: dict[str, list[str] | None]) -> dict[str, list[str] | None]:
+    """The option sections of a command plus `[run] device`, which every command takes."""
+    out = dict(sections)
+    run_names = out.get("run", [])
+    if run_names is not None and "device" not in run_names:
+        out["run"] = [*run_names, "device"]
+    return out
+
+
+def _use_device(opts: dict[str, Any]) -> None:
+    """Make the `device` option the current device (UserError when this machine lacks it)."""
+    from . import devices
+
+    dev = devices.use(opts.get("device"))
+    if opts.get("device"):  # child processes (the dashboard's Streamlit server) follow an explicit choice
+        os.environ[devices.DEVICE_ENV] = str(dev)
 
 
 def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | None]) -> None:
@@ -111,6 +129,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         for sec, names in cmd.options.items():
             opts.update(config.resolve(sec, vars(args), cfg, names))
         ctx = Context(opts, args, cfg, bool(args.json))
+        _use_device(opts)
         threads = opts.get("threads") or 0
         if threads:
             import torch
