@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import defaults
+from . import defaults, devices
 from .errors import RuntimeFailure, UserError
 from .io import atomic_path
 
@@ -166,14 +166,15 @@ class _Backbone:
         return pooled, g
 
 
-_BACKBONES: dict[str, _Backbone] = {}
+_BACKBONES: dict[tuple[str, str], _Backbone] = {}
 
 
 def _backbone(name: str) -> _Backbone:
-    """The cached backbone `name`."""
-    if name not in _BACKBONES:
-        _BACKBONES[name] = _Backbone(name)
-    return _BACKBONES[name]
+    """The cached backbone `name` on the current device."""
+    key = (name, str(devices.current()))
+    if key not in _BACKBONES:
+        _BACKBONES[key] = _Backbone(name)
+    return _BACKBONES[key]
 
 
 def compute_features(
