@@ -336,7 +336,9 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
     batches = (imgs.numpy() for _, imgs in sample_batches(g, o["seed"], first, count, _check_n(o["batch"], "--batch")))
     names = ("metrics", "features", "real", "bootstrap", "confidence", "kid_subsets", "kid_subset_size", "fd_inf", "inception_weights",
              "real_n", "real_resize", "swd_n", "swd_bootstrap", "feature_batch", "real_class")
-    kwargs = {k: o[k] for k in names if k in o}
+    from .metrics.folders import extractor_from_options
+
+    kwargs = {**{k: o[k] for k in names if k in o}, "features": extractor_from_options(o)}  # --torchscript-size too
     res = compute_metrics(batches, n=n, seed=o["metrics_seed"], cache=o["cache"], progress=ctx.say, sharded=True, **kwargs)
     if not dist.is_main():
         return None

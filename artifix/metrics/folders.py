@@ -12,10 +12,17 @@ from typing import Any, Callable, Mapping
 
 from ..errors import UserError
 from .compare import compute_metrics
+from .features import Extractor, get_extractor
 from .reference import _folder_source, check_real
 
 METRIC_KEYS = ("metrics", "features", "real", "bootstrap", "confidence", "kid_subsets", "kid_subset_size", "fd_inf",
                "inception_weights", "real_n", "real_resize", "swd_n", "swd_bootstrap", "feature_batch", "real_class")
+
+
+def extractor_from_options(o: Mapping[str, Any]) -> Extractor:
+    """The feature extractor the `[metrics]` options describe, TorchScript size and range included."""
+    return get_extractor(o.get("features"), batch=o.get("feature_batch"), inception_weights=o.get("inception_weights"),
+                         torchscript_size=o.get("torchscript_size"), torchscript_range=o.get("torchscript_range"))
 
 
 def metrics_of_images(o: Mapping[str, Any], say: Callable[[str], None], show: bool = True) -> dict[str, Any]:
@@ -35,7 +42,7 @@ def metrics_of_images(o: Mapping[str, Any], say: Callable[[str], None], show: bo
     check_real(o["real"], n=o.get("real_n"), resize=o.get("real_resize"), features=o.get("features"),
                class_id=o.get("real_class"))
     src = _folder_source(folder, n, False)
-    kwargs = {k: o[k] for k in METRIC_KEYS if k in o}
+    kwargs = {**{k: o[k] for k in METRIC_KEYS if k in o}, "features": extractor_from_options(o)}
     res = compute_metrics(src.batches(), n=src.count, seed=o.get("metrics_seed"), cache=o.get("cache"), progress=say, **kwargs)
     if show:
         for name, r in res.items():
