@@ -360,7 +360,7 @@ def _feature_tap(inner: Any, limit: int) -> Any:
         def __init__(self) -> None:
             self.inner, self.limit, self.rows = inner, limit, []
             self.name, self.tag, self.dim, self.size = inner.name, inner.tag, inner.dim, inner.size
-            self.net = inner.net
+            self.net, self.device = inner.net, inner.device
 
         def fingerprint(self) -> dict[str, Any]:
             return self.inner.fingerprint()
