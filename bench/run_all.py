@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-BENCHES = ("recording", "frechet", "swd", "features", "causal", "scaling")
+BENCHES = ("recording", "frechet", "swd", "features", "causal", "scaling", "repair", "demo", "scaling_cli")
 AIMS = {"recording": ("<=", 1.15), "frechet": (">=", 10.0), "swd": (">=", 5.0), "features": (">=", 1.5),
         "causal": (">=", 10.0)}
 
@@ -378,7 +378,29 @@ def table(res: dict) -> str:
         for row in r["rows"]:
             lines.append(f"{row['malloc']:>8}{row['n']:>8}{row['seconds']:>10.1f}{row['samples_per_s']:>11.0f}{row['peak_rss_mb']:>13.0f}"
                          f"{row['rss_before_mb']:>15.0f}{row['per_sample_table_mb']:>21.1f}")
+    lines += _pipeline_lines(res)
     return "\n".join(lines)
+
+
+def _pipeline_lines(res: dict) -> list[str]:
+    """Table rows of the end-to-end benchmarks (bench/pipeline.py)."""
+    lines = []
+    if "repair" in res:
+        r = res["repair"]
+        ok = "met" if r["seconds"] <= r["aim_s"] else "NOT met"
+        lines += ["", f"{'artifix repair on the example, repair_n=%d (cold cache)' % r['n']:<64}{r['seconds']:>10.1f}s"
+                  f"{r['floor_s']:>10.1f}s{r['ratio']:>7.2f}x  vs its floor (render each set once + features once: "
+                  f"{r['floor']['images']} images); aim <= {r['aim_s']:.0f} s: {ok}, <= {r['aim_ratio']}x floor: "
+                  f"{'met' if r['ratio'] <= r['aim_ratio'] else 'NOT met'}; peak RSS {r['peak_rss_mb']:.0f} MB"]
+    if "demo" in res:
+        r = res["demo"]
+        lines.append(f"{'artifix demo (wall time)':<64}{r['seconds']:>10.1f}s{'':>19}  aim <= {r['aim_s']:.0f} s: "
+                     f"{'met' if r['seconds'] <= r['aim_s'] else 'NOT met'}; peak RSS {r['peak_rss_mb']:.0f} MB")
+    if "scaling_cli" in res:
+        lines += ["", "scaling of the commands (fresh process each):", f"{'command':>10}{'N':>8}{'seconds':>10}{'peak RSS MB':>13}"]
+        for row in res["scaling_cli"]["rows"]:
+            lines.append(f"{row['command']:>10}{row['n']:>8}{row['seconds']:>10.1f}{row['peak_rss_mb']:>13.0f}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", default=None, help="JSON results file (default bench/results.json; quick: none)")
     ap.add_argument("--json", action="store_true", help="print the JSON results on stdout (the table goes to stderr)")
+    ap.add_argument("--cache", default=None, help="cache folder for the command rows (default: the checkout's .artifix-cache)")
+    ap.add_argument("--score-ns", default="1000,5000,20000", help="N of the score scaling rows")
+    ap.add_argument("--repair-ns", default="250,500,1000", help="N of the repair scaling rows (20000 takes hours on 2 cores)")
     args = ap.parse_args(argv)
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     bad = [b for b in only if b not in BENCHES]
@@ -415,6 +440,17 @@ def main(argv: list[str] | None = None) -> int:
         res["causal"] = bench_causal("main.5" if q else "main.2", 16 if q else 64, 4 if q else 20, 4 if q else 20, rounds)
     if "scaling" in only:
         res["scaling"] = bench_scaling([100, 300] if q else [1000, 5000, 20000], torch.get_num_threads())
+    import pipeline  # bench/pipeline.py: the end-to-end rows
+
+    cache = args.cache or str(ROOT / ".artifix-cache")
+    if "repair" in only:
+        res["repair"] = pipeline.bench_repair(q, cache)
+    if "demo" in only and not q:  # the demo has no small mode; --quick skips it
+        res["demo"] = pipeline.bench_demo(q, cache)
+    if "scaling_cli" in only:
+        ns = [100, 300] if q else [int(v) for v in args.score_ns.split(",")]
+        rns = [32, 64] if q else [int(v) for v in args.repair_ns.split(",")]
+        res["scaling_cli"] = pipeline.bench_scaling_cli(ns, rns, cache)
     res["machine"]["load_after"] = list(os.getloadavg())
     res["seconds"] = time.perf_counter() - t0
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -31,6 +32,7 @@ from torch import nn
 from .. import defaults
 from ..errors import UserError
 from ..io import sha256_file
+from ..progress import Progress
 
 #: Version of the preprocessing pipeline; part of every cache key (bump when the pixels fed to a network change).
 PREPROCESS_VERSION = 1
@@ -216,10 +218,13 @@ class Extractor:
         """Features of one array of images, computed `self.batch` images at a time; float32 (N, dim)."""
         arr = as_uint8_nhwc(images)
         outs = []
-        with torch.inference_mode():
+        multi = arr.shape[0] > self.batch  # a bar for whole sets; streams of single batches have their own
+        with torch.inference_mode(), Progress(arr.shape[0], f"features ({self.tag})") if multi else nullcontext() as bar:
             for s in range(0, arr.shape[0], self.batch):
                 f = self.net(self.preprocess(arr[s : s + self.batch]))
                 outs.append(f.reshape(f.shape[0], -1).float().numpy())
+                if bar is not None:
+                    bar.update(f.shape[0])
         if not outs:
             return np.zeros((0, self.dim), np.float32)
         return np.concatenate(outs)

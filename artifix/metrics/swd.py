@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..progress import Progress
 
 PATCH = 7
 PATCHES_PER_IMAGE = 128
@@ -360,7 +361,9 @@ def swd_compare(sets: Sequence[SWDSet], real: SWDSet, seed: int, counts: np.ndar
         raise ValueError(f"counts must have {n} rows (one per SWD image)")
     per_level = np.zeros((len(sets), levels))
     boot = np.zeros((len(sets), B))
+    bar = Progress(levels * (1 + B), "SWD")
     for lvl in range(levels):
+        bar.update()
         dirs = directions(seed, lvl)
         r = real.level(lvl, n)
         r_dp, r_k = _projector(dirs, *channel_stats(*channel_sums(r)))
@@ -385,6 +388,8 @@ def swd_compare(sets: Sequence[SWDSet], real: SWDSet, seed: int, counts: np.ndar
                 dp, kk = _projector(d0, *channel_stats(*sums[k], weights=counts[:, b]))
                 ps = _sorted_projections(desc, dp, kk, reps)
                 boot[k, b] += float(np.abs(ps - first_real).mean(axis=1, dtype=np.float64).mean()) / levels
+            bar.update()
+    bar.close()
     per_level *= 1e3
     boot *= 1e3
     return [{"value": float(per_level[k].mean()), "levels": [float(v) for v in per_level[k]], "n": n,
