@@ -46,7 +46,7 @@ def edit_key(edits: Mapping[str, Ablation] | None) -> str:
         e = edits[layer]
         if not isinstance(e, Ablation):
             raise TypeError(f"the ledger keys Ablation edits only; got {type(e).__name__} for {layer}")
-        parts[layer] = {"units": list(e.units), "alpha": e.alpha if isinstance(e.alpha, float) else list(e.alpha),
+        parts[layer] = {"units": list(e.units), "alpha": float(e.alpha) if isinstance(e.alpha, (int, float)) else [float(a) for a in e.alpha],
                         "mask": _tensor_digest(e.mask), "replacement": _tensor_digest(e.replacement)}
     return json.dumps(parts, sort_keys=True)
 
@@ -123,6 +123,13 @@ class Ledger:
             self._save(disk, arr)
         self._images[key] = arr
         return arr
+
+    def drop(self, edits: Mapping[str, Ablation] | None, ids: Sequence[int]) -> None:
+        """Forget a set's images and features (what the disk holds stays): keeps memory flat over many sets."""
+        key = self.key(edits, [int(i) for i in ids])
+        self._images.pop(key, None)
+        for k in [k for k in self._features if k[0] == key]:
+            del self._features[k]
 
     def batches(self, edits: Mapping[str, Ablation] | None, ids: Sequence[int]) -> list[np.ndarray]:
         """The same images as `images`, split into batches (what the metrics consume)."""

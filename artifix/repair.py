@@ -312,6 +312,9 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
             sub["artifact_rate"]["repair_diff"] = paired_rate_diff(p["before"], p["after"], clf.threshold, seed)
             sub["artifact_rate"]["control_diff"] = paired_rate_diff(p["before"], p["control"], clf.threshold, seed)
         res["subsets"][name] = sub
+        if name != "random":  # the random sets stay for the caller's grids; the others are done
+            for e in (None, edits, ctrl_edits):
+                led.drop(e, idx)
     # the random-sample results also at top level (what the model card's table shows first)
     res["repair"], res["control"] = res["subsets"]["random"]["repair"], res["subsets"]["random"]["control"]
     if "artifact_rate" in res["subsets"]["random"]:
@@ -371,6 +374,8 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
             helped = row["fd"]["marginal_ci"] is not None and row["fd"]["marginal_ci"][1] < 0
         row["helped"] = bool(helped)
         rows.append(row)
+        if prev_edits is not None:
+            led.drop(prev_edits, ids)
         prev_edits = cur
         if helped:
             k_best = k
