@@ -36,6 +36,8 @@ from .io import write_json_atomic, write_text_atomic
 from .ledger import Ledger
 from .progress import Progress, track
 from .report import table_markdown
+from .results import metric_rows
+from . import intervals
 from .trace import Ablation, Trace, ablation
 
 Say = Callable[[str], None]
@@ -222,22 +224,26 @@ def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[tor
 # ------------------------------------------------------------------------------------------ measurement helpers
 
 
-def _rate(p: np.ndarray, thr: float, seed: int, reps: int = 1000) -> dict[str, Any]:
-    """Artifact rate (p >= thr) with a percentile bootstrap 95 % interval."""
-    hits = (p >= thr).astype(float)
-    rng = np.random.default_rng(seed)
-    boots = hits[rng.integers(0, len(hits), (reps, len(hits)))].mean(1) if len(hits) else np.zeros(1)
-    return {"value": float(hits.mean()) if len(hits) else float("nan"), "ci": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))],
-            "n": int(len(hits))}
+def _rate(p: np.ndarray, thr: float, seed: int, reps: int = 1000, confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """Artifact rate (p >= thr) with a percentile bootstrap interval at `confidence`."""
+    iv = intervals.percentile_bootstrap((np.asarray(p) >= thr).astype(float), confidence, seed, reps)
+    return {"value": iv.value, "ci": iv.ci if iv.n else [float("nan"), float("nan")], "se": iv.se, "n": iv.n, "confidence": iv.confidence}
 
 
-def paired_rate_diff(p_a: np.ndarray, p_b: np.ndarray, thr: float, seed: int, reps: int = 2000) -> dict[str, Any]:
-    """Artifact rate of b minus a on the same samples, with a paired percentile bootstrap 95 % interval."""
-    d = (np.asarray(p_b) >= thr).astype(float) - (np.asarray(p_a) >= thr).astype(float)
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), (reps, len(d)))].mean(1)
-    lo, hi = float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-    return {"diff": float(d.mean()), "ci": [lo, hi], "significant": bool(hi < 0 or lo > 0), "n": int(len(d))}
+def paired_rate_diff(p_a: np.ndarray, p_b: np.ndarray, thr: float, seed: int, reps: int = 2000,
+                     confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """Artifact rate of b minus a on the same samples, with a paired percentile bootstrap interval at `confidence`."""
+    iv = intervals.paired_bootstrap((np.asarray(p_a) >= thr).astype(float), (np.asarray(p_b) >= thr).astype(float), confidence, seed, reps)
+    return {"diff": iv.value, "ci": iv.ci, "se": iv.se, "significant": bool(iv.hi < 0 or iv.lo > 0), "n": iv.n,
+            "confidence": iv.confidence}
+
+
+def pixel_change(before: list[np.ndarray], after: list[np.ndarray], seed: int, confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """Mean over samples of the mean |after - before| / 255 (reference-free: how much the edit changes the images)."""
+    per = np.concatenate([np.abs(a.astype(np.int16) - b.astype(np.int16)).reshape(len(a), -1).mean(1) / 255.0
+                          for b, a in zip(before, after)])
+    iv = intervals.percentile_bootstrap(per, confidence, seed)
+    return {"value": iv.value, "ci": iv.ci, "se": iv.se, "n": iv.n, "confidence": iv.confidence}
 
 
 def high_activation_samples(g: LoadedGenerator, units: Mapping[str, Sequence[int]], seed: int, n: int, pool: int) -> list[int]:
@@ -257,20 +263,23 @@ def _inception_weights(path: str | None) -> str | None:
 
 
 def _compare(led: Ledger, ids: Sequence[int], sets: Mapping[str, Mapping[str, Ablation] | None], n: int, metrics: str, real: Any,
-             seed: int, inception: str | None, cache: str | None) -> dict[str, dict[str, Any]]:
-    """Paired metrics of each edited set in `sets` against the unedited one, on samples `ids`: every set rendered and
-    extracted once (the feature ledger), 'before' measured once for all of them."""
+             seed: int, inception: str | None, cache: str | None,
+             confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, dict[str, Any]]:
+    """Paired metrics of each edited set in `sets` against the unedited one on samples `ids` ({} each when no metric is
+    asked): every set rendered and extracted once (the feature ledger), 'before' measured once for all of them."""
     from .metrics import get_extractor, paired_compare_many
 
+    out: dict[str, dict[str, Any]] = {name: {} for name in sets}
+    if not metrics:
+        return out
     spaces = [get_extractor(None)]
     if inception and "fd" in metrics:
         spaces.append(get_extractor("inception", inception_weights=inception))
-    out: dict[str, dict[str, Any]] = {name: {} for name in sets}
     for k, ex in enumerate(spaces):
         pre = {"a": led.features(None, ids, ex), **{name: led.features(e, ids, ex) for name, e in sets.items()}}
         res = paired_compare_many(led.batches(None, ids), {name: led.batches(e, ids) for name, e in sets.items()},
                                   precomputed=pre, n=n, metrics=metrics if k == 0 else "fd", features=ex, real=real, seed=seed,
-                                  cache=cache)
+                                  cache=cache, confidence=confidence)
         for name in sets:
             out[name].update(res[name])
     return out
@@ -290,7 +299,7 @@ def _proba(clf: Any, led: Ledger, edits: Mapping[str, Ablation] | None, ids: Seq
 def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence[int]], seed: int, n: int, flagged: Sequence[int],
             clf: Any = None, real: Any = None, metrics: str = "fd,kid,swd", *, high_pool: int = 0,
             inception_weights: str | None = None, cache: str | None = None, say: Say = print,
-            ledger: Ledger | None = None) -> dict[str, Any]:
+            confidence: float = intervals.DEFAULT_CONFIDENCE, ledger: Ledger | None = None) -> dict[str, Any]:
     """Paired before/after metrics on the same seeds for the repair and the random-unit control (random and high-activation sets)."""
     led = ledger or Ledger(g, seed, cache)
     edits, ctrl_edits = plan.ablations(), _edits(control)
@@ -299,18 +308,21 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
     subsets: dict[str, Sequence[int] | int] = {"random": n}
     if high_pool > n:
         subsets["high_activation"] = high_activation_samples(g, plan.edits, seed, n, high_pool)
-    res: dict[str, Any] = {"n": n, "seed": seed, "subsets": {}}
+    res: dict[str, Any] = {"n": n, "seed": seed, "confidence": float(confidence), "subsets": {}}
     for name, ids in track(subsets.items(), len(subsets), "repair proof"):
         idx = list(range(ids)) if isinstance(ids, int) else list(ids)
         say(f"{name} samples ({n}): before, after and random control, each rendered and extracted once")
-        cmp = _compare(led, idx, sets, n, metrics, real, seed, inception, cache)
+        cmp = _compare(led, idx, sets, n, metrics, real, seed, inception, cache, confidence)
+        before, after, ctrl = ([led.images(e, idx)] for e in (None, edits, ctrl_edits))
         sub: dict[str, Any] = {"samples": ids if isinstance(ids, int) else f"top {n} of {high_pool} by the removed units' activation",
-                               "repair": cmp["after"], "control": cmp["control"]}
+                               "repair": cmp["after"], "control": cmp["control"],
+                               "pixel_change": {"repair": pixel_change(before, after, seed, confidence),
+                                                "control": pixel_change(before, ctrl, seed, confidence)}}
         if clf is not None:
             p = {k: _proba(clf, led, e, idx) for k, e in (("before", None), ("after", edits), ("control", ctrl_edits))}
-            sub["artifact_rate"] = {k: _rate(v, clf.threshold, seed) for k, v in p.items()}
-            sub["artifact_rate"]["repair_diff"] = paired_rate_diff(p["before"], p["after"], clf.threshold, seed)
-            sub["artifact_rate"]["control_diff"] = paired_rate_diff(p["before"], p["control"], clf.threshold, seed)
+            sub["artifact_rate"] = {k: _rate(v, clf.threshold, seed, confidence=confidence) for k, v in p.items()}
+            sub["artifact_rate"]["repair_diff"] = paired_rate_diff(p["before"], p["after"], clf.threshold, seed, confidence=confidence)
+            sub["artifact_rate"]["control_diff"] = paired_rate_diff(p["before"], p["control"], clf.threshold, seed, confidence=confidence)
         res["subsets"][name] = sub
         if name != "random":  # the random sets stay for the caller's grids; the others are done
             for e in (None, edits, ctrl_edits):
@@ -321,7 +333,7 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
         res["artifact_rate"] = res["subsets"]["random"]["artifact_rate"]
     if clf is not None and flagged:
         ids = list(flagged)
-        res["artifact_rate_flagged"] = {k: _rate(_proba(clf, led, e, ids), clf.threshold, seed)
+        res["artifact_rate_flagged"] = {k: _rate(_proba(clf, led, e, ids), clf.threshold, seed, confidence=confidence)
                                         for k, e in (("before", None), ("after", edits), ("control", ctrl_edits))}
     res["ledger"] = {"rendered": led.renders, "extracted": led.extractions, "disk_hits": led.disk_hits}
     return res
@@ -331,7 +343,8 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
 
 
 def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = None, real: Any = None, metrics: str = "fd,swd",
-          k_max: int | None = None, cache: str | None = None, say: Say = print, ledger: Ledger | None = None) -> dict[str, Any]:
+          k_max: int | None = None, cache: str | None = None, say: Say = print,
+          confidence: float = intervals.DEFAULT_CONFIDENCE, ledger: Ledger | None = None) -> dict[str, Any]:
     """Remove the first 1, 2, ... units of the primary layer; stop when the next unit's paired gain is not significant.
 
     The stop rule uses the artifact rate (paired on the same seeds) when a classifier is given, else FD. Each row
@@ -348,7 +361,7 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
     rows: list[dict[str, Any]] = []
     prev_edits: Mapping[str, Ablation] | None = None
     p_prev = _proba(clf, led, None, ids) if clf is not None else None
-    base_rate = _rate(p_prev, clf.threshold, seed) if clf is not None else None
+    base_rate = _rate(p_prev, clf.threshold, seed, confidence=confidence) if clf is not None else None
     k_best, stopped = 0, None
     bar = Progress(k_max, "k sweep")
     for k in range(1, k_max + 1):
@@ -357,8 +370,8 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
         cur = sub.ablations()
         say(f"sweep k={k}: removing {sub.edits[plan.layer]}")
         cmp = paired_compare_many(led.batches(prev_edits, ids), {"b": led.batches(cur, ids)}, n=n, metrics=metrics, real=real,
-                                  seed=seed, cache=cache, features=ex,
-                                  precomputed={"a": led.features(prev_edits, ids, ex), "b": led.features(cur, ids, ex)})["b"]
+                                  seed=seed, cache=cache, features=ex, confidence=confidence,
+                                  precomputed={"a": led.features(prev_edits, ids, ex), "b": led.features(cur, ids, ex)})["b"] if metrics else {}
         row: dict[str, Any] = {"k": k, "units": list(sub.edits[plan.layer]), "unit_added": int(order[k - 1])}
         for name, r in cmp.items():
             key = name.split("_")[0]
@@ -366,8 +379,8 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
         helped = None
         if clf is not None:
             p_cur = _proba(clf, led, cur, ids)
-            d = paired_rate_diff(p_prev, p_cur, clf.threshold, seed + k)
-            row["artifact_rate"] = {**_rate(p_cur, clf.threshold, seed), "marginal": d["diff"], "marginal_ci": d["ci"]}
+            d = paired_rate_diff(p_prev, p_cur, clf.threshold, seed + k, confidence=confidence)
+            row["artifact_rate"] = {**_rate(p_cur, clf.threshold, seed, confidence=confidence), "marginal": d["diff"], "marginal_ci": d["ci"]}
             helped = d["ci"][1] < 0
             p_prev = p_cur
         elif "fd" in row:
@@ -395,14 +408,16 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
            flagged: Sequence[int] = (), clean: Sequence[int] = (), clf: Any = None, real: Any = None, channels: int | Mapping[str, int],
            checkpoint: str | Path | None = None, metrics: str = "fd,kid,swd", high_pool: int | None = None,
            optimise: bool = False, run_sweep: bool = False, sweep_n: int | None = None, inception_weights: str | None = None,
-           segmenter: Any = None, collateral_n: int = 200, cache: str | None = None, say: Say = print) -> dict[str, Any]:
+           segmenter: Any = None, collateral_n: int = 200, cache: str | None = None, say: Say = print,
+           confidence: float = intervals.DEFAULT_CONFIDENCE, skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Remove the plan's units, write the verified cleaned generator and the proof next to it; returns the manifest."""
     t0 = time.time()
     out = Path(out_dir)
     led = Ledger(g, seed, cache)
     sweep_res = None
     if run_sweep:
-        sweep_res = sweep(g, plan, seed, sweep_n or n, clf, real, cache=cache, say=say, ledger=led)
+        sweep_res = sweep(g, plan, seed, sweep_n or n, clf, real, metrics="fd,swd" if metrics else "", cache=cache, say=say,
+                          confidence=confidence, ledger=led)
         k = max(sweep_res["k_best"], 1)
         if k < len(plan.edits[plan.layer]):
             dropped = plan.edits[plan.layer][k:]
@@ -424,7 +439,7 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
     say(f"cleaned generator: max |G_clean - G_hooked| = {exported.max_abs_diff:.2e} ({'exact' if exported.exact else 'TorchScript'})")
     pool = (4 * n if high_pool is None else high_pool)
     results = measure(g, plan, control, seed, n, flagged, clf, real, metrics, high_pool=pool, inception_weights=inception_weights,
-                      cache=cache, say=say, ledger=led)
+                      cache=cache, say=say, confidence=confidence, ledger=led)
     collateral = None
     if segmenter is not None and collateral_n > 0:
         from .dissect import concept_collateral
@@ -432,7 +447,8 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
         say(f"collateral: what else the removed units draw (segmenter, {collateral_n} samples)")
         with Trace(g.module, edit={l: a for l, a in plan.ablations().items() if l != plan.layer}) if len(plan.layers) > 1 else nullcontext():
             collateral = {"layer": plan.layer, "n": collateral_n,
-                          "concepts": concept_collateral(g, plan.layer, plan.edits[plan.layer], segmenter, seed, collateral_n)}
+                          "concepts": concept_collateral(g, plan.layer, plan.edits[plan.layer], segmenter, seed, collateral_n,
+                                                         confidence=confidence)}
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]
     for name, ids in (("flagged", ids_f), ("clean", ids_c)):
         if ids:
@@ -443,7 +459,8 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
         "fingerprint_after": exported.fingerprint_after, "layer": plan.layer, "units": plan.units, "alphas": plan.alpha(plan.layer),
         "layers": plan.layers, "edits": plan.to_json(), "selection": plan.source, "approvals": plan.approvals,
         "random_control": control, "random_control_units": control[plan.layer], "export": exported.to_json(),
-        "metrics": results, "collateral": collateral, "alpha_optimisation": history or None, "sweep": sweep_res, "seconds": round(time.time() - t0, 1),
+        "metrics": results, "collateral": collateral, "alpha_optimisation": history or None, "sweep": sweep_res,
+        "skipped_measures": list(skipped), "confidence": float(confidence), "seconds": round(time.time() - t0, 1),
     }
     write_json_atomic(out / "manifest.json", manifest)
     card = model_card(manifest)
@@ -459,23 +476,17 @@ def _ci(d: dict[str, Any], key: str = "ci") -> str:
 
 
 def _metric_rows(sub: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for name, r in sub["repair"].items():
-        c = sub["control"][name]
-        rows.append({"metric": name, "before": r["a"], "after": r["b"], "change [95% CI]": f"{r['diff']:+.3f}{_ci(r)}",
-                     "random control change [95% CI]": f"{c['diff']:+.3f}{_ci(c)}"})
-    if "artifact_rate" in sub:
-        r = sub["artifact_rate"]
-        rows.append({"metric": "artifact rate", "before": r["before"]["value"], "after": r["after"]["value"],
-                     "change [95% CI]": f"{r['repair_diff']['diff']:+.3f}{_ci(r['repair_diff'])}",
-                     "random control change [95% CI]": f"{r['control_diff']['diff']:+.3f}{_ci(r['control_diff'])}"})
-    return rows
+    """`results.metric_rows` formatted for the model card."""
+    return [{"metric": r["metric"], "before": r["before"], "after": r["after"],
+             "change [CI]": f"{r['change']:+.3f}{_ci(r, 'change_ci')}", "random control change [CI]": f"{r['control_change']:+.3f}{_ci(r, 'control_ci')}"}
+            for r in metric_rows(sub)]
 
 
 def model_card(m: dict[str, Any]) -> str:
     """The manifest as a Markdown model card: what was removed, verification, before/after tables, sweep."""
-    cols = ["metric", "before", "after", "change [95% CI]", "random control change [95% CI]"]
+    cols = ["metric", "before", "after", "change [CI]", "random control change [CI]"]
     ex, met = m["export"], m["metrics"]
+    skipped = m.get("skipped_measures") or []
     edits = "; ".join(f"`{l}`: {e['units']}" + ("" if all(a == 1.0 for a in e["alphas"]) else f" (alphas {e['alphas']})")
                       for l, e in m["edits"].items())
     lines = ["# Cleaned generator", "",
@@ -483,12 +494,15 @@ def model_card(m: dict[str, Any]) -> str:
              f"Random-unit control of the same size: " + "; ".join(f"`{l}`: {u}" for l, u in m["random_control"].items()) + ".",
              f"Weights baked and verified: max |G_clean(z) - G_hooked(z)| = {ex['max_abs_diff']:.2e} on {ex['verify_n']} seeded latents "
              f"({'exact' if ex['exact'] else 'not exact: TorchScript export'}).", ""]
+    if skipped:
+        lines += [f"No reference data: skipped {', '.join(x.upper() for x in skipped)}; only reference-free measures below.", ""]
     if m.get("approvals"):
         lines += ["Approvals: " + "; ".join(f"unit {a['unit']} by {a['reviewer']} at {a['time']}" + (f" ({a['note']})" if a.get("note") else "")
                                             for a in m["approvals"]), ""]
     for name, sub in met["subsets"].items():
         what = f"{met['n']} random samples" if name == "random" else f"the {met['n']} samples where the removed units fire most (of {sub['samples'].split(' of ')[-1].split(' ')[0]})"
-        lines += [f"Metrics on {what}, same seeds before and after (paired; negative change = closer to the reference / fewer artifacts):", "",
+        lines += [f"Metrics on {what}, same seeds before and after (paired, {met.get('confidence', 0.95):.0%} intervals; "
+                  "negative change = closer to the reference / fewer artifacts):", "",
                   table_markdown(_metric_rows(sub), cols), ""]
     if "artifact_rate_flagged" in met:
         r = met["artifact_rate_flagged"]
@@ -498,15 +512,15 @@ def model_card(m: dict[str, Any]) -> str:
     col = m.get("collateral")
     if col:
         rows = [{"concept": r["concept"], "pixels before": r["pixels_before"], "pixels after": r["pixels_after"],
-                 "removed [95% CI]": f"{100 * r['removed_fraction']:+.1f} %" + ("" if not r.get("removed_ci") else
+                 "removed [CI]": f"{100 * r['removed_fraction']:+.1f} %" + ("" if not r.get("removed_ci") else
                                      " [{:+.1f}, {:+.1f}]".format(*(100 * v for v in r["removed_ci"])))}
                 for r in col["concepts"]]
         lines += [f"Collateral (what else the removed units of `{col['layer']}` draw): each concept's pixels by the segmenter on "
                   f"{col['n']} samples, before and after (negative = the concept grew):", "",
-                  table_markdown(rows, ["concept", "pixels before", "pixels after", "removed [95% CI]"]), ""]
+                  table_markdown(rows, ["concept", "pixels before", "pixels after", "removed [CI]"]), ""]
     sw = m.get("sweep")
     if sw:
-        lines += [f"k sweep over `{sw['layer']}` on {sw['n']} samples (stop rule: {sw['criterion']} must drop beyond its paired 95 % interval); "
+        lines += [f"k sweep over `{sw['layer']}` on {sw['n']} samples (stop rule: {sw['criterion']} must drop beyond its paired interval); "
                   f"k_best = {sw['k_best']}:", ""]
         rows = []
         for r in sw["rows"]:
