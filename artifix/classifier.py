@@ -37,6 +37,7 @@ import torch
 from . import defaults, devices
 from .errors import RuntimeFailure, UserError
 from .io import atomic_path
+from .progress import Progress
 
 FORMAT = "artifix-classifier"
 FORMAT_VERSION = 1
@@ -192,11 +193,14 @@ def compute_features(
     bb = _backbone(features)
     pooled: list[np.ndarray] = []
     grids: list[np.ndarray] = []
+    bar = Progress(len(images), "classifier features")
     for s in range(0, len(images), batch):
         p, g = bb(images[s:s + batch], grid)
         pooled.append(np.asarray(p, np.float32))
         if grid:
             grids.append(np.asarray(g, np.float32))
+        bar.update(len(p))
+    bar.close()
     d = pooled[0].shape[1] if pooled else int(bb.extractor.dim)
     return FeatureSet(
         features,

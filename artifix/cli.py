@@ -65,6 +65,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER
     cmd = COMMANDS[args.command]
     progress.QUIET = bool(args.quiet)
+    progress.BARS = not bool(getattr(args, "json", False))
     from . import dist
 
     try:

@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -31,6 +32,7 @@ from torch import nn
 from .. import defaults, devices
 from ..errors import UserError
 from ..io import sha256_file
+from ..progress import Progress
 
 #: Version of the preprocessing pipeline; part of every cache key (bump when the pixels fed to a network change).
 PREPROCESS_VERSION = 1
@@ -235,8 +237,13 @@ class Extractor:
     def __call__(self, images: Any) -> np.ndarray:
         """Features of one array of images, `self.batch` images at a time (halved on GPU OOM); float32 (N, dim)."""
         arr = as_uint8_nhwc(images)
-        with torch.inference_mode():
-            outs = list(devices.backoff(lambda s, k: self._forward(arr[s : s + k]), arr.shape[0], self.batch, "features"))
+        outs = []
+        multi = arr.shape[0] > self.batch  # a bar for whole sets; streams of single batches have their own
+        with torch.inference_mode(), Progress(arr.shape[0], f"features ({self.tag})") if multi else nullcontext() as bar:
+            for f in devices.backoff(lambda s, k: self._forward(arr[s : s + k]), arr.shape[0], self.batch, "features"):
+                outs.append(f)
+                if bar is not None:
+                    bar.update(f.shape[0])
         if not outs:
             return np.zeros((0, self.dim), np.float32)
         return np.concatenate(outs)
