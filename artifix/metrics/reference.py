@@ -123,8 +123,11 @@ def _load_array(path: Path) -> np.ndarray:
     return arr
 
 
-def _array_source(path: Path, n: int | None) -> Source:
-    arr = _load_array(path)
+def _array_source(path: Path | np.ndarray, n: int | None) -> Source:
+    """Images from a .npz/.npy file, or an in-memory uint8 array (N, H, W, C) / (N, C, H, W)."""
+    arr = path if isinstance(path, np.ndarray) else _load_array(path)
+    if isinstance(path, np.ndarray):
+        path = Path("<array>")
     if arr.ndim != 4:
         raise UserError(f"{path} must hold images as a 4-D uint8 array (N, H, W, C) or (N, C, H, W); got shape {arr.shape}.")
     if arr.dtype != np.uint8:
@@ -312,7 +315,7 @@ def compute_stats(batches: Iterator[np.ndarray], extractor: Extractor, *, featur
     return RealStats(moments, np.concatenate(feats) if features else None, swd, extractor.fingerprint())
 
 
-def load_real(real: str | os.PathLike | RealStats | None, extractor: Extractor, *, n: int | None = None,
+def load_real(real: str | os.PathLike | np.ndarray | RealStats | None, extractor: Extractor, *, n: int | None = None,
               cache: str | os.PathLike | None = None, swd_n: int | None = None, resize: bool | None = None,
               use_cache: bool = True, progress: Callable[[str], None] | None = None,
               class_id: int | None = None) -> RealStats:
@@ -332,6 +335,8 @@ def load_real(real: str | os.PathLike | RealStats | None, extractor: Extractor, 
         if n < 2:
             raise UserError(f"The reference needs at least 2 images, got real_n={n}.")
         src = _scenes_source(int(n))
+    elif isinstance(real, np.ndarray):
+        src = _array_source(real, n)
     else:
         path = Path(real).expanduser()
         if not path.exists():
