@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from . import __version__, config, defaults, progress
+from . import __version__, config, defaults, progress, validate
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
 
 
@@ -110,6 +110,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         opts: dict[str, Any] = {}
         for sec, names in cmd.options.items():
             opts.update(config.resolve(sec, vars(args), cfg, names))
+        validate.check_options(opts)  # every option's range, before any command loads or computes anything
         ctx = Context(opts, args, cfg, bool(args.json))
         threads = opts.get("threads") or 0
         if threads:

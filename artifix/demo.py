@@ -8,7 +8,7 @@ simulated reviewer who flags samples whose pixels the planted units changed and 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +18,7 @@ import torch
 
 from .generator import load_generator, sample
 from .images import grid, save_png
-from .io import atomic_path, write_json_atomic, write_text_atomic
+from .io import atomic_path, check_output_folder, output_folder, write_json_atomic, write_text_atomic
 from .labels import LabelStore
 from .planted import PlantedSite, low_impact_units, plant_defects, simulate_reviewer
 from .scoring import recall_at_k, score_units, collect_stats
@@ -46,7 +46,16 @@ class DemoConfig:
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole story and write pictures, tables and a report into cfg.out; returns the summary."""
+    """Run the whole story and write pictures, tables and a report into cfg.out (one transaction); returns the summary."""
+    with output_folder(check_output_folder(cfg.out), command="demo") as folder:
+        inner = replace(cfg, out=folder.path)
+        summary = _run_demo_into(inner, say)
+    cfg.planted_units = inner.planted_units
+    return folder.final(summary)
+
+
+def _run_demo_into(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, Any]:
+    """The demo's steps, writing into cfg.out (a temporary folder renamed into place by run_demo)."""
     t0 = time.time()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
