@@ -41,6 +41,7 @@ class DemoConfig:
     n_clean: int = 30
     stats_n: int = 2000
     metrics_n: int = 500
+    metrics: str = "fd,kid,swd"  # the repair's before/after metrics
     rate: float = 0.005  # planted units fire in this top fraction of positions: blotches in most samples, a visible FD change
     steps: list[str] = field(default_factory=list)
 
@@ -115,7 +116,7 @@ def _run_demo_into(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, Any
         torch.save(ck, tmp)
     plan = plan_from_store(store, run_id, cfg.layer)
     manifest = repair(bad, plan, out / "cleaned", seed=cfg.seed, n=cfg.metrics_n, flagged=review.artifact, clean=review.clean,
-                      clf=clf, channels=stats.channels, checkpoint=out / "planted.pt", segmenter=load_segmenter(),
+                      clf=clf, channels=stats.channels, checkpoint=out / "planted.pt", segmenter=load_segmenter(), metrics=cfg.metrics,
                       say=lambda m: say("      " + m))
     random_units = manifest["random_control_units"]
     from .repair import fd_recovery
