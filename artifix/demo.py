@@ -42,6 +42,8 @@ class DemoConfig:
     stats_n: int = 2000
     metrics_n: int = 500
     metrics: str = "fd,kid,swd"  # the repair's before/after metrics
+    high_pool: int | None = None  # the repair's high-activation pool (default 4 x metrics_n; 0 = skip that subset)
+    collateral_n: int = 200  # samples for the repair's collateral check (0 = skip)
     rate: float = 0.005  # planted units fire in this top fraction of positions: blotches in most samples, a visible FD change
     steps: list[str] = field(default_factory=list)
 
@@ -117,6 +119,7 @@ def _run_demo_into(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, Any
     plan = plan_from_store(store, run_id, cfg.layer)
     manifest = repair(bad, plan, out / "cleaned", seed=cfg.seed, n=cfg.metrics_n, flagged=review.artifact, clean=review.clean,
                       clf=clf, channels=stats.channels, checkpoint=out / "planted.pt", segmenter=load_segmenter(), metrics=cfg.metrics,
+                      high_pool=cfg.high_pool, collateral_n=cfg.collateral_n,
                       say=lambda m: say("      " + m))
     random_units = manifest["random_control_units"]
     from .repair import fd_recovery

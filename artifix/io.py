@@ -211,8 +211,8 @@ def check_output_folder(target: str | os.PathLike, what: str = "--out") -> Path:
     if target.exists() and not target.is_dir():
         raise UserError(f"{what} {target} is a file; give a folder (it is created, or replaced when complete).")
     if target.is_dir() and any(target.iterdir()) and not (target / COMPLETE_MARKER).is_file():
-        raise UserError(f"{what} {target} already holds files that artifix did not write; give a new or empty folder "
-                        "(an earlier artifix output there is replaced only once the new one is complete).")
+        raise UserError(f"{what} {target} already holds files but no {COMPLETE_MARKER}, so artifix did not write it (or an "
+                        "older version did) and will not replace it; give a new or empty folder, or remove this one.")
     here = Path.cwd().resolve()
     if target.resolve() == here or target.resolve() in here.parents:
         raise UserError(f"{what} {target} is the current folder or holds it; give a folder inside it, e.g. {what} results.")

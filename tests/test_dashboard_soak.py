@@ -92,7 +92,9 @@ class Reviewer:
     def label_until(self, run_id: int, deadline: float) -> None:
         while time.monotonic() < deadline:
             wait_for(lambda: idle(self.drv), "the page to finish its run", STARTUP)
-            ids = wait_for(lambda: grid_samples(self.drv), "a sample in the grid", STARTUP)
+            ids = grid_samples(self.drv)
+            if not ids:  # the whole pool is labelled: nothing left to click
+                break
             sample, label = self.rng.choice(ids), self.rng.choice(["artifact", "clean", "unsure"])
             want = len(self.clicks) + 1
             click_flag(self.drv, sample, label)

@@ -81,5 +81,5 @@ def test_an_output_folder_artifix_did_not_write_is_refused_up_front(cmd, tmp_pat
             AssertionError("loaded the generator before checking --out")))
     extra = {"paint": ["--units", "1"], "gate": ["--measure-only", "--criteria", '[{"metric": "swd"}]']}.get(cmd, [])
     code, out, err = run_cli(cmd, *extra, "--out", str(mine), cwd=tmp_path)
-    _one_line_error(code, err, "already holds files that artifix did not write")
+    _one_line_error(code, err, "so artifix did not write it")
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
