@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Any, Sequence
 
-from . import __version__, commands, config, defaults, progress  # noqa: F401  (commands registers the handlers)
+from . import __version__, commands, config, defaults, progress, validate  # noqa: F401  (commands registers the handlers)
 from .registry import COMMANDS, Command, Context, Handler, command  # noqa: F401  (re-exported: the public names of the CLI)
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
 
@@ -75,6 +75,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         opts: dict[str, Any] = {}
         for sec, names in cmd.options.items():
             opts.update(config.resolve(sec, vars(args), cfg, names))
+        validate.check_options(opts)  # every option's range, before any command loads or computes anything
         ctx = Context(opts, args, cfg, bool(args.json))
         _use_device(opts)
         threads = opts.get("threads") or 0

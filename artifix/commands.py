@@ -12,6 +12,7 @@ from contextlib import nullcontext
 from . import workflow as W
 from .registry import Context, command
 from .errors import UserError
+from .io import check_output_folder, output_folder
 from .profiles import profile_for
 from .trace import Trace
 
@@ -239,6 +240,7 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
     from .report import unit_cards
 
     o = ctx.opts
+    out = check_output_folder(o["out"] or "artifix-out")  # before any work
     g = load(ctx)
     layer = default_layer(ctx, g)
     clf = load_classifier(ctx, required=False)  # a bad classifier file is reported before the store is touched
@@ -248,12 +250,13 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
 
     if not dist.is_main():  # under torchrun the ranks shared the work; rank 0 writes and reports
         return None
-    out = Path(o["out"] or "artifix-out")
     top = report.table.head(o["top"])
     rows = top.to_dict("records")
-    write_text_atomic(out / "unit_scores.csv", report.table.to_csv(index=False))
-    write_json_atomic(out / "unit_scores.json", {"layer": layer, "components": report.components, "units": report.table.to_dict("records")})
-    cards = unit_cards(g, stats, [int(u) for u in top.unit], o["seed"], out / "cards")
+    with output_folder(out, owns=["unit_scores.csv", "unit_scores.json", "cards"], command="score") as folder:
+        write_text_atomic(folder.path / "unit_scores.csv", report.table.to_csv(index=False))
+        write_json_atomic(folder.path / "unit_scores.json", {"layer": layer, "components": report.components,
+                                                             "units": report.table.to_dict("records")})
+        cards = folder.final(unit_cards(g, stats, [int(u) for u in top.unit], o["seed"], folder.path / "cards"))
     W.propose_top(store, run_id, report.table, o["top"])
     if not ctx.json:
         cols = ["rank", "unit"] + [c for c in ("combined", "causal", "iou", "auc", "firing_rate") if c in top]
@@ -403,6 +406,9 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
     n = _check_n(o["repair_n"], "--repair-n")
     W.check_confidence(o["confidence"])
     out = Path(o["out"] or "artifix-repair")
+    from .repair import check_repair_out
+
+    check_repair_out(g, out)  # a folder that cannot be replaced is refused before any work
     from .metrics.reference import check_real
 
     check_real(o["real"])  # a bad reference is reported before hours of sampling
@@ -410,6 +416,11 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
     measures = W.repair_measures(profile, o["real"])
     if o["auto"] and o["k"] <= 0:
         raise UserError(f"--k must be a positive number of units, got {o['k']}.")
+    channels = {l: next(iter(trace_batches(g, l, o["seed"], [0])))[1].shape[1] for l in layers}  # one sample: cheap
+    for layer, c in channels.items():
+        if o["auto"] and 2 * o["k"] > c:  # the k removed units plus a random control of k other units
+            raise UserError(f"--k {o['k']} is too many for layer {layer}: it has {c} units and the random control needs "
+                            f"as many others, so --k can be at most {c // 2}.")
     clf = load_classifier(ctx, required=False)
     if o["optimise_alpha"] and clf is None and not is_bundled_example(g, primary, o["seed"]):
         raise UserError("--optimise-alpha needs the artifact classifier; train one with 'artifix classify train'.")
@@ -437,7 +448,6 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
             plans.append(plan_from_store(st, rid, layer, ranking(layer) if o["sweep"] and layer == layers[0] else None))
         plan = combine(plans)
     flagged, clean = flagged_and_clean(store, run_id)
-    channels = {l: next(iter(trace_batches(g, l, o["seed"], [0])))[1].shape[1] for l in layers}
     high_pool = 4 * n if o["high_pool"] is None else o["high_pool"]
     segmenter = W.segmenter_for(profile, o.get("segmenter"), o.get("segmenter_classes"))
     if measures.sentence():
@@ -496,13 +506,13 @@ def cmd_dissect(ctx: Context) -> dict[str, Any]:
     W.check_confidence(o["confidence"])
     if not 0 <= o["iou_min"] < 1:
         raise UserError(f"--iou-min must be in [0, 1), got {o['iou_min']}.")
+    out = check_output_folder(o["out"] or "artifix-dissect")
     g = load(ctx)
     layers = D._check_layers(g, _dissect_layers(o, g))  # fail on a bad layer before loading or sampling anything
     seg = _segmenter_from_options(o, g)
     concepts = _concepts(o, seg)
     ace_layer = _ace_layer(o, g, layers) if concepts and o["ace_n"] else None
     run_layers = layers + ([ace_layer] if ace_layer and ace_layer not in layers else [])
-    out = Path(o["out"] or "artifix-dissect")
     ctx.say(f"dissecting {', '.join(run_layers)} on {n} samples against {len(seg.classes)} classes ({seg.source})")
     res = D.cached_dissect(g, run_layers, seg, o["seed"], n, o["cache"] or ".artifix-cache", batch)
     for d in res.values():
@@ -516,14 +526,16 @@ def cmd_dissect(ctx: Context) -> dict[str, Any]:
     rows = [r for d in shown.values() for r in d.best()]
     import pandas as pd
 
-    write_text_atomic(out / "dissection.csv", pd.DataFrame(rows).to_csv(index=False))
-    write_json_atomic(out / "dissection.json", {"fingerprint": g.fingerprint, "segmenter": seg.source, "classes": list(seg.classes),
-                                                "seed": o["seed"], "n": n, "layers": [d.to_json() for d in res.values()],
-                                                "summary": D.summary_rows(shown), "ace": ace})
-    save_png(out / "dissection.png", D.charts(shown))
-    for name, d in shown.items():
-        save_png(out / f"chart_{name}.png", D.chart(d))
-    write_text_atomic(out / "dissection.md", D.report_markdown(shown, ace, concepts=concepts))
+    with output_folder(out, command="dissect") as folder:
+        tmp = folder.path
+        write_text_atomic(tmp / "dissection.csv", pd.DataFrame(rows).to_csv(index=False))
+        write_json_atomic(tmp / "dissection.json", {"fingerprint": g.fingerprint, "segmenter": seg.source, "classes": list(seg.classes),
+                                                    "seed": o["seed"], "n": n, "layers": [d.to_json() for d in res.values()],
+                                                    "summary": D.summary_rows(shown), "ace": ace})
+        save_png(tmp / "dissection.png", D.charts(shown))
+        for name, d in shown.items():
+            save_png(tmp / f"chart_{name}.png", D.chart(d))
+        write_text_atomic(tmp / "dissection.md", D.report_markdown(shown, ace, concepts=concepts))
     if not ctx.json:
         for r in D.summary_rows(shown):
             per = ", ".join(f"{c} {r[c]}" for c in seg.classes if r[c])
@@ -563,6 +575,7 @@ def cmd_paint(ctx: Context) -> dict[str, Any]:
     from .images import grid, save_png
 
     o = ctx.opts
+    out = check_output_folder(o["out"] or "artifix-out")
     g = load(ctx)
     layer = default_layer(ctx, g)
     if o["index"] < 0:
@@ -583,8 +596,10 @@ def cmd_paint(ctx: Context) -> dict[str, Any]:
     mask = parse_region(o["region"], before.shape[:2])
     before, after = D.paint(g, layer, units, mask, o["mode"], o["seed"], o["index"])
     outline = W.region_outline(before, mask)
-    path = Path(o["out"] or "artifix-out") / f"paint_{layer}_{o['index']}_{o['mode']}.png"
-    save_png(path, grid(np.stack([outline, after]), ncol=2, scale=4))
+    name = f"paint_{layer}_{o['index']}_{o['mode']}.png"
+    with output_folder(out, owns=[name], command="paint") as folder:
+        save_png(folder.path / name, grid(np.stack([outline, after]), ncol=2, scale=4))
+    path = out / name
     ctx.say(f"{o['mode']} {len(units)} units of {layer} in sample {o['index']}: before (region outlined) | after -> {path}")
     return {"layer": layer, "units": units, "mode": o["mode"], "index": o["index"], "region": o["region"], "png": str(path)}
 
@@ -626,6 +641,8 @@ def cmd_stats(ctx: Context) -> dict[str, Any]:
     from .stats import unit_summary
 
     o = ctx.opts
+    if o["out"]:
+        check_output_folder(o["out"])
     g = load(ctx)
     layer = default_layer(ctx, g)
     n = _check_n(o["stats_n"], "--stats-n")
@@ -635,8 +652,9 @@ def cmd_stats(ctx: Context) -> dict[str, Any]:
     result: dict[str, Any] = {"fingerprint": g.fingerprint, "layer": layer, "seed": o["seed"], "start": o["start"], "n": n,
                               "ranks": dist.world_size(), "units": unit_summary(stats, o["top"])}
     if o["out"]:
+        with output_folder(o["out"], owns=["unit_stats.pt"], command="stats") as folder:
+            stats.save(folder.path / "unit_stats.pt")
         path = Path(o["out"]) / "unit_stats.pt"
-        stats.save(path)
         result["file"] = str(path)
         ctx.say(f"wrote the statistics of {n} samples at {layer} to {path}")
     ctx.say(f"{layer}: {stats.channels} units over {n} samples; median firing rate "

@@ -8,7 +8,7 @@ simulated reviewer who flags samples whose pixels the planted units changed and 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +18,7 @@ import torch
 
 from .generator import load_generator, sample
 from .images import grid, save_png
-from .io import atomic_path, write_json_atomic, write_text_atomic
+from .io import atomic_path, check_output_folder, output_folder, write_json_atomic, write_text_atomic
 from .labels import LabelStore
 from .planted import PlantedSite, low_impact_units, plant_defects, simulate_reviewer
 from .scoring import recall_at_k, score_units, collect_stats
@@ -41,12 +41,24 @@ class DemoConfig:
     n_clean: int = 30
     stats_n: int = 2000
     metrics_n: int = 500
+    metrics: str = "fd,kid,swd"  # the repair's before/after metrics
+    high_pool: int | None = None  # the repair's high-activation pool (default 4 x metrics_n; 0 = skip that subset)
+    collateral_n: int = 200  # samples for the repair's collateral check (0 = skip)
     rate: float = 0.005  # planted units fire in this top fraction of positions: blotches in most samples, a visible FD change
     steps: list[str] = field(default_factory=list)
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole story and write pictures, tables and a report into cfg.out; returns the summary."""
+    """Run the whole story and write pictures, tables and a report into cfg.out (one transaction); returns the summary."""
+    with output_folder(check_output_folder(cfg.out), command="demo") as folder:
+        inner = replace(cfg, out=folder.path)
+        summary = _run_demo_into(inner, say)
+    cfg.planted_units = inner.planted_units
+    return folder.final(summary)
+
+
+def _run_demo_into(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, Any]:
+    """The demo's steps, writing into cfg.out (a temporary folder renamed into place by run_demo)."""
     t0 = time.time()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +120,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     plan = plan_from_store(store, run_id, cfg.layer)
     manifest = repair(bad, plan, out / "cleaned", seed=cfg.seed, n=cfg.metrics_n, flagged=review.artifact, clean=review.clean,
                       clf=clf, channels=stats.channels, checkpoint=out / "planted.pt", segmenter=segmenter_for(profile_for(g.spec)),
+                      metrics=cfg.metrics, high_pool=cfg.high_pool, collateral_n=cfg.collateral_n,
                       say=lambda m: say("      " + m))
     random_units = manifest["random_control_units"]
     from .repair import fd_recovery

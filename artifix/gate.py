@@ -54,7 +54,7 @@ from . import intervals
 from .profiles import profile_for
 from .results import RepairManifest
 from .errors import RuntimeFailure, UserError
-from .io import sha256_file, write_json_atomic, write_text_atomic
+from .io import check_output_folder, output_folder, sha256_file, write_json_atomic, write_text_atomic
 
 FORMAT = "artifix-gate-report"
 FORMAT_VERSION = 1
@@ -249,6 +249,7 @@ def validate(s: GateSettings) -> dict[str, Any]:
     out = Path(s.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the gate's report, JUnit XML and summary.")
+    check_output_folder(out)  # before any sampling
     if any(c.metric == "fid" for c in s.criteria) and s.metric_opts.get("features") != "inception":
         raise UserError("metric 'fid' is the FD in the Inception space: set [metrics] features = 'inception' (with its weights) "
                         "or use metric 'fd'.")
@@ -601,9 +602,10 @@ def _maybe_sha(path: str | None) -> str | None:
 def write_outputs(report: Mapping[str, Any], out: Path) -> None:
     """The JSON report, JUnit XML and Markdown summary into `out`; the summary is appended to $GITHUB_STEP_SUMMARY too."""
     md = markdown_summary(report)
-    write_json_atomic(out / REPORT_NAME, report)
-    write_text_atomic(out / JUNIT_NAME, junit_xml(report))
-    write_text_atomic(out / SUMMARY_NAME, md)
+    with output_folder(out, command="gate") as folder:  # the three files appear together, or not at all
+        write_json_atomic(folder.path / REPORT_NAME, report)
+        write_text_atomic(folder.path / JUNIT_NAME, junit_xml(report))
+        write_text_atomic(folder.path / SUMMARY_NAME, md)
     step = os.environ.get("GITHUB_STEP_SUMMARY")
     if step:
         with open(step, "a", encoding="utf-8") as fh:

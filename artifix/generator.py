@@ -84,14 +84,9 @@ def parse_latent(text: str | int | tuple[int, ...] | list[int]) -> tuple[int, ..
 
 
 def spec_from_options(opts: Mapping[str, Any]) -> GeneratorSpec:
-    """Build a spec from resolved `[generator]` options (CLI/TOML/defaults already merged)."""
+    """Build a spec from resolved `[generator]` options (CLI/TOML/defaults already merged); every option is checked."""
     gen = opts.get("generator")
     ckpt = opts.get("checkpoint")
-    if gen is None and ckpt is None:
-        base = example_spec()
-        if opts.get("latent") not in (None, defaults.get("generator", "latent")):
-            base = replace(base, latent=parse_latent(opts["latent"]))
-        return base
     kwargs = opts.get("kwargs") or {}
     if isinstance(kwargs, str):
         try:
@@ -112,13 +107,30 @@ def spec_from_options(opts: Mapping[str, Any]) -> GeneratorSpec:
     trunc = opts.get("truncation")
     if trunc is not None and float(trunc) <= 0:
         raise UserError(f"--truncation must be a positive number, got {trunc}.")
+    latent = parse_latent(opts.get("latent") or defaults.get("generator", "latent"))
+    if gen is None and ckpt is None:
+        return _example_from_options(opts, kwargs, rng, mode, classes, latent, trunc)
     return GeneratorSpec(
-        generator=gen, checkpoint=ckpt, key=opts.get("key"), kwargs=dict(kwargs),
-        latent=parse_latent(opts.get("latent") or defaults.get("generator", "latent")),
+        generator=gen, checkpoint=ckpt, key=opts.get("key"), kwargs=dict(kwargs), latent=latent,
         truncation=float(trunc) if trunc is not None else None, classes=classes, class_mode=mode, range=rng,
         trust_pickle=bool(opts.get("trust_pickle")),
         adapter=opts.get("adapter") or None, code_path=opts.get("code_path") or None,
     )
+
+
+def _example_from_options(opts: Mapping[str, Any], kwargs: Mapping[str, Any], rng: str, mode: str, classes: int,
+                          latent: tuple[int, ...], trunc: Any) -> GeneratorSpec:
+    """The bundled example's spec; options that only describe another generator are refused, not ignored."""
+    base = example_spec()
+    foreign = [flag for flag, given in (("--kwargs", bool(kwargs)), ("--key", bool(opts.get("key"))), ("--classes", classes != 0),
+                                        ("--class-mode", mode != "index"), ("--range", rng != base.range)) if given]
+    if foreign:
+        raise UserError(f"{', '.join(foreign)} describe{'s' if len(foreign) == 1 else ''} your own generator, but none was given "
+                        "(the bundled example is used): pass --generator 'module:callable' (and --checkpoint), or drop "
+                        f"{'it' if len(foreign) == 1 else 'them'}.")
+    if latent != base.latent:
+        base = replace(base, latent=latent)
+    return replace(base, truncation=float(trunc)) if trunc is not None else base
 
 
 # ----------------------------------------------------------------------------------------- loading

@@ -32,7 +32,7 @@ from .errors import UserError
 from .export import export_cleaned
 from .generator import LoadedGenerator, forward, latents
 from .images import grid, save_png
-from .io import write_json_atomic, write_text_atomic
+from .io import check_output_folder, output_folder, write_json_atomic, write_text_atomic
 from .ledger import Ledger
 from .progress import Progress, track
 from .report import table_markdown
@@ -404,7 +404,29 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
 # ------------------------------------------------------------------------------------------ the repair
 
 
-def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: int = 0, n: int = 1000,
+def check_repair_out(g: LoadedGenerator, out_dir: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """Refuse (UserError) an output folder artifix may not replace, or one holding the checkpoint under repair."""
+    out = check_output_folder(out_dir)
+    src = checkpoint if checkpoint is not None else g.spec.checkpoint
+    if src and out.resolve() in Path(src).resolve().parents:
+        raise UserError(f"--out {out} holds the checkpoint under repair ({src}), which replacing the folder would delete; "
+                        "choose another folder.")
+    return out
+
+
+def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Remove the plan's units and write the cleaned generator with its proof into `out_dir` as one transaction.
+
+    The folder appears (or replaces an earlier repair) only once complete: see `artifix.io.output_folder`.
+    Keyword arguments are those of `repair_into`.
+    """
+    check_repair_out(g, out_dir, kwargs.get("checkpoint"))
+    with output_folder(out_dir, command="repair") as folder:
+        manifest = repair_into(g, plan, folder.path, **kwargs)
+    return folder.final(manifest)
+
+
+def repair_into(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: int = 0, n: int = 1000,
            flagged: Sequence[int] = (), clean: Sequence[int] = (), clf: Any = None, real: Any = None, channels: int | Mapping[str, int],
            checkpoint: str | Path | None = None, metrics: str = "fd,kid,swd", high_pool: int | None = None,
            optimise: bool = False, run_sweep: bool = False, sweep_n: int | None = None, inception_weights: str | None = None,

@@ -217,6 +217,16 @@ def _projector(dirs: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.
 _POOL: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool there instead of waiting forever."""
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def sort_rows(p: np.ndarray) -> np.ndarray:
     """Sort each row of a C-contiguous 2-D float32 array in place (rows split over threads; numpy's sort
     releases the GIL) and return it."""
