@@ -99,12 +99,17 @@ def load_example_review(d) -> None:
 def main() -> None:
     """Render the chosen page."""
     st.set_page_config(page_title="artifix dashboard", page_icon=":material/healing:", layout="wide")
+    boot = st.empty()
+    boot.info("Starting: loading the generator and the label store (the Review page then prepares its queue).",
+              icon=":material/hourglass_top:")
     try:
         opts = resolve_settings()
         d = open_dash(opts)
     except ArtifixError as e:
+        boot.empty()
         st.error(f"artifix: {e}")
         st.stop()
+    boot.empty()
     page = sidebar(d)
     PAGES[page][1](d)
     run_facts(d)

@@ -35,11 +35,11 @@ def _queue(fingerprint: str, layer: str, seed: int, start: int, pool: int, clf_k
     return queue_cache.cached(_d.cache, key, compute)
 
 
-def _prepare(d: Dash) -> session.Queue:
+def _prepare(d: Dash) -> tuple[session.Queue, Any]:
     """The queue, with a skeleton and staged progress while the first load computes it (statistics, then the order)."""
     key = (d.g.fingerprint, d.layer, d.seed, d.opts["start"], d.opts["pool"], d.classifier_key())
     if st.session_state.get("_queue_ready") == key:
-        return queue_for(d)
+        return queue_for(d), None
     slot = st.empty()
     with slot.container():
         with st.status("Preparing the review queue", expanded=True) as status:
@@ -54,8 +54,7 @@ def _prepare(d: Dash) -> session.Queue:
         for c in cols:  # a skeleton of the grid while the tiles are drawn
             c.container(border=True, height=180).caption("…")
     st.session_state["_queue_ready"] = key
-    st.session_state["_queue_slot"] = slot
-    return q
+    return q, slot
 
 
 def queue_for(d: Dash) -> session.Queue:
@@ -108,7 +107,7 @@ def counters(d: Dash) -> None:
 def render(d: Dash) -> None:
     """The Review page."""
     st.header("Review")
-    q = _prepare(d)
+    q, skeleton = _prepare(d)
     st.caption(f"Review queue in **{q.order}** order: "
                + ("samples the classifier is least sure about, interleaved with the most suspicious by the priors."
                   if q.order == "active learning" else
@@ -129,13 +128,15 @@ def render(d: Dash) -> None:
         _train_panel(d)
     _undo_button(d, top[2], top[3])
     if not batch:
+        if skeleton is not None:
+            skeleton.empty()
         st.success("Every sample of the review pool is labelled. Score the units on the Units page.")
         return
     labels = dict(zip(d.store.flags(d.run_id)["sample"].astype(int), d.store.flags(d.run_id)["label"]))
     masked = set(int(s) for s in d.store.mask_records(d.run_id).query("pixels > 0")["sample"])
     images = d.images(batch)
-    if "_queue_slot" in st.session_state:
-        st.session_state.pop("_queue_slot").empty()  # the skeleton gives way to the grid
+    if skeleton is not None:
+        skeleton.empty()  # the progress and skeleton give way to the grid
     left, right = st.columns([2, 1], gap="large")
     with left:
         ncol = 3
