@@ -18,6 +18,8 @@ from .io import sha256_file, sha256_json
 def reference(real: Any, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The reference data: path (or the bundled scenes), sha256 of its bytes, and the number of images the metrics used."""
     n = next((int(r["n_real"]) for r in (metrics or {}).values() if isinstance(r, Mapping) and r.get("n_real")), None)
+    if (real is None or str(real) == "") and metrics is not None and n is None:
+        return {"kind": "none", "path": None, "n": None, "sha256": None, "note": "no reference-based metric was computed"}
     if real is None or str(real) == "":
         from .metrics.reference import REAL_SCENES_SEED
 
@@ -78,7 +80,7 @@ def provenance(*, real: Any = None, metrics: Mapping[str, Any] | None = None, cl
 def markdown(p: Mapping[str, Any]) -> str:
     """The provenance block as Markdown bullet lines."""
     ref, clf, fl = p.get("reference") or {}, p.get("classifier"), p.get("flags")
-    where = ref.get("path") or f"{ref.get('kind')} (seed {ref.get('seed')})"
+    where = ref.get("path") or (f"{ref.get('kind')} (seed {ref.get('seed')})" if ref.get("seed") is not None else str(ref.get("kind")))
     sha = f"sha256 `{ref['sha256'][:16]}…`" if ref.get("sha256") else (ref.get("note") or "no hash")
     spaces = sorted(set((p.get("feature_space") or {}).values()))
     lines = ["## Provenance", "",

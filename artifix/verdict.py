@@ -119,11 +119,12 @@ def skipped_measures(m: Mapping[str, Any], artifact_metric: str = ARTIFACT_METRI
     """A note for each measure a repair manifest lacks, and why (no classifier, no Inception weights, no segmenter, ...)."""
     met = m.get("metrics") or {}
     names = set((met.get("repair") or {}))
-    out = []
+    out = [f"{x.upper()}: no reference data (--real) for this generator, so nothing compares the samples with real images."
+           for x in m.get("skipped_measures") or []]
     if artifact_metric == ARTIFACT_METRIC and "artifact_rate" not in met:
         out.append("artifact rate: no artifact classifier was given (train one: Review → Classifier, or "
                    "`artifix classify train`), so nothing here measures the artifacts themselves.")
-    if not any(n.startswith("fid_inception") or n.startswith("fd_inception") for n in names):
+    if names and not any(n.startswith("fid_inception") or n.startswith("fd_inception") for n in names):
         out.append("standard FID (Inception-v3): no Inception weights file (--inception-weights); FD uses the offline feature space.")
     if "high_activation" not in (met.get("subsets") or {"high_activation": 1}):
         out.append("metrics on the high-activation samples: the candidate pool was not larger than the sample count (--high-pool).")

@@ -67,16 +67,15 @@ def run_facts(d) -> None:
 
 
 def is_example_run(d) -> bool:
-    """Whether this run is the one the maintainers' review is about (the unmodified example, its layer and seed)."""
-    from artifix.example import bundled_review
+    """Whether the generator profile's bundled review is about this run (its generator, layer and seed), labels or not."""
+    from artifix.workflow import bundled_review_for
 
-    r = bundled_review()
-    return (d.g.fingerprint, d.layer, d.seed) == (r["fingerprint"], r["layer"], int(r.get("seed", 0)))
+    return bundled_review_for(session.profile_for(d.g.spec), d.g.fingerprint, d.layer, d.seed) is not None
 
 
 def seed_review_button(d) -> None:
     """The maintainers' review button: enabled while it applies; on the example it stays, disabled, saying why."""
-    review_fits = session.bundled_review_applies(d.store, d.run_id, d.g.fingerprint, d.layer, d.seed)
+    review_fits = session.bundled_review_applies(d.store, d.run_id, d.g, d.layer, d.seed)
     if not review_fits and not is_example_run(d):
         return  # another generator, layer or seed: the maintainers' review is not about it
     why = ("import the flags and approvals the maintainers recorded for this example (data/example/review/)" if review_fits else
@@ -90,7 +89,7 @@ def seed_review_button(d) -> None:
 
 def load_example_review(d) -> None:
     """Import the maintainers' review of the example into this (empty) run (button callback)."""
-    added = session.load_bundled_review(d.store, d.run_id, d.g.fingerprint, d.layer, d.seed)
+    added = session.load_bundled_review(d.store, d.run_id, d.g, d.layer, d.seed)
     st.session_state["seeded"] = ("loaded the maintainers' review: "
                                   f"{added['flags'].get('flags', '?')} flags; units {added['approved']} approved by {added['reviewer']}"
                                   if added else "the run is no longer empty: nothing was loaded")

@@ -28,7 +28,8 @@ def _queue(fingerprint: str, layer: str, seed: int, start: int, pool: int, clf_k
     def compute() -> session.Queue:
         with _d.using_g() as g:
             return session.review_queue(g, layer, _d.store, _d.run_id, seed=seed, start=start, n=pool, k=pool,
-                                        stats=_d.stats(), clf=_d.classifier(), cache=_d.cache, skip_labelled=False)
+                                        stats=_d.stats(), clf=_d.classifier(), cache=_d.cache, skip_labelled=False,
+                                        real=_d.opts.get("real"))
 
     clf = _d.opts.get("classifier") or "artifix-classifier.pt"
     key = queue_cache.queue_key(fingerprint, layer, seed, start, pool, int(_d.opts["stats_n"]), clf if _d.classifier() is not None else None)
@@ -80,10 +81,7 @@ def flag(d: Dash, sample: int, label: str) -> None:
 
 def save_mask(d: Dash, sample: int, mask: np.ndarray) -> int:
     """Save a painted region now; a painted sample is an artifact sample, so it is flagged as one if it is not yet."""
-    mid = d.store.set_mask(d.run_id, int(sample), d.reviewer, mask)
-    if d.store.label(d.run_id, int(sample)) != "artifact":
-        d.store.set_flag(d.run_id, int(sample), "artifact", d.reviewer)
-    return mid
+    return session.save_painted_mask(d.store, d.run_id, int(sample), d.reviewer, mask)
 
 
 def counters(d: Dash) -> None:
