@@ -294,8 +294,8 @@ def test_paint_on_a_lower_tile_brings_the_canvas_into_view(server):
         drv.set_window_size(1600, 700)
         batch = open_review(drv, url)
         wait_for(lambda: idle(drv), "the first page to finish its run", STARTUP)
-        paint = drv.find_element(By.CSS_SELECTOR, f".st-key-paint-{batch[-1]} button")  # the last tile, on the lower row
-        drv.execute_script("arguments[0].scrollIntoView({block: 'end'})", paint)
+        sel = f".st-key-paint-{batch[-1]} button"  # the last tile, on the lower row
+        drv.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'end'})", sel)
         time.sleep(0.5)
 
         def canvas_box():
@@ -305,7 +305,8 @@ def test_paint_on_a_lower_tile_brings_the_canvas_into_view(server):
 
         top, _, height = canvas_box()
         assert top < 0, "the test needs the canvas above the viewport before the click"
-        paint.click()
+        wait_for(lambda: idle(drv), "the page to finish its run", STARTUP)
+        wait_for(lambda: drv.find_element(By.CSS_SELECTOR, sel).click() or True, "a click on Paint")  # re-found: a rerun replaces it
         wait_for(lambda: f"Artifact region of sample #{batch[-1]}" in drv.page_source, "the paint panel of the lower tile")
 
         def in_view():
