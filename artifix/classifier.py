@@ -36,6 +36,7 @@ import torch
 
 from . import defaults, devices
 from .errors import RuntimeFailure, UserError
+from .io import sha256_file
 from .io import atomic_path
 from .progress import Progress
 
@@ -346,6 +347,7 @@ class ArtifactClassifier:
             raise UserError(f"{str(path)!r} uses pixel statistics {clf.pixel_stats!r}; this artifix has {PIXEL_STATS!r}.")
         if not (clf.coef.ndim == 1 and clf.coef.shape == clf.mean.shape == clf.scale.shape and clf.n_backbone > 0):
             raise UserError(f"{str(path)!r} is a damaged artifix classifier file (inconsistent coefficient shapes).")
+        clf.source = {"path": str(path.resolve()), "sha256": sha256_file(path)}  # provenance of reports that use it
         return clf
 
 

@@ -193,6 +193,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dashboard", "pool", 256, "samples (from --start) the review queue chooses from", int),
     Option("dashboard", "page_size", 12, "samples shown at once in the review grid", int),
     Option("dashboard", "preview_n", 6, "flagged and clean samples in the live before/after ablation preview", int),
+    Option("dashboard", "trust_labels", 10, "flagged and clean samples each below which a unit ranking carries a caution", int),
     Option("dashboard", "canvas", "drawable-canvas", "region painter: 'drawable-canvas' (streamlit-drawable-canvas) or 'box' (sliders)"),
 )
 

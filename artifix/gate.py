@@ -55,6 +55,9 @@ from .profiles import profile_for
 from .results import RepairManifest
 from .errors import RuntimeFailure, UserError
 from .io import check_output_folder, output_folder, sha256_file, write_json_atomic, write_text_atomic
+from .provenance import markdown as provenance_markdown
+from .provenance import provenance
+from .verdict import gate_verdict
 
 FORMAT = "artifix-gate-report"
 FORMAT_VERSION = 1
@@ -590,9 +593,21 @@ def run_gate(s: GateSettings, cand_spec: Any, say: Callable[[str], None] = lambd
         "criteria": rows, "measurements": measured,
         "counts": {k: sum(r["status"] == k for r in rows) for k in ("pass", "warn", "fail", "measured")},
         "run": {"started": started, "seconds": round(time.time() - t0, 1)},
+        "provenance": _provenance(s, res),
     }
+    report["verdict"] = gate_verdict(report).to_json()
     write_outputs(report, Path(s.out))
     return report
+
+
+def _provenance(s: GateSettings, res: Mapping[str, Any]) -> dict[str, Any]:
+    """Reference data, feature space, classifier, version and device of this gate run (no flags: the gate reads none)."""
+    p = provenance(real=s.metric_opts.get("real"), clf=next((clf for clf, _ in res["classifiers"].values()), None))
+    p["reference"]["n"] = s.metric_opts.get("real_n") or p["reference"].get("n")
+    p["feature_space"] = {m: str(s.metric_opts.get("features") or "effnet-lite0") if m != "swd" else "pixels (Laplacian pyramid patches)"
+                          for m in dist_metrics(s.criteria)}
+    p["flags"] = None
+    return p
 
 
 def _maybe_sha(path: str | None) -> str | None:
@@ -656,4 +671,8 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
         note = " (inconclusive)" if r.get("inconclusive") else ""
         lines.append(f"| {r['name']} | {r['tier']} | {r['candidate']:.4g} | {basev} | {change} | {thr} | {_ICON[r['status']]}{note} |")
     lines += ["", "A criterion fails only when its whole confidence interval lies beyond the threshold (significant regression)."]
+    if report.get("criteria") is not None:
+        lines += ["", gate_verdict(report).markdown()]
+    if report.get("provenance"):
+        lines += ["", provenance_markdown(report["provenance"]).replace("## Provenance", "### Provenance")]
     return "\n".join(lines) + "\n"

@@ -723,7 +723,7 @@ class LabelStore:
         """Current label per sample (latest event by (time, id) over all reviewers): sample, label, reviewer, time."""
         def fn(conn: Connection) -> list[Any]:
             run = self._get_run(conn, run_id)
-            sub = self._latest(flags_t, run.id, [flags_t.c.sample])
+            sub = self._latest(flags_t, run.id, [flags_t.c.sample], self._kept(conn, run.id))
             return list(conn.execute(sa.select(sub).where(sub.c.rn == 1).order_by(sub.c.sample)))
 
         return self._flag_frame(self._read(fn))
@@ -732,7 +732,7 @@ class LabelStore:
         """Each reviewer's latest label per sample (optionally one reviewer's): sample, label, reviewer, time."""
         def fn(conn: Connection) -> list[Any]:
             run = self._get_run(conn, run_id)
-            where = None if reviewer is None else flags_t.c.reviewer == reviewer
+            where = self._kept(conn, run.id, None if reviewer is None else flags_t.c.reviewer == reviewer)
             sub = self._latest(flags_t, run.id, [flags_t.c.sample, flags_t.c.reviewer], where)
             return list(conn.execute(sa.select(sub).where(sub.c.rn == 1).order_by(sub.c.sample, sub.c.reviewer)))
 
@@ -752,10 +752,47 @@ class LabelStore:
         def fn(conn: Connection) -> str | None:
             run = self._get_run(conn, run_id)
             s = self._check_sample(run, sample)
-            return conn.execute(sa.select(flags_t.c.label).where(flags_t.c.run_id == run.id, flags_t.c.sample == s)
+            return conn.execute(sa.select(flags_t.c.label).where(self._kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == s)))
                                 .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
 
         return self._read(fn)
+
+    # -- undo (an undo is a new audit event; no flag is ever deleted or changed)
+
+    @staticmethod
+    def _undone_ids(conn: Connection, run_id: int) -> list[int]:
+        rows = conn.execute(sa.select(audit_t.c.detail).where(audit_t.c.run_id == run_id, audit_t.c.action == "undo_flag"))
+        return [int(json.loads(r.detail)["flag_id"]) for r in rows]
+
+    @classmethod
+    def _kept(cls, conn: Connection, run_id: int, where: Any = None) -> Any:
+        """`where`, and: the flag event was not undone."""
+        undone = cls._undone_ids(conn, run_id)
+        if not undone:
+            return where
+        keep = flags_t.c.id.notin_(undone)
+        return keep if where is None else sa.and_(where, keep)
+
+    def undo_last_flag(self, run_id: int, reviewer: str) -> dict[str, Any] | None:
+        """Undo `reviewer`'s latest flag that is not undone yet (an 'undo_flag' audit event); the sample's label reverts to
+        what it was before (another earlier flag, or none). Returns the audit detail, or None when there is nothing to undo."""
+        reviewer = _check_reviewer(reviewer)
+
+        def fn(conn: Connection) -> dict[str, Any] | None:
+            run = self._get_run(conn, run_id)
+            row = conn.execute(sa.select(flags_t).where(self._kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id,
+                                                                                          flags_t.c.reviewer == reviewer)))
+                               .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).first()
+            if row is None:
+                return None
+            keep = self._kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == row.sample, flags_t.c.id != row.id))
+            restored = conn.execute(sa.select(flags_t.c.label).where(keep)
+                                    .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
+            detail = {"flag_id": int(row.id), "sample": int(row.sample), "undone_label": row.label, "restored_label": restored}
+            self._audit(conn, reviewer, "undo_flag", run.id, detail)
+            return detail
+
+        return self._write(fn)
 
     # -- masks
 
@@ -1002,7 +1039,7 @@ class LabelStore:
         """Write flags.csv, flags.json and masks/<sample>_<reviewer>.png for a run into `folder`, atomically."""
         def fn(conn: Connection) -> tuple[Run, list[Any], list[Any]]:
             run = self._get_run(conn, run_id)
-            hist = list(conn.execute(sa.select(flags_t).where(flags_t.c.run_id == run.id)
+            hist = list(conn.execute(sa.select(flags_t).where(self._kept(conn, run.id, flags_t.c.run_id == run.id))
                                      .order_by(flags_t.c.sample, flags_t.c.time, flags_t.c.id)))
             return run, hist, self._latest_masks(conn, run.id)
 

@@ -35,10 +35,13 @@ from .images import grid, save_png
 from .io import check_output_folder, output_folder, write_json_atomic, write_text_atomic
 from .ledger import Ledger
 from .progress import Progress, track
+from .provenance import markdown as provenance_markdown
+from .provenance import provenance
 from .report import table_markdown
 from .results import metric_rows
 from . import intervals
 from .trace import Ablation, Trace, ablation
+from .verdict import repair_verdict, units_phrase
 
 Say = Callable[[str], None]
 
@@ -483,7 +486,10 @@ def repair_into(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, se
         "random_control": control, "random_control_units": control[plan.layer], "export": exported.to_json(),
         "metrics": results, "collateral": collateral, "alpha_optimisation": history or None, "sweep": sweep_res,
         "skipped_measures": list(skipped), "confidence": float(confidence), "seconds": round(time.time() - t0, 1),
+        "provenance": provenance(real=real, metrics=results["repair"], clf=clf, flagged=flagged, clean=clean,
+                                 device=str(next(g.module.parameters()).device) if any(True for _ in g.module.parameters()) else "cpu"),
     }
+    manifest["verdict"] = repair_verdict(manifest).to_json()
     write_json_atomic(out / "manifest.json", manifest)
     card = model_card(manifest)
     write_text_atomic(out / "MODEL_CARD.md", card)
@@ -512,7 +518,7 @@ def model_card(m: dict[str, Any]) -> str:
     edits = "; ".join(f"`{l}`: {e['units']}" + ("" if all(a == 1.0 for a in e["alphas"]) else f" (alphas {e['alphas']})")
                       for l, e in m["edits"].items())
     lines = ["# Cleaned generator", "",
-             f"Removed {sum(len(e['units']) for e in m['edits'].values())} units ({m['selection']}): {edits}. "
+             f"Removed {units_phrase(sum(len(e['units']) for e in m['edits'].values()))} ({m['selection']}): {edits}. "
              f"Random-unit control of the same size: " + "; ".join(f"`{l}`: {u}" for l, u in m["random_control"].items()) + ".",
              f"Weights baked and verified: max |G_clean(z) - G_hooked(z)| = {ex['max_abs_diff']:.2e} on {ex['verify_n']} seeded latents "
              f"({'exact' if ex['exact'] else 'not exact: TorchScript export'}).", ""]
@@ -526,6 +532,7 @@ def model_card(m: dict[str, Any]) -> str:
         lines += [f"Metrics on {what}, same seeds before and after (paired, {met.get('confidence', 0.95):.0%} intervals; "
                   "negative change = closer to the reference / fewer artifacts):", "",
                   table_markdown(_metric_rows(sub), cols), ""]
+    lines += [repair_verdict(m).markdown(), ""]
     if "artifact_rate_flagged" in met:
         r = met["artifact_rate_flagged"]
         lines += [f"Artifact rate on the {r['before']['n']} flagged samples: before {r['before']['value']:.3f}, after {r['after']['value']:.3f} "
@@ -552,6 +559,8 @@ def model_card(m: dict[str, Any]) -> str:
                     row[key] = f"{r[key]['value']:.3f} (marginal {r[key]['marginal']:+.3f}{_ci(r[key], 'marginal_ci')})"
             rows.append(row)
         lines += [table_markdown(rows, ["k", "unit added"] + [c for c in ("fd", "swd", "artifact_rate") if c in rows[0]] + ["helped"]), ""]
+    if m.get("provenance"):
+        lines += [provenance_markdown(m["provenance"])]
     return "\n".join(lines)
 
 

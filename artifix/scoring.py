@@ -281,19 +281,29 @@ def exact_effect(g: LoadedGenerator, layer: str, seed: int, flagged: Sequence[in
             abl_c = images_at(g, seed, clean)
         row = {"unit": int(u)}
         if p0 is not None:
-            row["prob_drop"] = float(np.mean(p0 - prob_fn(abl_f)))  # type: ignore[misc]
+            _mean_se(row, "prob_drop", p0 - prob_fn(abl_f))  # type: ignore[misc]
         diff_f = np.abs(abl_f.astype(np.int16) - base_f).max(-1) / 255.0 if len(flagged) else None
-        row["flagged_change"] = float(diff_f.mean()) if diff_f is not None else float("nan")
+        _mean_se(row, "flagged_change", diff_f.mean((1, 2)) if diff_f is not None else np.zeros(0))
         if m is not None and diff_f is not None:
             d = diff_f[mrows]
             inside = (d * m).sum((1, 2)) / np.maximum(m.sum((1, 2)), 1)
             outside = (d * ~m).sum((1, 2)) / np.maximum((~m).sum((1, 2)), 1)
-            row["mask_change"] = float(np.mean(inside - outside))
-        row["collateral"] = float((np.abs(abl_c.astype(np.int16) - base_c).max(-1) / 255.0).mean()) if len(clean) else 0.0
+            _mean_se(row, "mask_change", inside - outside)
+        if len(clean):
+            _mean_se(row, "collateral", (np.abs(abl_c.astype(np.int16) - base_c).max(-1) / 255.0).mean((1, 2)))
+        else:
+            row["collateral"], row["collateral_se"] = 0.0, 0.0
         rows.append(row)
         bar.update()
     bar.close()
     return pd.DataFrame(dist.all_gather_list(rows))
+
+
+def _mean_se(row: dict, name: str, per_sample: np.ndarray) -> None:
+    """row[name] = the mean of the per-sample values, row[name_se] = its standard error (nan with fewer than 2)."""
+    v = np.asarray(per_sample, np.float64)
+    row[name] = float(v.mean()) if v.size else float("nan")
+    row[f"{name}_se"] = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
 
 
 @dataclass
@@ -354,6 +364,10 @@ def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, fla
         drop = ex["mask_change"] if "mask_change" in ex else ex["prob_drop"] if "prob_drop" in ex else ex["flagged_change"]
         causal[ex["unit"].to_numpy().copy()] = torch.tensor((drop - collateral_weight * ex["collateral"]).to_numpy().copy(), dtype=torch.float32)
         comp["causal"] = causal
+        drop_se = ex[f"{drop.name}_se"] if f"{drop.name}_se" in ex else np.nan
+        se = np.sqrt(np.asarray(drop_se, np.float64) ** 2 + (collateral_weight * ex["collateral_se"].to_numpy(np.float64)) ** 2)
+        extra["causal_se"] = torch.full((c,), float("nan"))
+        extra["causal_se"][ex["unit"].to_numpy().copy()] = torch.tensor(np.broadcast_to(se, (len(ex),)).copy(), dtype=torch.float32)
         for col in ("prob_drop", "mask_change", "flagged_change", "collateral"):
             if col in ex:
                 v = torch.full((c,), float("nan"))

@@ -43,17 +43,10 @@ def sidebar(d) -> str:
         else:
             st.text_input("reviewer", key="reviewer", value=d.reviewer,
                           help="your name, recorded with every label and decision")
-        c = d.store.counts(d.run_id)
-        st.caption(f"run **{d.run_id}** · generator `{d.g.fingerprint}` · layer `{d.layer}` · seed {d.seed}  \n"
-                   f"store `{d.store.location}`  \n{c['labelled']} labelled · {c['masked']} painted · "
-                   f"{c['proposed']} proposed · {c['approved']} approved")
+        st.session_state["_counts_slot"] = st.empty()  # filled after the page ran, so its actions are counted
         if "seeded" in st.session_state:
             st.success(st.session_state.pop("seeded"))
-        if session.bundled_review_applies(d.store, d.run_id, d.g, d.layer, d.seed):
-            st.button("Load the maintainers' example review", key="seed-review", icon=":material/playlist_add_check:",
-                      on_click=load_example_review, args=(d,), width="stretch",
-                      help="import the flags and approvals the maintainers recorded for this example (data/example/review/); "
-                           "offered only while this run has no labels")
+        seed_review_button(d)
         others = [r for r in d.store.runs() if r.id != d.run_id]
         if others:
             st.caption(f"{len(others)} other run(s) in this store (other generators, layers or seeds): "
@@ -62,6 +55,36 @@ def sidebar(d) -> str:
         if not serve.is_local(str(host)):
             st.warning(f"This dashboard listens on {host}: anyone who reaches it can label under any name.")
     return page
+
+
+def run_facts(d) -> None:
+    """The run facts and its counts, drawn into the sidebar slot after the page (so they include this run's actions)."""
+    c = d.store.counts(d.run_id)
+    slot = st.session_state.get("_counts_slot") or st.sidebar.empty()
+    slot.caption(f"run **{d.run_id}** · generator `{d.g.fingerprint}` · layer `{d.layer}` · seed {d.seed}  \n"
+                 f"store `{d.store.location}`  \n{c['labelled']} labelled · {c['masked']} painted · "
+                 f"{c['proposed']} proposed · {c['approved']} approved")
+
+
+def is_example_run(d) -> bool:
+    """Whether the generator profile's bundled review is about this run (its generator, layer and seed), labels or not."""
+    from artifix.workflow import bundled_review_for
+
+    return bundled_review_for(session.profile_for(d.g.spec), d.g.fingerprint, d.layer, d.seed) is not None
+
+
+def seed_review_button(d) -> None:
+    """The maintainers' review button: enabled while it applies; on the example it stays, disabled, saying why."""
+    review_fits = session.bundled_review_applies(d.store, d.run_id, d.g, d.layer, d.seed)
+    if not review_fits and not is_example_run(d):
+        return  # another generator, layer or seed: the maintainers' review is not about it
+    why = ("import the flags and approvals the maintainers recorded for this example (data/example/review/)" if review_fits else
+           "disabled: this run already has labels or decisions, and the maintainers' review is loaded only into an empty run "
+           "(it never mixes with yours). To see it again, start the dashboard with a new --store.")
+    st.button("Load the maintainers' example review", key="seed-review", icon=":material/playlist_add_check:",
+              on_click=load_example_review, args=(d,), width="stretch", disabled=not review_fits, help=why)
+    if not review_fits:
+        st.caption("Maintainers' review: " + why.removeprefix("disabled: "))
 
 
 def load_example_review(d) -> None:
@@ -75,14 +98,20 @@ def load_example_review(d) -> None:
 def main() -> None:
     """Render the chosen page."""
     st.set_page_config(page_title="artifix dashboard", page_icon=":material/healing:", layout="wide")
+    boot = st.empty()
+    boot.info("Starting: loading the generator and the label store (the Review page then prepares its queue).",
+              icon=":material/hourglass_top:")
     try:
         opts = resolve_settings()
         d = open_dash(opts)
     except ArtifixError as e:
+        boot.empty()
         st.error(f"artifix: {e}")
         st.stop()
+    boot.empty()
     page = sidebar(d)
     PAGES[page][1](d)
+    run_facts(d)
 
 
 main()

@@ -12,16 +12,20 @@ import json
 import pandas as pd
 import streamlit as st
 
+from artifix import session
+from artifix.cautions import check_approval, ranking_caution, unit_cautions
 from artifix.errors import UserError
 
 from .state import Dash
 
 
-def decide(d: Dash, layer: str, unit: int, status: str, note: str | None = None) -> None:
-    """Record one decision through the store's server-side approver check (button callback)."""
+def decide(d: Dash, layer: str, unit: int, status: str, note: str | None = None, cautions: list[str] | None = None) -> None:
+    """Record one decision through the store's server-side approver check (button callback); a cautioned approval needs a note."""
     if note is None:  # the note box's value when the button was pressed
         note = str(st.session_state.get(f"note-{layer}-{unit}") or "")
     try:
+        if may_approve(d):  # a reviewer who may not approve is refused by the store's check, whatever the note
+            check_approval(status, cautions or [], note)
         d.store.decide_unit(d.run_id, layer, int(unit), status, d.reviewer, note=note, approvers=d.approvers)
         st.session_state["decision_msg"] = ("success", f"unit {unit} {status} by {d.reviewer}")
     except UserError as e:
@@ -48,6 +52,12 @@ def render(d: Dash) -> None:
     if msg:
         (st.success if msg[0] == "success" else st.error)(msg[1])
     dec = d.store.unit_decisions(d.run_id)
+    flagged, clean = session.flagged_and_clean(d.store, d.run_id)
+    few = ranking_caution(len(flagged), len(clean), d.opts.get("trust_labels"))
+    if few and not dec.empty:
+        st.warning(few.replace("This ranking", "The ranking behind these proposals (if it used the current labels)"),
+                   icon=":material/warning:")
+    diss = _dissection(d) if not dec.empty else None
     if dec.empty:
         st.info("No units proposed yet: score the units and propose the top ones on the Units page.")
     for status in ("proposed", "approved", "rejected"):
@@ -62,12 +72,20 @@ def render(d: Dash) -> None:
                 sc = r.scores or {}
                 c[1].caption(", ".join(f"{k} {sc[k]:.3f}" for k in ("combined", "causal", "iou", "auc") if isinstance(sc.get(k), (int, float)))
                              + f"  \nlast: {r.status} by {r.reviewer}" + (f" — “{r.note}”" if r.note else ""))
-                c[2].text_input("note", key=f"note-{r.layer}-{r.unit}", placeholder="why (recorded in the audit log)",
-                                       label_visibility="collapsed")
+                cautions = unit_cautions(sc, _concepts(diss, r.layer, r.unit) if r.layer == d.layer else [])
+                c[2].text_input("note", key=f"note-{r.layer}-{r.unit}",
+                                placeholder=("required: why approve it despite the caution" if cautions and status != "approved"
+                                             else "why (recorded in the audit log)"), label_visibility="collapsed")
                 c[3].button("Approve", key=f"approve-{r.layer}-{r.unit}", type="primary", icon=":material/check:",
-                            on_click=decide, args=(d, r.layer, r.unit, "approved"), disabled=status == "approved")
+                            on_click=decide, args=(d, r.layer, r.unit, "approved", None, cautions), disabled=status == "approved",
+                            help="disabled: already approved" if status == "approved" else
+                            ("needs a note: this unit has cautions" if cautions else "approve removing this unit"))
                 c[4].button("Reject", key=f"reject-{r.layer}-{r.unit}", icon=":material/close:",
-                            on_click=decide, args=(d, r.layer, r.unit, "rejected"), disabled=status == "rejected")
+                            on_click=decide, args=(d, r.layer, r.unit, "rejected"), disabled=status == "rejected",
+                            help="disabled: already rejected" if status == "rejected" else "reject removing this unit")
+                if cautions:
+                    st.warning(f"Caution on unit {r.unit}: " + " ".join(cautions)
+                               + (" Approving it needs a note." if status != "approved" else ""), icon=":material/warning:")
     st.subheader("Audit history")
     audit = d.store.audit(d.run_id)
     if not audit.empty:
@@ -75,6 +93,19 @@ def render(d: Dash) -> None:
         audit["detail"] = [json.dumps(x, sort_keys=True)[:300] for x in audit["detail"]]
         st.dataframe(audit[["id", "time", "actor", "action", "detail"]], hide_index=True, width="stretch", height=320)
     st.caption("The audit log is append-only (database triggers refuse updates and deletes).")
+
+
+def _dissection(d: Dash):
+    """The run layer's dissection for collateral cautions, or None (no segmenter, or it failed: the Units page says why)."""
+    from .page_units import layer_dissection
+
+    return layer_dissection(d)[0]
+
+
+def _concepts(diss, layer: str, unit: int) -> list[tuple[str, float]]:
+    from .page_units import unit_concepts
+
+    return unit_concepts(diss, int(unit))
 
 
 def audit_frame(d: Dash) -> pd.DataFrame:

@@ -44,8 +44,9 @@ def choose_units(d: Dash, layer: str) -> tuple[list[int] | None, str]:
         seg, seg_error = None, str(e)
     c = st.columns([1, 2, 1], vertical_alignment="bottom")
     by = c[0].segmented_control("paint with", ["concept", "units"], default="concept" if seg is not None else "units",
-                                key="paint-by", help="a concept's top units by IoU, or units you name",
-                                disabled=seg is None) or "units"
+                                key="paint-by", disabled=seg is None,
+                                help="a concept's top units by IoU, or units you name" if seg is not None else
+                                "concepts are disabled: there is no segmenter for this generator (--segmenter FILE)") or "units"
     if by == "units" or seg is None:
         if seg is None:
             st.caption(seg_error or "No segmenter for this generator, so no concepts: name the units to paint with, or start "
@@ -53,7 +54,8 @@ def choose_units(d: Dash, layer: str) -> tuple[list[int] | None, str]:
         text = c[1].text_input("units", key="paint-units", placeholder="3, 17, 42",
                                help=f"comma-separated units of {layer}")
         if not text.strip():
-            return None, "Name the units to paint with (comma-separated), or pick a concept."
+            return None, ("Name the units to paint with (comma-separated)." if seg is None else
+                          "Name the units to paint with (comma-separated), or pick a concept.")
         return session.paint_units(text), "units you named"
     classes = list(seg.classes)
     concept = c[1].selectbox("concept", classes, index=classes.index("tree") if "tree" in classes else 0, key="paint-concept",

@@ -16,7 +16,9 @@ import streamlit as st
 
 from artifix import session
 from artifix.errors import UserError
+from artifix.provenance import markdown as provenance_markdown
 from artifix.results import metric_rows, rate_row
+from artifix.verdict import repair_verdict, units_phrase
 
 from .progress_ui import stages
 from .state import Dash
@@ -45,12 +47,25 @@ def table_rows(met: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def metrics_table(m: dict[str, Any]) -> pd.DataFrame:
-    """One row per metric (`artifix.results.metric_rows`, as the model card): before, after, change, the control's change."""
+def metrics_table(m: dict[str, Any], subset: str | None = None) -> pd.DataFrame:
+    """One row per metric (`artifix.results.metric_rows`, as the model card): before, after, change, the control's change.
+
+    With `subset` (e.g. "high_activation"), the rows of that sample subset."""
+    met = m.get("metrics", {})
     rows = [{"metric": r["metric"], "before": r["before"], "after": r["after"], "change": r["change"], "change 95% CI": _fmt_ci(r["change_ci"]),
              "random control change": r["control_change"], "control 95% CI": _fmt_ci(r["control_ci"])}
-            for r in table_rows(m.get("metrics", {}))]
+            for r in (table_rows(met) if subset is None else metric_rows(met["subsets"][subset]))]
     return pd.DataFrame(rows)
+
+
+def verdict_block(m: dict[str, Any], subset: str | None = None) -> None:
+    """The verdict line, the disagreement sentence and the notes on what was not measured."""
+    v = repair_verdict(m, subset=subset)
+    st.markdown(f"**{v.line()}**")
+    if v.disagreement:
+        st.warning(v.disagreement, icon=":material/compare_arrows:")
+    if v.skipped and subset is None:
+        st.caption("Not measured:  \n" + "  \n".join(f"- {s}" for s in v.skipped))
 
 
 def sweep_frame(m: dict[str, Any]) -> pd.DataFrame | None:
@@ -122,21 +137,34 @@ def render(d: Dash) -> None:
                           help="samples before / after (same seeds) for the metrics")
     sweep = c[2].checkbox("k sweep", value=bool(d.opts.get("sweep")), key="sweep",
                           help="also remove the approved units one at a time (in ranking order) and measure each step")
-    if c[3].button("Run repair", type="primary", disabled=not approved, icon=":material/build:", key="run-repair"):
+    if c[3].button("Run repair", type="primary", disabled=not approved, icon=":material/build:", key="run-repair",
+                   help="disabled: no approved units of this layer yet (approve some on the Approvals page)" if not approved
+                   else "remove the approved units and measure before / after"):
         run_repair(d, int(n), sweep)
     m = load_manifest(folder)
     if m is None:
         st.caption(f"No repair report in `{folder}/` yet.")
         return
     st.subheader(f"Report in `{folder}/`")
-    st.markdown(f"Removed **{len(m['units'])}** units of `{m['layer']}` ({m['selection']}): {m['units']}; random-unit control: "
+    st.markdown(f"Removed **{units_phrase(len(m['units']))}** of `{m['layer']}` ({m['selection']}): {m['units']}; random-unit control: "
                 f"{m.get('random_control_units')}. Cleaned weights verified: max |G_clean − G_hooked| = "
                 f"{m['export']['max_abs_diff']:.2e}. Metrics on {m['metrics']['n']} paired samples; negative change = closer to the reference.")
     if m.get("skipped_measures"):
         st.info(f"No reference data (--real) for this generator: skipped {', '.join(x.upper() for x in m['skipped_measures'])}; "
                 "the table holds the reference-free measures only (artifact rate, pixel change).")
-    st.dataframe(metrics_table(m), hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("before", "after", "change", "random control change")})
+    fmt = {k: st.column_config.NumberColumn(format="%.4f") for k in ("before", "after", "change", "random control change")}
+    verdict_block(m)
+    st.dataframe(metrics_table(m), hide_index=True, width="stretch", column_config=fmt, key="metrics-random")
+    subsets = (m.get("metrics") or {}).get("subsets") or {}
+    if "high_activation" in subsets:
+        st.markdown(f"**On the samples where the removed units fire most** ({subsets['high_activation'].get('samples')}):")
+        verdict_block(m, "high_activation")
+        st.dataframe(metrics_table(m, "high_activation"), hide_index=True, width="stretch", column_config=fmt, key="metrics-high")
+    if m.get("provenance"):
+        with st.expander("Provenance: reference data, feature space, classifier, flags, version, device"):
+            st.markdown(provenance_markdown(m["provenance"]).replace("## Provenance\n", ""))
+    else:
+        st.caption("This report records no provenance (written by an older artifix).")
     st.subheader("Downloads")
     cols = st.columns(4)
     # the cleaned generator's files sit next to the manifest; only files of the report folder are offered

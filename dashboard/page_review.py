@@ -15,7 +15,7 @@ from artifix import session
 from artifix.errors import UserError
 from artifix.images import heat_overlay
 
-from . import canvas
+from . import canvas, queue_cache
 from .state import Dash
 
 LABEL_BUTTONS = (("artifact", "Artifact", ":material/broken_image:"), ("clean", "Clean", ":material/check_circle:"),
@@ -25,10 +25,37 @@ LABEL_BUTTONS = (("artifact", "Artifact", ":material/broken_image:"), ("clean", 
 @st.cache_resource(show_spinner="ordering the review queue (priors and classifier)", max_entries=16)
 def _queue(fingerprint: str, layer: str, seed: int, start: int, pool: int, clf_key: str, _d: Dash) -> session.Queue:
     """The whole pool in review order (labelled samples are skipped when a batch is drawn)."""
-    with _d.using_g() as g:
-        return session.review_queue(g, layer, _d.store, _d.run_id, seed=seed, start=start, n=pool, k=pool,
-                                    stats=_d.stats(), clf=_d.classifier(), cache=_d.cache, skip_labelled=False,
-                                    real=_d.opts.get("real"))
+    def compute() -> session.Queue:
+        with _d.using_g() as g:
+            return session.review_queue(g, layer, _d.store, _d.run_id, seed=seed, start=start, n=pool, k=pool,
+                                        stats=_d.stats(), clf=_d.classifier(), cache=_d.cache, skip_labelled=False,
+                                        real=_d.opts.get("real"))
+
+    clf = _d.opts.get("classifier") or "artifix-classifier.pt"
+    key = queue_cache.queue_key(fingerprint, layer, seed, start, pool, int(_d.opts["stats_n"]), clf if _d.classifier() is not None else None)
+    return queue_cache.cached(_d.cache, key, compute)
+
+
+def _prepare(d: Dash) -> tuple[session.Queue, Any]:
+    """The queue, with a skeleton and staged progress while the first load computes it (statistics, then the order)."""
+    key = (d.g.fingerprint, d.layer, d.seed, d.opts["start"], d.opts["pool"], d.classifier_key())
+    if st.session_state.get("_queue_ready") == key:
+        return queue_for(d), None
+    slot = st.empty()
+    with slot.container():
+        with st.status("Preparing the review queue", expanded=True) as status:
+            st.write(f"1/3 unit statistics of `{d.layer}` on {d.opts['stats_n']} samples (cached on disk after the first start)")
+            d.stats()
+            st.write(f"2/3 ordering the {d.opts['pool']} samples of the pool (priors"
+                     + (", classifier" if d.classifier() is not None else "") + "; cached on disk by content)")
+            q = queue_for(d)
+            st.write(f"3/3 drawing the first {d.opts['page_size']} tiles")
+            status.update(label="Review queue ready", state="complete")
+        cols = st.columns(3)
+        for c in cols:  # a skeleton of the grid while the tiles are drawn
+            c.container(border=True, height=180).caption("…")
+    st.session_state["_queue_ready"] = key
+    return q, slot
 
 
 def queue_for(d: Dash) -> session.Queue:
@@ -78,7 +105,7 @@ def counters(d: Dash) -> None:
 def render(d: Dash) -> None:
     """The Review page."""
     st.header("Review")
-    q = queue_for(d)
+    q, skeleton = _prepare(d)
     st.caption(f"Review queue in **{q.order}** order: "
                + ("samples the classifier is least sure about, interleaved with the most suspicious by the priors."
                   if q.order == "active learning" else
@@ -92,17 +119,22 @@ def render(d: Dash) -> None:
         st.session_state[batch_key] = next_batch(d, q)
         st.session_state["batch_order"] = (q.order, d.classifier_key())
     batch: list[int] = st.session_state[batch_key]
-    top = st.columns([1, 1, 3])
+    top = st.columns([1, 1, 1.4, 2.6])
     if top[0].button("Next batch", key="next-batch", icon=":material/skip_next:", help="the next unlabelled samples in queue order"):
         st.session_state[batch_key] = batch = next_batch(d, q)
     with top[1].popover("Classifier", icon=":material/model_training:"):
         _train_panel(d)
+    _undo_button(d, top[2], top[3])
     if not batch:
+        if skeleton is not None:
+            skeleton.empty()
         st.success("Every sample of the review pool is labelled. Score the units on the Units page.")
         return
     labels = dict(zip(d.store.flags(d.run_id)["sample"].astype(int), d.store.flags(d.run_id)["label"]))
     masked = set(int(s) for s in d.store.mask_records(d.run_id).query("pixels > 0")["sample"])
     images = d.images(batch)
+    if skeleton is not None:
+        skeleton.empty()  # the progress and skeleton give way to the grid
     left, right = st.columns([2, 1], gap="large")
     with left:
         ncol = 3
@@ -111,7 +143,7 @@ def render(d: Dash) -> None:
             for c, (s, im) in enumerate(zip(batch[r:r + ncol], images[r:r + ncol])):
                 with cols[c].container(border=True, key=f"tile-{s}"):
                     _tile(d, q, int(s), im, labels.get(int(s)), int(s) in masked)
-    with right:
+    with right, st.container(key="paint-panel"):
         _paint_panel(d, batch, images)
 
 
@@ -130,7 +162,7 @@ def _tile(d: Dash, q: session.Queue, s: int, im: np.ndarray, label: str | None, 
                        type="primary" if label == lab else "secondary", on_click=flag, args=(d, s, lab), width="stretch")
     b[1].button("Paint", key=f"paint-{s}", width="stretch", help=f"paint or box the artifact region of sample {s}",
                 type="primary" if st.session_state.get("paint_sample") == s else "tertiary",
-                on_click=lambda: st.session_state.update(paint_sample=s))
+                on_click=lambda: st.session_state.update(paint_sample=s, scroll_to_paint=st.session_state.get("scroll_to_paint", 0) + 1))
 
 
 def _colour(label: str) -> str:
@@ -143,6 +175,7 @@ def _paint_panel(d: Dash, batch: list[int], images: np.ndarray) -> None:
         s = batch[0]
     im = images[batch.index(s)]
     st.subheader(f"Artifact region of sample #{s}")
+    _scroll_here()
     c1, c2 = st.columns(2)
     mode = c1.segmented_control("tool", ["paint", "box"], default="paint", key="paint_mode",
                                 help="paint with a brush, or drag a box") or "paint"
@@ -168,6 +201,41 @@ def _paint_panel(d: Dash, batch: list[int], images: np.ndarray) -> None:
         st.caption("Draw on the image: each stroke is saved to the label store as you draw, and the sample is flagged 'artifact'.")
 
 
+def _scroll_here() -> None:
+    """After a click on Paint, scroll the paint panel into view (a lower tile's canvas would be off-screen above)."""
+    n = st.session_state.get("scroll_to_paint", 0)
+    if n and st.session_state.get("_scrolled") != n:
+        st.session_state["_scrolled"] = n
+        from streamlit.components.v1 import html
+
+        html(f"<script>/* {n} */ const p = window.parent.document.querySelector('.st-key-paint-panel');"
+             " if (p) p.scrollIntoView({block: 'start'});</script>", height=0)
+
+
+def undo_last(d: Dash) -> None:
+    """Undo this reviewer's latest label (button callback): a new audit event; the sample's label reverts."""
+    try:
+        r = d.store.undo_last_flag(d.run_id, d.reviewer)
+    except UserError as e:
+        st.session_state["last_error"] = str(e)
+        return
+    st.session_state["last_saved"] = ("nothing to undo" if r is None else
+                                      f"undid your '{r['undone_label']}' on sample {r['sample']}: it is now "
+                                      + (f"'{r['restored_label']}'" if r["restored_label"] else "unlabelled") + " (audit log: undo_flag)")
+
+
+def _undo_button(d: Dash, where: Any, msg: Any) -> None:
+    mine = d.store.reviewer_flags(d.run_id, d.reviewer)
+    why = (f"undo your latest label ({len(mine)} sample(s) carry a label of yours); recorded in the audit log, nothing deleted"
+           if len(mine) else f"disabled: {d.reviewer} has no label left to undo in this run")
+    where.button("Undo my last label", key="undo-label", icon=":material/undo:", disabled=not len(mine), help=why,
+                 on_click=undo_last, args=(d,))
+    if "last_saved" in st.session_state:
+        msg.caption(st.session_state.pop("last_saved"))
+    elif not len(mine):
+        msg.caption(f"Undo is disabled: {d.reviewer} has no label to undo yet.")
+
+
 def _train_panel(d: Dash) -> None:
     flagged, clean = session.flagged_and_clean(d.store, d.run_id)
     st.write(f"Train the artifact classifier on the {len(flagged)} flagged and {len(clean)} clean samples; "
@@ -177,7 +245,13 @@ def _train_panel(d: Dash) -> None:
         r = clf.report
         st.caption(f"current classifier: cross-validated ROC-AUC {r.get('auc', float('nan')):.3f} "
                    f"on {r.get('n_pos')} flagged / {r.get('n_neg')} clean")
-    if st.button("Train classifier", disabled=min(len(flagged), len(clean)) < 2, key="train"):
+    need = 2  # what cross-validated training needs (artifix.classifier.train_classifier)
+    short = min(len(flagged), len(clean)) < need
+    why = (f"disabled: needs at least {need} artifact and {need} clean flags; you have {len(flagged)} artifact and {len(clean)} clean"
+           if short else "train on the current flags (cross-validated)")
+    if short:
+        st.caption("Train classifier is " + why)
+    if st.button("Train classifier", disabled=short, key="train", help=why):
         with st.spinner("training (features of the labelled samples, cross-validation)"):
             try:
                 with d.using_g() as g:

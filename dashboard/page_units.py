@@ -9,13 +9,14 @@ import pandas as pd
 import streamlit as st
 
 from artifix import session
+from artifix.cautions import ranking_caution, unit_cautions
 from artifix.images import grid, heat_overlay
-from artifix.report import unit_card
+from artifix.unitviz import unit_card
 
 from .progress_ui import stages
 from .state import Dash
 
-FIRST_COLUMNS = ["rank", "unit", "status", "combined", "causal", "iou", "auc", "prob_drop", "mask_change",
+FIRST_COLUMNS = ["rank", "unit", "status", "combined", "causal", "causal_se", "iou", "auc", "prob_drop", "mask_change",
                  "flagged_change", "collateral", "first_order", "iqr", "iou_threshold", "firing_rate", "rarity", "mean"]
 
 
@@ -75,6 +76,9 @@ def render(d: Dash) -> None:
         return
     if not fresh:
         st.warning("The labels changed since this ranking was computed; press **Score units** to update it.")
+    few = ranking_caution(rep.n_flagged, rep.n_clean, d.opts.get("trust_labels"))
+    if few:
+        st.warning(few, icon=":material/warning:")
     top_n = int(d.opts["top"])
     if c[2].button(f"Propose top {top_n}", icon=":material/playlist_add:", key="propose-top"):
         new = session.propose_top(d.store, d.run_id, rep.table, top_n, actor=d.reviewer, note="proposed in the dashboard")
@@ -93,6 +97,9 @@ def render(d: Dash) -> None:
     units = [int(u) for u in rep.table["unit"]]
     c = st.columns([2, 1], vertical_alignment="bottom")
     u = c[0].selectbox("unit card", units, index=0, key="card_unit", format_func=lambda x: f"unit {x} (rank {units.index(x) + 1})")
+    cautions = unit_cautions(rep.table.set_index("unit").loc[u].to_dict(), unit_concepts(diss, u))
+    if cautions:
+        st.warning(f"Unit {u}: " + " ".join(cautions) + " Approving it will ask for a note.", icon=":material/warning:")
     if c[1].button(f"Propose unit {u} for removal", key="propose-one", icon=":material/add_task:"):
         d.store.propose_unit(d.run_id, d.layer, u, d.reviewer, note="proposed in the dashboard",
                              scores={k: float(v) for k, v in rep.table.set_index("unit").loc[u].items() if isinstance(v, float)})
@@ -105,9 +112,10 @@ def _card(d: Dash, u: int, diss: Any = None, why: str | None = None) -> None:
     stats = d.stats()
     idx, _ = stats.top_samples(8)
     with d.using_g() as g:
-        img = unit_card(g, d.layer, d.seed, u, idx[u].tolist()[:8], float(stats.max[u]))
-    st.image(img, width="stretch", caption=f"unit {u}: its top activating samples, plain and with the unit's activation overlaid "
-             f"(firing rate {float(stats.firing_rate()[u]):.1%})")
+        img = unit_card(g, d.layer, d.seed, u, idx[u].tolist()[:8])
+    st.image(img, width=min(img.shape[1], 1100),
+             caption=f"unit {u}: its top activating samples, each beside where the unit fires on it (its map normalised per "
+             f"sample; outlined: above half its range; red cross: its peak; firing rate {float(stats.firing_rate()[u]):.1%})")
     concepts_line(d, u, diss, why)
 
 
@@ -124,6 +132,16 @@ def layer_dissection(d: Dash) -> tuple[Any, str | None]:
     except UserError as e:
         return None, f"No concepts: {e}"
     return (diss, None) if diss is not None else (None, NO_SEGMENTER)
+
+
+def unit_concepts(diss: Any, u: int, top: int = 3) -> list[tuple[str, float]]:
+    """The concepts unit `u` draws above the dissection's IoU threshold (none without a dissection)."""
+    if diss is None:
+        return []
+    from artifix.dissect import concepts_of_units
+
+    (row,) = concepts_of_units(diss, [int(u)], top=top)
+    return [(str(c["concept"]), float(c["iou"])) for c in row["concepts"]]
 
 
 def concepts_line(d: Dash, u: int, diss: Any, why: str | None) -> None:
@@ -157,6 +175,7 @@ def _preview(d: Dash, units: list[int], u: int) -> None:
         with d.using_g() as g:
             before, after, diff = session.before_after(g, d.layer, d.seed, chosen, ids)
         heat = np.stack([heat_overlay(b, m) for b, m in zip(before, diff)])
-        col.image(grid(np.concatenate([before, after, heat]), ncol=len(ids), scale=2), width="stretch",
+        img = grid(np.concatenate([before, after, heat]), ncol=len(ids), scale=2)
+        col.image(img, width=min(img.shape[1], 700),  # at most 2x: a single sample is not blown up to the column's width
                  caption=f"{name} samples {ids} — rows: before; units {chosen} ablated; where pixels changed "
                          f"(mean change {float(diff.mean()):.3f})")

@@ -285,3 +285,34 @@ def test_browser_paints_a_concept_in_a_region(server):
             shutil.copy(shot, Path(out_dir) / "dashboard_paint.png")
     finally:
         drv.quit()
+
+
+def test_paint_on_a_lower_tile_brings_the_canvas_into_view(server):
+    url, _, _ = server
+    drv = browser()
+    try:
+        drv.set_window_size(1600, 700)
+        batch = open_review(drv, url)
+        wait_for(lambda: idle(drv), "the first page to finish its run", STARTUP)
+        sel = f".st-key-paint-{batch[-1]} button"  # the last tile, on the lower row
+        drv.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'end'})", sel)
+        time.sleep(0.5)
+
+        def canvas_box():
+            host = drv.execute_script(
+                "return Array.from(document.querySelectorAll('*')).find(e => e.shadowRoot && e.shadowRoot.querySelector('canvas.upper-canvas'))")
+            return drv.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.top, r.bottom, window.innerHeight]", host)
+
+        top, _, height = canvas_box()
+        assert top < 0, "the test needs the canvas above the viewport before the click"
+        wait_for(lambda: idle(drv), "the page to finish its run", STARTUP)
+        wait_for(lambda: drv.find_element(By.CSS_SELECTOR, sel).click() or True, "a click on Paint")  # re-found: a rerun replaces it
+        wait_for(lambda: f"Artifact region of sample #{batch[-1]}" in drv.page_source, "the paint panel of the lower tile")
+
+        def in_view():
+            t, b, h = canvas_box()
+            return t >= 0 and b <= h
+
+        wait_for(in_view, "the canvas scrolled into the viewport", 60)
+    finally:
+        drv.quit()

@@ -140,6 +140,9 @@ def test_units_page_ranks_every_component_previews_and_proposes(tmp_path, monkey
     assert want["concepts"] and all(f"{c['concept']} {c['iou']:.2f}" in line for c in want["concepts"])
     assert table.concept.iloc[0] == diss.best()[u]["concept"]
     button(at, "propose-top").click().run()
+    assert any("3 proposed" in c.value for c in at.sidebar.caption)  # the sidebar counts include this click
+    assert any(w.value.startswith("This ranking rests on 2 flagged and 2 clean samples: too few to trust. Flag 8 more artifact")
+               for w in at.warning)
     dec = store.unit_decisions(run)
     assert sorted(dec.unit) == sorted(int(u) for u in table.unit[:3]) and set(dec.status) == {"proposed"}
     # a new label makes the ranking stale, and the page says so instead of silently showing old scores
@@ -242,6 +245,7 @@ def test_paint_page_without_a_segmenter_paints_named_units(tmp_path, monkeypatch
     assert not at.get("selectbox") or all(s.key != "paint-concept" for s in at.selectbox)
     layer = at.selectbox(key="paint-layer")
     assert layer.value == "main.5" and layer.options[0] == "main.5" and "main.8" in layer.options  # the run's layer first
+    assert any(i.value == "Name the units to paint with (comma-separated)." for i in at.info)  # no "pick a concept"
     at.text_input(key="paint-units").set_value("0, 1").run()
     at.slider(key="paint-region-0-paint-x").set_value((0, 32)).run()
     at.slider(key="paint-region-0-paint-y").set_value((0, 32)).run()
@@ -275,13 +279,17 @@ def test_sidebar_loads_the_maintainers_example_review_into_an_empty_run(tmp_path
     assert sorted(a.unit for a in store.approved_units(run)) == sorted(a["unit"] for a in review["approved"])
     assert store.counts(run)["labelled"] == 64 and set(store.flags(run).reviewer) == {review["reviewer"]}
     assert any(s.value.startswith("loaded the maintainers' review") for s in at.sidebar.success)
-    assert all(b.key != "seed-review" for b in at.button)  # offered only while the run is empty
+    # it stays, disabled, saying why (loaded only into an empty run), instead of vanishing after one click
+    seed = button(at, "seed-review")
+    assert seed.disabled and "loaded only into an empty run" in seed.help and "new --store" in seed.help
+    assert any("Maintainers' review: this run already has labels" in c.value for c in at.sidebar.caption)
     # a run with labels of its own is never mixed with the bundled review
     opts2 = settings(tmp_path / "other")
     store2, run2 = run_of(opts2)
     store2.set_flag(run2, 3, "clean", "alice")
     at2 = open_page(monkeypatch, opts2, "Approvals")
-    assert all(b.key != "seed-review" for b in at2.button)
+    assert button(at2, "seed-review").disabled
+    assert store2.counts(run2)["labelled"] == 1 and store2.unit_decisions(run2).empty
     # nor is a user's generator (its fingerprint is not the example's)
     from tests.conftest import GENS
 

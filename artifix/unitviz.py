@@ -1,0 +1,52 @@
+"""Unit cards that show where a unit fires: each sample's map normalised on its own, the firing region outlined,
+and its peak marked (instead of a global-scale wash that looks the same everywhere).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .generator import LoadedGenerator
+from .images import grid
+
+OUTLINE = (255, 220, 0)  # the firing region's contour
+PEAK = (255, 40, 40)  # the peak marker
+
+
+def normalised(act: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One sample's (h, w) activation map min-max normalised to [0, 1] and upsampled (bilinear) to `size` (H, W)."""
+    a = np.asarray(Image.fromarray(np.asarray(act, np.float32)).resize((size[1], size[0]), Image.BILINEAR), np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def marked(image: np.ndarray, act: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """`image` dimmed outside where the unit fires above `level` of its own range, the region outlined, the peak crossed."""
+    h, w = image.shape[:2]
+    m = normalised(act, (h, w))
+    region = m >= level
+    out = image.astype(np.float32)
+    out[~region] *= 0.35
+    out = out.astype(np.uint8)
+    p = np.pad(region, 1)
+    inner = p[2:, 1:-1] & p[:-2, 1:-1] & p[1:-1, 2:] & p[1:-1, :-2]
+    out[region & ~inner] = OUTLINE
+    y, x = np.unravel_index(int(np.argmax(m)), m.shape)
+    r = max(2, h // 24)
+    out[max(y - r, 0): y + r + 1, x] = PEAK
+    out[y, max(x - r, 0): x + r + 1] = PEAK
+    return out
+
+
+def unit_card(g: LoadedGenerator, layer: str, seed: int, unit: int, samples: Sequence[int], per_row: int = 4) -> np.ndarray:
+    """Pairs (sample, where the unit fires on it), `per_row` pairs a row, at 2x (uint8 HxWx3)."""
+    from .scoring import trace_batches
+
+    tiles = []
+    for _, acts, imgs in trace_batches(g, layer, seed, list(samples), images=True):
+        for im, a in zip(imgs.numpy(), acts[:, unit].float().numpy()):
+            tiles += [im, marked(im, a)]
+    return grid(np.stack(tiles), ncol=min(len(tiles), 2 * per_row), scale=2)
