@@ -7,14 +7,13 @@ object on stdout; exit 0 ok, 1 gate failed, 2 usage/config/input error, 3 runtim
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from . import __version__, config, defaults, progress
+from . import __version__, cli_help, config, defaults, jsonout, log, progress
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
 
 
@@ -28,9 +27,8 @@ class Context:
     json: bool = False
 
     def say(self, text: str) -> None:
-        """Human text, on stderr."""
-        if not progress.QUIET:
-            print(text, file=sys.stderr, flush=True)
+        """Human text, on stderr (through the "artifix" logger; nothing with --quiet)."""
+        log.say(text)
 
 
 Handler = Callable[[Context], Any]
@@ -70,6 +68,8 @@ def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | Non
             dflt = "" if opt.default is None else f" (default: {opt.default})"
             if opt.flag:
                 group.add_argument(opt.cli, dest=opt.name, action="store_true", default=None, help=opt.help)
+            elif opt.choices:
+                group.add_argument(opt.cli, dest=opt.name, default=None, choices=opt.choices, help=opt.help + dflt)
             else:
                 group.add_argument(opt.cli, dest=opt.name, default=None, metavar=opt.name.upper(), help=opt.help + dflt)
 
@@ -78,17 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by main and by the docs test)."""
     from . import commands  # noqa: F401  registers the commands
 
-    parser = argparse.ArgumentParser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.")
+    parser = cli_help.Parser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.",
+                             epilog="examples:\n  artifix demo\n  artifix repair --help\n  eval \"$(artifix completion bash)\"",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"artifix {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS.values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, epilog=cli_help.epilog(cmd.name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", default=None, help="settings file (default: ./artifix.toml when present)")
         p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         p.add_argument("--quiet", action="store_true", help="no progress or human text on stderr")
         _add_options(p, cmd.options)
         if cmd.extra:
             cmd.extra(p)
+    cli_help.add_completion(sub, parser)
     return parser
 
 
@@ -99,8 +103,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USER
+    if args.command == "completion":
+        sys.stdout.write(cli_help.completion_script(parser, args.shell))
+        return EXIT_OK
     cmd = COMMANDS[args.command]
     progress.QUIET = bool(args.quiet)
+    log.to_stderr()
     from . import dist
 
     try:
@@ -118,7 +126,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(int(threads))
         result = cmd.handler(ctx)
         if ctx.json and result is not None and dist.is_main():
-            sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+            sys.stdout.write(jsonout.dumps(result, indent=2, sort_keys=True) + "\n")
             sys.stdout.flush()
         code = result.get("exit_code", EXIT_OK) if isinstance(result, dict) else EXIT_OK
         return int(code)

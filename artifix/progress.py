@@ -8,6 +8,7 @@ from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 QUIET = False
+TQDM = False  # the Python API sets this: bars are drawn by tqdm.auto (notebook widgets in Jupyter, text elsewhere)
 
 
 class Progress:
@@ -18,10 +19,18 @@ class Progress:
         self.t0 = time.monotonic()
         self._last = 0.0
         self._shown = False
+        self._tq = None
+        if TQDM and not QUIET:
+            from tqdm.auto import tqdm  # optional look: only the API turns it on
+
+            self._tq = tqdm(total=self.total, desc=desc, leave=False)
 
     def update(self, k: int = 1) -> None:
         """Advance by k units."""
         self.done += k
+        if self._tq is not None:
+            self._tq.update(k)
+            return
         now = time.monotonic()
         if QUIET or not sys.stderr.isatty() or now - self.t0 < 1.0 or now - self._last < 0.2:
             return
@@ -40,6 +49,9 @@ class Progress:
     def close(self) -> None:
         """Finish the line if a bar was drawn."""
         now = time.monotonic()
+        if self._tq is not None:
+            self._tq.close()
+            return
         if QUIET:
             return
         if self._shown:

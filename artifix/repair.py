@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import __version__, defaults
+from . import __version__, defaults, log
 from .errors import UserError
 from .export import export_cleaned
 from .generator import LoadedGenerator, forward, images_at, latents, sample_batches
@@ -135,7 +135,7 @@ def plan_auto(ranking: Sequence[int], layer: str, k: int) -> RepairPlan:
 
 
 def sequential_auto(g: LoadedGenerator, layers: Sequence[str], k: int,
-                    rank_layer: Callable[[str, dict[str, Ablation]], Sequence[int]], say: Say = print) -> RepairPlan:
+                    rank_layer: Callable[[str, dict[str, Ablation]], Sequence[int]], say: Say = log.say) -> RepairPlan:
     """Top k units per layer, layer by layer: each layer ranked with the earlier layers' choices already removed."""
     plans: list[RepairPlan] = []
     for layer in layers:
@@ -168,7 +168,7 @@ def _edits(units: Mapping[str, Sequence[int]], alphas: Mapping[str, Sequence[flo
 
 def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[torch.Tensor], torch.Tensor], seed: int,
                    flagged: Sequence[int], *, steps: int | None = None, lr: float | None = None, l2: float | None = None,
-                   batch: int | None = None, say: Say = print) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+                   batch: int | None = None, say: Say = log.say) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
     """Per-unit strengths alpha in [0, 1] minimising the flagged samples' mean artifact score + l2 * mean(alpha^2), by Adam steps.
 
     `score_fn` maps G's output to the classifier's score; pass its logit (`differentiable_score(clf, logit=True)`):
@@ -276,7 +276,7 @@ def _compare(before: list[np.ndarray], after: list[np.ndarray], n: int, metrics:
 
 def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence[int]], seed: int, n: int, flagged: Sequence[int],
             clf: Any = None, real: Any = None, metrics: str = "fd,kid,swd", *, high_pool: int = 0,
-            inception_weights: str | None = None, cache: str | None = None, say: Say = print) -> dict[str, Any]:
+            inception_weights: str | None = None, cache: str | None = None, say: Say = log.say) -> dict[str, Any]:
     """Paired before/after metrics on the same seeds for the repair and the random-unit control (random and high-activation sets)."""
     edits, ctrl_edits = plan.ablations(), _edits(control)
     inception = _inception_weights(inception_weights)
@@ -312,7 +312,7 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
 
 
 def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = None, real: Any = None, metrics: str = "fd,swd",
-          k_max: int | None = None, cache: str | None = None, say: Say = print) -> dict[str, Any]:
+          k_max: int | None = None, cache: str | None = None, say: Say = log.say) -> dict[str, Any]:
     """Remove the first 1, 2, ... units of the primary layer; stop when the next unit's paired gain is not significant.
 
     The stop rule uses the artifact rate (paired on the same seeds) when a classifier is given, else FD. Each row
@@ -366,7 +366,7 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
            flagged: Sequence[int] = (), clean: Sequence[int] = (), clf: Any = None, real: Any = None, channels: int | Mapping[str, int],
            checkpoint: str | Path | None = None, metrics: str = "fd,kid,swd", high_pool: int | None = None,
            optimise: bool = False, run_sweep: bool = False, sweep_n: int | None = None, inception_weights: str | None = None,
-           segmenter: Any = None, collateral_n: int = 200, cache: str | None = None, say: Say = print) -> dict[str, Any]:
+           segmenter: Any = None, collateral_n: int = 200, cache: str | None = None, say: Say = log.say) -> dict[str, Any]:
     """Remove the plan's units, write the verified cleaned generator and the proof next to it; returns the manifest."""
     t0 = time.time()
     out = Path(out_dir)
