@@ -50,8 +50,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, defaults
+from . import __version__, defaults, plots
 from .errors import RuntimeFailure, UserError
+from .images import save_png
 from .io import sha256_file, write_json_atomic, write_text_atomic
 
 FORMAT = "artifix-gate-report"
@@ -63,6 +64,7 @@ AGAINST = ("baseline", "absolute")
 CRITERION_KEYS = ("name", "metric", "against", "threshold", "direction", "confidence", "tier", "classifier",
                   "manifest", "tolerance")
 REPORT_NAME, JUNIT_NAME, SUMMARY_NAME = "gate-report.json", "junit.xml", "summary.md"
+FOREST_NAME = "forest.png"
 _DIST_METRICS = ("fd", "fid", "kid", "swd")
 
 
@@ -603,8 +605,15 @@ def _maybe_sha(path: str | None) -> str | None:
 def write_outputs(report: Mapping[str, Any], out: Path) -> None:
     """The JSON report, JUnit XML and Markdown summary into `out`; the summary is appended to $GITHUB_STEP_SUMMARY too."""
     md = markdown_summary(report)
+    rows = plots.gate_rows(report["criteria"])
+    if rows:  # a picture of each criterion's worsening with its interval beside its allowed worsening
+        img = plots.forest_plot(rows, "Candidate against baseline (interval at each criterion's confidence)",
+                                "worsening, % of the baseline's value (red: allowed worsening)", ("change", None))
+        save_png(out / FOREST_NAME, np.asarray(img))
     write_json_atomic(out / REPORT_NAME, report)
     write_text_atomic(out / JUNIT_NAME, junit_xml(report))
+    if rows:
+        md += f"\n![each criterion's change with its interval ({FOREST_NAME} in the gate's folder)]({FOREST_NAME})\n"
     write_text_atomic(out / SUMMARY_NAME, md)
     step = os.environ.get("GITHUB_STEP_SUMMARY")
     if step:

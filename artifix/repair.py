@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import __version__, defaults, log
+from . import __version__, defaults, log, plots
 from .errors import UserError
 from .export import export_cleaned
 from .generator import LoadedGenerator, forward, images_at, latents, sample_batches
@@ -416,9 +416,11 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
         "metrics": results, "collateral": collateral, "alpha_optimisation": history or None, "sweep": sweep_res, "seconds": round(time.time() - t0, 1),
     }
     write_json_atomic(out / "manifest.json", manifest)
-    card = model_card(manifest)
+    forest_md, sweep_md = report_pictures(manifest, out)
+    card = model_card(manifest) + forest_md
     write_text_atomic(out / "MODEL_CARD.md", card)
-    write_text_atomic(out / "report.md", card + "\n## Before / after\n\nRows: before; approved units removed; "
+    write_text_atomic(out / "report.md", card + sweep_md +
+                      "\n## Before / after\n\nRows: before; approved units removed; "
                       "random-unit control.\n\n![flagged](before_after_flagged.png)\n\n![clean](before_after_clean.png)\n")
     return manifest
 
@@ -440,6 +442,26 @@ def _metric_rows(sub: dict[str, Any]) -> list[dict[str, Any]]:
                      "change [95% CI]": f"{r['repair_diff']['diff']:+.3f}{_ci(r['repair_diff'])}",
                      "random control change [95% CI]": f"{r['control_diff']['diff']:+.3f}{_ci(r['control_diff'])}"})
     return rows
+
+
+def report_pictures(m: dict[str, Any], out: Path) -> tuple[str, str]:
+    """Write forest_<subset>.png (each metric's change with its interval, repair beside the random control) and,
+    after a sweep, k_sweep.png into `out`; returns the Markdown showing (the forest plots, the sweep plot)."""
+    lines = ["", "## Change with its interval", ""]
+    for name, sub in m["metrics"]["subsets"].items():
+        rows = plots.repair_rows(sub)
+        if not rows:
+            continue
+        title = f"Change after repair, {name.replace('_', '-')} samples (n = {m['metrics']['n']}, paired, 95 % intervals)"
+        img = plots.forest_plot(rows, title, "change, % of the value before (negative = better)")
+        save_png(out / f"forest_{name}.png", np.asarray(img))
+        lines += [f"![forest plot, {name} samples](forest_{name}.png)", ""]
+    sweep_md = ""
+    if m.get("sweep") and m["sweep"].get("rows"):
+        save_png(out / "k_sweep.png", np.asarray(plots.sweep_plot(m["sweep"])))
+        sweep_md = ("\n## k sweep\n\n![k sweep](k_sweep.png)\n\nBlue points: the added unit helped (marginal gain "
+                    "beyond its interval); grey: it did not; red line: k_best.\n")
+    return "\n".join(lines) + "\n", sweep_md
 
 
 def model_card(m: dict[str, Any]) -> str:
