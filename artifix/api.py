@@ -24,10 +24,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import defaults, progress
+from . import defaults, log, progress, workflow
 from .errors import UserError
 from .generator import GeneratorSpec, LoadedGenerator, fingerprint, load_generator, parse_latent, probe
 from .generator import sample as _sample
+from .profiles import profile_for
 
 __all__ = ["from_module", "load", "bundled_example", "layers", "sample", "open", "Run", "Ranking", "RepairReport"]
 
@@ -175,19 +176,46 @@ class Run:
     ['artifact', 'artifact', 'clean', 'clean']
     """
 
-    def __init__(self, g: LoadedGenerator, layer: str, seed: int = 0, store: Any = None, n: int = 1000,
+    def __init__(self, g: LoadedGenerator, layer: str | None = None, seed: int = 0, store: Any = None, n: int = 1000,
                  reviewer: str = "api") -> None:
         from .labels import LabelStore
-        from .trace import get_layer
 
-        get_layer(g.module, layer)  # a clear error for a layer that does not exist
-        self.g, self.layer, self.seed, self.n, self.reviewer = g, layer, int(seed), int(n), reviewer
+        profile = profile_for(g.spec)
+        layer = workflow.resolve_layer(g, profile, layer)  # a clear error for a layer that does not exist
         if store is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="artifix-run-")
             store = str(Path(self._tmp.name) / "labels.sqlite")
-        self.store = store if isinstance(store, LabelStore) else LabelStore(str(store))
-        self.run_id = self.store.register_run(g.fingerprint, layer, self.seed, self.n)
+        opened = store if isinstance(store, LabelStore) else LabelStore(str(store))
+        self.ws = workflow.Workspace(g, profile, layer, int(seed), str(getattr(opened, "location", store)), reviewer=reviewer,
+                                     _store=opened)
+        self.n = int(n)
+        self.run_id = workflow.register(self.store, g, layer, self.seed, self.n)
         self._stats: dict[int, Any] = {}
+
+    @property
+    def g(self) -> LoadedGenerator:
+        """The generator."""
+        return self.ws.g
+
+    @property
+    def layer(self) -> str:
+        """The diagnosed layer."""
+        return self.ws.layer
+
+    @property
+    def seed(self) -> int:
+        """The sampling seed of the run."""
+        return self.ws.seed
+
+    @property
+    def store(self) -> Any:
+        """The run's label store."""
+        return self.ws.store
+
+    @property
+    def reviewer(self) -> str:
+        """The name flags and approvals are recorded under."""
+        return self.ws.reviewer
 
     def flag(self, samples: int | Sequence[int], label: str = "artifact", mask: np.ndarray | None = None) -> None:
         """Record reviewer labels ('artifact', 'clean' or 'unsure') for samples (and a painted mask for one)."""
@@ -196,7 +224,7 @@ class Run:
         if mask is not None:
             if len(ids) != 1:
                 raise UserError("a mask belongs to one sample; flag it on its own.")
-            self.store.set_mask(self.run_id, ids[0], self.reviewer, np.asarray(mask, bool))
+            workflow.save_painted_mask(self.store, self.run_id, ids[0], self.reviewer, np.asarray(mask, bool))
 
     def flags(self) -> pd.DataFrame:
         """The run's current flags (one row per sample)."""
@@ -204,11 +232,9 @@ class Run:
 
     def stats(self, n: int | None = None) -> Any:
         """Per-unit statistics of the layer over the first `n` samples (default: the run's n), computed once."""
-        from .scoring import collect_stats
-
         n = self.n if n is None else int(n)
         if n not in self._stats:
-            self._stats[n] = collect_stats(self.g, self.layer, self.seed, n)
+            self._stats[n] = workflow.unit_stats(self.g, self.layer, self.seed, n, None, use_cache=False)
         return self._stats[n]
 
     def score(self, *, n: int | None = None, classifier: Any = None, exact_top: int | None = None) -> Ranking:
@@ -221,10 +247,8 @@ class Run:
         >>> len(ranking.units), sorted(ranking.components)
         (64, ['auc', 'causal'])
         """
-        from .session import score_run
-
         top = defaults.get("score", "exact_top") if exact_top is None else int(exact_top)
-        rep = score_run(self.g, self.layer, self.store, self.run_id, self.stats(n), seed=self.seed, clf=classifier,
+        rep = workflow.score_run(self.g, self.layer, self.store, self.run_id, self.stats(n), seed=self.seed, clf=classifier,
                         exact_top=top)
         return Ranking(rep.layer, rep.table, list(rep.components))
 
@@ -249,7 +273,7 @@ class Run:
         True
         """
         from .repair import RepairPlan, plan_from_store, repair
-        from .session import flagged_and_clean, layer_channels
+        from .session import layer_channels
 
         if units is None:
             plan = plan_from_store(self.store, self.run_id, self.layer)
@@ -258,26 +282,25 @@ class Run:
             if not units:
                 raise UserError("repair needs at least one unit; pass units=[...] or approve some first.")
             plan = RepairPlan({self.layer: units}, "api")
-        flagged, clean = flagged_and_clean(self.store, self.run_id)
+        flagged, clean = workflow.flagged_and_clean(self.store, self.run_id)
+        measures = workflow.repair_measures(self.ws.profile, real, metrics)  # none without reference data, said so
+        if measures.sentence():
+            log.say(measures.sentence())
         folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="artifix-repair-"))
         manifest = repair(self.g, plan, folder, seed=self.seed, n=int(n), flagged=flagged, clean=clean, clf=classifier,
-                          real=real, channels={self.layer: layer_channels(self.g, self.layer, self.seed)},
-                          metrics=metrics, high_pool=int(high_pool), collateral_n=0)
+                          real=measures.real, metrics=measures.metrics, skipped=measures.skipped,
+                          channels={self.layer: layer_channels(self.g, self.layer, self.seed)},
+                          high_pool=int(high_pool), collateral_n=0)
         return RepairReport(manifest, folder)
 
 
 def open(g: LoadedGenerator, layer: str | None = None, *, seed: int = 0, store: Any = None, n: int = 1000,
          reviewer: str = "api") -> Run:
-    """Open a run of `g` on `layer` (default: the example's main.8); `store` is a label-store path, URL or LabelStore.
+    """Open a run of `g` on `layer` (default: the generator profile's layer, main.8 for the example); `store` is a
+    label-store path, URL or LabelStore (default: a temporary SQLite file).
 
     >>> import artifix as ax
     >>> ax.open(ax.bundled_example()).layer
     'main.8'
     """
-    if layer is None:
-        from .example import LAYER
-
-        if g.spec.generator != "artifix.example:make_generator":
-            raise UserError("name the layer to diagnose, e.g. ax.open(g, layer='synthesis.b32.conv1'); ax.layers(g) lists them.")
-        layer = LAYER
     return Run(g, layer, seed=seed, store=store, n=n, reviewer=reviewer)

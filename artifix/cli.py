@@ -10,53 +10,11 @@ import argparse
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from . import __version__, cli_help, config, defaults, jsonout, log, progress
+from . import __version__, cli_help, commands, config, defaults, jsonout, log, progress  # noqa: F401  (commands registers the handlers)
+from .registry import COMMANDS, Command, Context, Handler, command  # noqa: F401  (re-exported: the public names of the CLI)
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
-
-
-@dataclass
-class Context:
-    """What a command handler receives: merged settings, the parsed args and output helpers."""
-
-    opts: dict[str, Any]
-    args: argparse.Namespace
-    config: dict[str, Any]
-    json: bool = False
-
-    def say(self, text: str) -> None:
-        """Human text, on stderr (through the "artifix" logger; nothing with --quiet)."""
-        log.say(text)
-
-
-Handler = Callable[[Context], Any]
-
-
-@dataclass
-class Command:
-    """A subcommand: its option sections (names from the defaults table), extra arguments and handler."""
-
-    name: str
-    help: str
-    handler: Handler
-    options: dict[str, list[str] | None] = field(default_factory=dict)  # section -> names (None = all)
-    extra: Callable[[argparse.ArgumentParser], None] | None = None
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str, help: str, options: dict[str, list[str] | None] | None = None,
-            extra: Callable[[argparse.ArgumentParser], None] | None = None) -> Callable[[Handler], Handler]:
-    """Register a handler as `artifix <name>`."""
-
-    def deco(fn: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help, fn, options or {}, extra)
-        return fn
-
-    return deco
 
 
 def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | None]) -> None:
@@ -76,8 +34,6 @@ def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | Non
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by main and by the docs test)."""
-    from . import commands  # noqa: F401  registers the commands
-
     parser = cli_help.Parser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.",
                              epilog="examples:\n  artifix demo\n  artifix repair --help\n  eval \"$(artifix completion bash)\"",
                              formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,6 +9,8 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .results import metric_rows
+
 BLUE, GREY, RED, INK, LIGHT = (31, 97, 179), (150, 150, 150), (200, 40, 40), (30, 30, 30), (225, 225, 225)
 
 
@@ -102,25 +104,21 @@ def forest_plot(rows: Sequence[ForestRow], title: str, axis: str, legend: tuple[
     return img
 
 
-def _relative(entry: Mapping[str, Any], before: float | None, diff_key: str = "diff") -> Interval | None:
+def _relative(change: float | None, ci: Sequence[float] | None, before: float | None) -> Interval | None:
     """A paired change as a percentage of the value before (None when that value is 0 or missing)."""
-    diff = entry.get(diff_key)
-    if diff is None or not before or not math.isfinite(float(before)):
+    if change is None or not before or not math.isfinite(float(before)):
         return None
     s = 100.0 / abs(float(before))
-    ci = entry.get("ci")
-    return Interval(float(diff) * s, *(float(c) * s for c in ci)) if ci else Interval(float(diff) * s)
+    return Interval(float(change) * s, *(float(c) * s for c in ci)) if ci else Interval(float(change) * s)
 
 
 def repair_rows(sub: Mapping[str, Any]) -> list[ForestRow]:
-    """Forest rows of one subset of a repair manifest's metrics: each metric's change, repair and control."""
-    rows = [ForestRow(name, _relative(r, r.get("a")), _relative(sub["control"].get(name, {}), r.get("a")))
-            for name, r in sub["repair"].items()]
-    if "artifact_rate" in sub:
-        ar = sub["artifact_rate"]
-        b = ar["before"]["value"]
-        rows.append(ForestRow("artifact rate", _relative(ar["repair_diff"], b), _relative(ar["control_diff"], b)))
-    return rows
+    """Forest rows of one subset of a repair manifest's metrics (the model card's rows, `results.metric_rows`):
+    each metric's change as a % of its value before, repair and random control. The pixel change (0 before) is
+    left out."""
+    return [ForestRow(r["metric"], _relative(r["change"], r["change_ci"], r["before"]),
+                      _relative(r["control_change"], r["control_ci"], r["before"]))
+            for r in metric_rows(sub) if r["metric"] != "pixel change"]
 
 
 def sweep_plot(sweep: Mapping[str, Any], width: int = 760) -> Image.Image:
