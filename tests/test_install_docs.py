@@ -54,8 +54,8 @@ def screen_commands() -> list[str]:
 def test_readme_first_screen_has_pitch_picture_install_and_three_commands():
     screen = first_screen()
     text = "\n".join(screen)
-    assert screen[2].startswith("bash scripts/setup.sh && .venv/bin/artifix demo")
-    assert screen[3].startswith("bash scripts/setup.sh dev && .venv/bin/python -m pytest -q")
+    assert screen[3].startswith("bash scripts/setup.sh && .venv/bin/artifix demo")
+    assert screen[4].startswith("bash scripts/setup.sh dev && .venv/bin/python -m pytest -q")
     assert "bash scripts/setup.sh dev && .venv/bin/python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
     assert "**artifix finds the internal units" in text and "![" in text and "samples.png" in text
     cmds = screen_commands()
