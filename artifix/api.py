@@ -32,8 +32,6 @@ from .profiles import profile_for
 
 __all__ = ["from_module", "load", "bundled_example", "layers", "sample", "open", "Run", "Ranking", "RepairReport"]
 
-progress.TQDM = True  # importing the API means a Python session: draw bars with tqdm.auto
-
 
 def from_module(module: nn.Module, latent: int | Sequence[int] = 100, *, range: str = "[-1,1]", classes: int = 0,
                 class_mode: str = "index", truncation: float | None = None) -> LoadedGenerator:
@@ -234,7 +232,8 @@ class Run:
         """Per-unit statistics of the layer over the first `n` samples (default: the run's n), computed once."""
         n = self.n if n is None else int(n)
         if n not in self._stats:
-            self._stats[n] = workflow.unit_stats(self.g, self.layer, self.seed, n, None, use_cache=False)
+            with progress.tqdm_bars():
+                self._stats[n] = workflow.unit_stats(self.g, self.layer, self.seed, n, None, use_cache=False)
         return self._stats[n]
 
     def score(self, *, n: int | None = None, classifier: Any = None, exact_top: int | None = None) -> Ranking:
@@ -248,8 +247,10 @@ class Run:
         (64, ['auc', 'causal'])
         """
         top = defaults.get("score", "exact_top") if exact_top is None else int(exact_top)
-        rep = workflow.score_run(self.g, self.layer, self.store, self.run_id, self.stats(n), seed=self.seed, clf=classifier,
-                        exact_top=top)
+        stats = self.stats(n)
+        with progress.tqdm_bars():
+            rep = workflow.score_run(self.g, self.layer, self.store, self.run_id, stats, seed=self.seed, clf=classifier,
+                                     exact_top=top)
         return Ranking(rep.layer, rep.table, list(rep.components))
 
     def approve(self, units: Sequence[int], note: str = "") -> None:
@@ -287,10 +288,11 @@ class Run:
         if measures.sentence():
             log.say(measures.sentence())
         folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="artifix-repair-"))
-        manifest = repair(self.g, plan, folder, seed=self.seed, n=int(n), flagged=flagged, clean=clean, clf=classifier,
-                          real=measures.real, metrics=measures.metrics, skipped=measures.skipped,
-                          channels={self.layer: layer_channels(self.g, self.layer, self.seed)},
-                          high_pool=int(high_pool), collateral_n=0)
+        with progress.tqdm_bars():
+            manifest = repair(self.g, plan, folder, seed=self.seed, n=int(n), flagged=flagged, clean=clean, clf=classifier,
+                              real=measures.real, metrics=measures.metrics, skipped=measures.skipped,
+                              channels={self.layer: layer_channels(self.g, self.layer, self.seed)},
+                              high_pool=int(high_pool), collateral_n=0)
         return RepairReport(manifest, folder)
 
 

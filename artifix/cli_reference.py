@@ -65,6 +65,10 @@ def markdown() -> str:
            "completion script.", ""]
     for cmd in cli.COMMANDS.values():
         out += command_page(cmd)
+    out += ["## Every `artifix.toml` table", "", "All options of the defaults table, by section (some are read only from "
+            "`artifix.toml` or by the library).", ""]
+    for sec in dict.fromkeys(o.section for o in defaults.OPTIONS):
+        out += [f"### [{sec}]", ""] + section_table(sec, None) + [""]
     return "\n".join(out) + "\n"
 
 

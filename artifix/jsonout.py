@@ -31,7 +31,7 @@ def strict(obj: Any) -> Any:
     """A copy of `obj` with every NaN/Infinity replaced by None and explained in a `<key>_reason` field.
 
     >>> strict({"fd": float("nan"), "ci": [1.0, float("inf")], "n": 3})
-    {'fd': None, 'fd_reason': 'NaN (undefined: too few samples, no variance, or nothing to measure)', 'ci': [1.0, None], 'ci_reason': 'item 1: +Infinity (not representable in JSON)', 'n': 3}
+    {'fd': None, 'fd_reason': 'NaN (undefined: too few samples, no variance, or nothing to measure)', 'ci_reason': 'item 1: +Infinity (not representable in JSON)', 'ci': [1.0, None], 'n': 3}
     """
     obj = _plain(obj)
     if isinstance(obj, dict):

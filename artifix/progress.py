@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 QUIET = False
-TQDM = False  # the Python API sets this: bars are drawn by tqdm.auto (notebook widgets in Jupyter, text elsewhere)
+TQDM = False  # inside the Python API's calls (`tqdm_bars`): bars drawn by tqdm.auto (widgets in Jupyter, text elsewhere)
+
+
+@contextmanager
+def tqdm_bars() -> Iterator[None]:
+    """Draw progress bars with tqdm.auto while the block runs (the Python API); restores the previous style."""
+    global TQDM
+    before, TQDM = TQDM, True
+    try:
+        yield
+    finally:
+        TQDM = before
 
 
 class Progress:

@@ -40,7 +40,7 @@ def launch_command(opts: Mapping[str, Any], app: str | Path = APP) -> list[str]:
     if importlib.util.find_spec("streamlit") is None:
         raise UserError('the dashboard needs Streamlit, which is not installed; run pip install "artifix[dashboard]".')
     if not Path(app).is_file():
-        raise UserError(f"the dashboard app {app} is missing; reinstall artifix (pip install "artifix[dashboard]").")
+        raise UserError(f"the dashboard app {app} is missing; reinstall artifix (pip install 'artifix[dashboard]').")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port)]
     for k, v in SAFE_FLAGS.items():
         cmd += [f"--{k}", v]

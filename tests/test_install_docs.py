@@ -78,7 +78,7 @@ ELSEWHERE = {
 SMALL = {
     "layers": [],
     "score": ["--stats-n", "128"],
-    "repair": ["--stats-n", "128", "--repair-n", "16", "--high-pool", "0", "--collateral-n", "0", "--bootstrap", "10"],
+    "repair": ["--stats-n", "128", "--repair-n", "16", "--high-pool", "0", "--collateral-n", "0"],
     "gate": ["--n", "16", "--bootstrap", "10", "--swd-bootstrap", "4"],
 }
 
@@ -237,7 +237,7 @@ def test_forest_plot_draws_repair_beside_control_and_gate_thresholds():
 
     sub = {"repair": {"fd_x": {"a": 10.0, "b": 8.0, "diff": -2.0, "ci": [-3.0, -1.0]}},
            "control": {"fd_x": {"a": 10.0, "b": 10.1, "diff": 0.1, "ci": [-0.5, 0.7]}},
-           "artifact_rate": {"before": {"value": 0.5}, "repair_diff": {"diff": -0.2, "ci": [-0.3, -0.1]},
+           "artifact_rate": {"before": {"value": 0.5}, "after": {"value": 0.3}, "control": {"value": 0.5}, "repair_diff": {"diff": -0.2, "ci": [-0.3, -0.1]},
                              "control_diff": {"diff": float("nan"), "ci": None}}}
     rows = plots.repair_rows(sub)
     assert rows[0].first.value == pytest.approx(-20.0) and rows[0].second.hi == pytest.approx(7.0)
