@@ -60,13 +60,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("generator", "key", None, "key of the state dict inside the checkpoint (auto-detected when omitted)"),
     Option("generator", "kwargs", None, "JSON object of keyword arguments for the factory, e.g. '{\"ngf\": 32}'"),
     Option("generator", "latent", "100,1,1", "latent shape per sample, e.g. '100' or '512' or '100,1,1'"),
-    Option("generator", "truncation", None, "truncate latents to |z| <= T by resampling (normal distribution)", float),
+    Option("generator", "truncation", None, "truncate latents to |z| <= T by resampling (normal distribution); StyleGAN and rosinality: "
+           "the W-space truncation psi (w_avg + psi (w - w_avg))", float),
     Option("generator", "classes", 0, "number of classes of a conditional generator (0 = unconditional)", int),
     Option("generator", "class_mode", "index", "how the class reaches G's second argument: 'index' or 'onehot'",
            choices=("index", "onehot")),
     Option("generator", "range", "[-1,1]", "generator output range: '[-1,1]' or '[0,1]'", choices=("[-1,1]", "[0,1]")),
     Option("generator", "trust_pickle", False,
            "allow full pickle loading of the checkpoint (runs code inside it; only for files you trust)", _bool, flag=True),
+    Option("generator", "adapter", None,
+           "generator family: module, torchscript, stylegan, rosinality, proggan or one an installed plugin registers "
+           "(entry-point group 'artifix.adapters'); default: detected from the files"),
+    Option("generator", "code_path", None,
+           "folder of your model code put on sys.path (e.g. a stylegan2-ada-pytorch or stylegan3 checkout with dnnlib and torch_utils)"),
     # -- sampling
     Option("sample", "seed", 0, "sampling seed: sample i is a pure function of (seed, i)", int),
     Option("sample", "n", 64, "number of samples", int),
@@ -82,7 +88,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "n", 2000, "generated samples per metric (the N in the metric names)", int),
     Option("metrics", "features", "effnet-lite0", "feature space: 'effnet-lite0', 'inception' or 'torchscript:PATH'"),
     Option("metrics", "metrics", "fd,kid,swd", "comma-separated metrics to compute"),
-    Option("metrics", "real", None, "reference data: image folder, .npz array or statistics file; default: the example's scenes"),
+    Option("metrics", "real", None, "reference data: image folder (recursive), StyleGAN dataset_tool .zip, .npz/.npy uint8 array, "
+           "artifix statistics file or pytorch-fid/clean-fid mu/sigma .npz (FID Inception space only); default: the example's scenes"),
+    Option("metrics", "real_class", None, "use only the reference images of this class (dataset.json labels of a .zip or folder)", int),
+    Option("metrics", "images", None, "metrics of this folder of images instead of a generator's samples (needs --real)"),
     Option("metrics", "inception_weights", None, "path to pt_inception-2015-12-05 weights (or $ARTIFIX_INCEPTION_WEIGHTS)"),
     Option("metrics", "bootstrap", 200, "bootstrap resamples for confidence intervals", int),
     Option("metrics", "confidence", 0.95, "confidence level of intervals", float),
@@ -132,6 +141,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("run", "out", None, "output folder"),
     Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data"),
     Option("run", "threads", 0, "torch CPU threads (0 = torch's default)", int),
+    Option("run", "device", None, "compute device: auto (CUDA when available; under torchrun the rank's LOCAL_RANK GPU), "
+           "cpu, cuda, cuda:N or mps (default: $ARTIFIX_DEVICE, else auto)"),
     # -- artifact classifier (artifix/classifier.py)
     Option("classify", "classifier", "artifix-classifier.pt", "the artifact classifier file written by 'classify train'"),
     Option("classify", "backbone", "effnet-lite0", "classifier backbone with a spatial feature grid (for localisation maps)"),

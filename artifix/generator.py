@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import defaults
+from . import defaults, devices
 from .errors import UserError
 
 # Keys under which training scripts commonly store the generator's state dict, in lookup order.
@@ -47,6 +47,9 @@ class GeneratorSpec:
     class_mode: str = "index"
     range: str = "[-1,1]"
     trust_pickle: bool = False
+    adapter: str | None = None  # generator family (artifix.adapters); None = detect from the files
+    code_path: str | None = None  # the user's checkout put on sys.path (StyleGAN pickles, rosinality)
+    truncation_space: str = "z"  # 'z': resample |z| > T; 'w': the adapter truncates in W (psi)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of the spec (used in fingerprints and manifests)."""
@@ -114,6 +117,7 @@ def spec_from_options(opts: Mapping[str, Any]) -> GeneratorSpec:
         latent=parse_latent(opts.get("latent") or defaults.get("generator", "latent")),
         truncation=float(trunc) if trunc is not None else None, classes=classes, class_mode=mode, range=rng,
         trust_pickle=bool(opts.get("trust_pickle")),
+        adapter=opts.get("adapter") or None, code_path=opts.get("code_path") or None,
     )
 
 
@@ -168,8 +172,8 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
 
 
-def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
-    """Load a checkpoint on CPU: safetensors, or torch.load with weights_only unless trust_pickle."""
+def read_checkpoint(path: str | Path, trust_pickle: bool = False, allow: Sequence[Any] = ()) -> Any:
+    """Load a checkpoint on CPU: safetensors, or torch.load with weights_only (plus the `allow`ed classes) unless trust_pickle."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check --checkpoint.")
@@ -182,6 +186,9 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"checkpoint {path} is not a readable safetensors file ({_first_line(e)}); check --checkpoint.") from None
     try:
+        if allow and not trust_pickle:
+            with torch.serialization.safe_globals(list(allow)):
+                return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         if not trust_pickle and ("Unsupported global" in str(e) or "Unsupported class" in str(e)):
@@ -257,9 +264,20 @@ class LoadedGenerator:
     spec: GeneratorSpec
     fingerprint: str
     scripted: bool = False
+    adapter: Any = None  # the artifix.adapters.Adapter that loaded it (None: a plain module called as G(z[, y]))
+
+    @property
+    def device(self) -> torch.device:
+        """Where G's weights are (its latents are moved there)."""
+        return devices.of(self.module)
 
     def __call__(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Run G on latents (and class inputs for a conditional G)."""
+        """Run G on latents (and class inputs for a conditional G), moved to G's device, returning images NCHW."""
+        dev = self.device
+        z = z.to(dev)
+        y = None if y is None else y.to(dev)
+        if self.adapter is not None:
+            return self.adapter.forward(self.module, self.spec, z, y)
         return self.module(z) if y is None else self.module(z, y)
 
 
@@ -278,12 +296,27 @@ def fingerprint(module: nn.Module, spec: GeneratorSpec) -> str:
     """Hash of G's weights + the sampling-relevant spec fields (not file paths)."""
     s = spec.to_json()
     relevant = {k: s[k] for k in ("latent", "truncation", "classes", "class_mode", "range")}
+    if spec.adapter not in (None, "module", "torchscript"):  # fingerprints of plain modules stay as they were
+        relevant.update(adapter=spec.adapter, truncation_space=spec.truncation_space)
     return hashlib.sha256((weights_hash(module) + json.dumps(relevant, sort_keys=True)).encode()).hexdigest()[:16]
 
 
-def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> LoadedGenerator:
-    """Build G from a spec (default: the bundled example), load weights, put it in eval mode, and probe it."""
+def load_generator(spec: GeneratorSpec | None = None, validate: bool = True,
+                   device: str | torch.device | None = None) -> LoadedGenerator:
+    """Build G from a spec (default: the bundled example), load weights, put it in eval mode on `device`
+    (default: the current device, see artifix.devices), and probe it."""
+    from . import adapters  # imported here: the adapters build on this module
+
+    dev = devices.resolve(device) if device is not None else devices.current()
     spec = spec or example_spec()
+    adapter = adapters.for_spec(spec)
+    spec = replace(spec, adapter=adapter.name)
+    if adapter.name not in ("module", "torchscript"):
+        loaded = adapter.load(spec)
+        loaded.module.to(dev)
+        if validate:
+            probe(loaded)
+        return loaded
     scripted = False
     gen = spec.generator
     if gen is not None and ":" not in gen and Path(gen).suffix in (".pt", ".pth", ".ts", ".jit", ".zip", ".torchscript") or (
@@ -325,7 +358,14 @@ def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> 
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    loaded = LoadedGenerator(module, spec, fingerprint(module, spec), scripted)
+    if adapter.name == "torchscript" and not scripted:
+        raise UserError("--adapter torchscript needs a TorchScript file (torch.jit.save) as --generator; drop --adapter for a checkpoint.")
+    if scripted != (adapter.name == "torchscript"):
+        adapter = adapters.get("torchscript" if scripted else "module")
+        spec = replace(spec, adapter=adapter.name)
+    fp = fingerprint(module, spec)  # from the weights' bytes: the same on every device
+    module.to(dev)
+    loaded = LoadedGenerator(module, spec, fp, scripted, adapter)
     if validate:
         probe(loaded)
     return loaded
@@ -348,7 +388,7 @@ def latents(spec: GeneratorSpec, seed: int, indices: Iterator[int] | range | lis
     for row, i in enumerate(idx):
         g = _sample_rng(seed, i)
         v = g.standard_normal(d)
-        if spec.truncation is not None:
+        if spec.truncation is not None and spec.truncation_space == "z":
             bad = np.abs(v) > spec.truncation
             while bad.any():  # resample outside the band, from the same per-sample stream
                 v[bad] = g.standard_normal(int(bad.sum()))
@@ -369,23 +409,25 @@ def latents(spec: GeneratorSpec, seed: int, indices: Iterator[int] | range | lis
 
 
 def to_uint8(x: torch.Tensor, value_range: str = "[-1,1]") -> torch.Tensor:
-    """Map G's output (N, C, H, W) in its declared range to uint8 NHWC (rounded, clamped)."""
+    """Map G's output (N, C, H, W) in its declared range to uint8 NHWC (rounded, clamped), on the CPU."""
     if value_range == "[-1,1]":
         x = (x + 1) * 127.5
     else:
         x = x * 255.0
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return devices.to_cpu_uint8(x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous())
 
 
-def check_output(out: Any, n: int) -> torch.Tensor:
-    """Raise UserError unless G's output is a finite (n, 1|3, H, W) float tensor."""
+def check_output(out: Any, n: int, indices: Sequence[int] | None = None) -> torch.Tensor:
+    """Raise UserError unless G's output is a finite (n, 1|3, H, W) float tensor (naming the bad sample indices)."""
     if not isinstance(out, torch.Tensor):
         raise UserError(f"the generator returned a {type(out).__name__}; artifix needs a tensor of images (N, C, H, W), "
                         "so point --generator at a module (or wrapper) whose forward returns one.")
     if out.dim() != 4 or out.shape[0] != n or out.shape[1] not in (1, 3):
         raise UserError(f"the generator returned shape {tuple(out.shape)} for {n} latents; artifix needs images shaped "
                         f"({n}, 1 or 3, H, W), so check --latent or wrap the generator to return those.")
-    if not torch.isfinite(out).all():
+    if indices is not None:
+        devices.check_finite(out, indices)
+    elif not torch.isfinite(out).all():
         bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
         raise UserError(f"the generator produced NaN or Inf values in {bad} of {n} samples; check the checkpoint and --range.")
     return out
@@ -426,24 +468,27 @@ def forward(g: LoadedGenerator, z: torch.Tensor, y: torch.Tensor | None = None) 
     return out[:n] if pad and isinstance(out, torch.Tensor) else out
 
 
+def render(g: LoadedGenerator, seed: int, indices: Sequence[int], class_id: int | None = None) -> torch.Tensor:
+    """uint8 NHWC CPU images of the given sample indices in one forward pass (NaN/Inf names the indices)."""
+    z, y = latents(g.spec, seed, indices, class_id)
+    with torch.inference_mode():
+        out = check_output(forward(g, z, y), len(indices), indices)
+        return to_uint8(out.float(), g.spec.range)
+
+
 def sample_batches(g: LoadedGenerator, seed: int, start: int = 0, n: int = 64, batch: int = 64, class_id: int | None = None) -> Iterator[tuple[range, torch.Tensor]]:
-    """Yield (indices, uint8 NHWC images) for samples start..start+n-1, `batch` at a time."""
-    for s in range(start, start + n, batch):
-        idx = range(s, min(s + batch, start + n))
-        z, y = latents(g.spec, seed, idx, class_id)
-        with torch.inference_mode():
-            out = check_output(forward(g, z, y), len(idx))
-        yield idx, to_uint8(out.float(), g.spec.range)
+    """Yield (indices, uint8 NHWC images) for samples start..start+n-1, `batch` at a time (halved on GPU OOM)."""
+    def one(s: int, count: int) -> tuple[range, torch.Tensor]:
+        idx = range(start + s, start + s + count)
+        return idx, render(g, seed, idx, class_id)
+
+    yield from devices.backoff(one, n, batch, "sampling")
 
 
 def images_at(g: LoadedGenerator, seed: int, indices: Sequence[int], batch: int = 64) -> np.ndarray:
     """uint8 NHWC images of the given sample indices (any order, any subset), rendered `batch` at a time."""
     idx = [int(i) for i in indices]
-    parts = []
-    for s in range(0, len(idx), batch):
-        z, y = latents(g.spec, seed, idx[s:s + batch])
-        with torch.inference_mode():
-            parts.append(to_uint8(check_output(forward(g, z, y), len(z)).float(), g.spec.range).numpy())
+    parts = list(devices.backoff(lambda s, count: render(g, seed, idx[s:s + count]).numpy(), len(idx), batch, "sampling"))
     return np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8)
 
 

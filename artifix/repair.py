@@ -192,7 +192,7 @@ def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[tor
         idx = torch.tensor(plan.edits[layer])
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            a = torch.zeros(x.shape[1], dtype=x.dtype).index_put((idx,), params[layer].to(x.dtype))
+            a = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device).index_put((idx.to(x.device),), params[layer].to(x))
             return x * (1 - a.view(1, -1, *([1] * (x.dim() - 2))))
 
         return fn

@@ -209,7 +209,7 @@ class _Setup:
     def __init__(self, *, real: Any, n: int | None, metrics: Any, features: Any, seed: Any, bootstrap: Any,
                  confidence: Any, kid_subsets: Any, kid_subset_size: Any, fd_inf: Any, inception_weights: Any,
                  real_n: Any, real_resize: Any, swd_n: Any, swd_bootstrap: Any, cache: Any, feature_batch: Any,
-                 progress: Callable[[str], None] | None) -> None:
+                 progress: Callable[[str], None] | None, real_class: Any = None) -> None:
         self.metrics = parse_metrics(metrics)
         self.seed = int(_opt(seed, "metrics_seed"))
         self.bootstrap = int(_opt(bootstrap, "bootstrap"))
@@ -220,6 +220,7 @@ class _Setup:
         self.swd_n = int(_opt(swd_n, "swd_n")) if "swd" in self.metrics else 0
         self.swd_bootstrap = int(_opt(swd_bootstrap, "swd_bootstrap"))
         self.real, self.real_n, self.real_resize, self.cache = real, real_n, real_resize, cache
+        self.real_class = None if real_class is None else int(real_class)
         self.n = None if n is None else int(n)
         _check_confidence(self.confidence, self.bootstrap, self.swd_bootstrap)
         if self.kid_subsets < 1 or self.kid_subset_size < 2:
@@ -240,7 +241,7 @@ class _Setup:
             real_n = n_fake
         stats = load_real(self.real, self.extractor, n=None if real_n is None else int(real_n), cache=self.cache,
                           swd_n=self.swd_n if "swd" in self.metrics else 0, resize=self.real_resize,
-                          progress=self.progress)
+                          progress=self.progress, class_id=self.real_class)
         if "kid" in self.metrics and stats.features is None:
             raise UserError("The reference statistics file holds no features, so KID cannot be computed; "
                             "recompute it or drop 'kid' from --metrics.")
@@ -266,7 +267,8 @@ def _say(progress: Callable[[str], None] | None, msg: str) -> None:
 
 
 def _fd_block(sets: list[FakeSamples], real: RealStats, counts: np.ndarray) -> tuple[list[float], np.ndarray]:
-    ref = FDReference.of(real.moments)
+    dev = sets[0].extractor.device
+    ref = FDReference.of(real.moments, None if dev.type == "cpu" else dev)  # float64 on the features' GPU, else LAPACK
     values = [ref.distance(s.moments.mean, s.moments.cov) for s in sets]
     reps = np.zeros((len(sets), counts.shape[1]))
     if counts.shape[1]:
@@ -331,7 +333,8 @@ _OPTS_DOC = """
         scenes; n: number of generated images to use (default: the whole stream); metrics: 'fd,kid,swd';
     features: feature space name or an Extractor; seed: metrics seed (KID subsets, bootstrap, SWD patches
         and directions); bootstrap / swd_bootstrap: replicates (0 = no interval); confidence: e.g. 0.95;
-    real_n: reference images (default: all of a folder/array, n for the scenes); real_resize: resize a
+    real_n: reference images (default: all of a folder/array, n for the scenes); real_class: only the reference
+        images of this class (dataset.json labels); real_resize: resize a
         mixed-size folder to its first image's size; swd_n: images used for SWD; cache: cache folder;
     progress: optional callable receiving one-line status messages (for stderr).
 """
@@ -344,7 +347,8 @@ def compute_metrics(fake_batches: Iterable[Any], *, real: Any = None, n: int | N
                     inception_weights: str | os.PathLike | None = None, real_n: int | None = None,
                     real_resize: bool | None = None, swd_n: int | None = None, swd_bootstrap: int | None = None,
                     cache: str | os.PathLike | None = None, feature_batch: int | None = None,
-                    progress: Callable[[str], None] | None = None, sharded: bool = False) -> dict[str, dict[str, Any]]:
+                    progress: Callable[[str], None] | None = None, sharded: bool = False,
+                    real_class: int | None = None) -> dict[str, dict[str, Any]]:
     """Metrics of generated uint8 image batches against a reference; JSON-able.
 
     With `sharded` under torchrun, `fake_batches` is this rank's contiguous block of the stream (rank order =
@@ -358,7 +362,8 @@ def compute_metrics(fake_batches: Iterable[Any], *, real: Any = None, n: int | N
     st = _Setup(real=real, n=n, metrics=metrics, features=features, seed=seed, bootstrap=bootstrap,
                 confidence=confidence, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, fd_inf=fd_inf,
                 inception_weights=inception_weights, real_n=real_n, real_resize=real_resize, swd_n=swd_n,
-                swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress)
+                swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress,
+                real_class=real_class)
     fake = st.fake()
     if sharded and dist.active():
         fake.consume_shard(fake_batches, progress, "generated images")
@@ -389,7 +394,7 @@ def paired_compare(batches_a: Iterable[Any], batches_b: Iterable[Any], *, real: 
                    inception_weights: str | os.PathLike | None = None, real_n: int | None = None,
                    real_resize: bool | None = None, swd_n: int | None = None, swd_bootstrap: int | None = None,
                    cache: str | os.PathLike | None = None, feature_batch: int | None = None,
-                   progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+                   progress: Callable[[str], None] | None = None, real_class: int | None = None) -> dict[str, dict[str, Any]]:
     """Compare two sample sets drawn on the same seeds (a = before, b = after) against one reference.
 
     Sample i of a and sample i of b must come from the same seed. Returns per metric
@@ -400,7 +405,8 @@ def paired_compare(batches_a: Iterable[Any], batches_b: Iterable[Any], *, real: 
     st = _Setup(real=real, n=n, metrics=metrics, features=features, seed=seed, bootstrap=bootstrap,
                 confidence=confidence, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, fd_inf=fd_inf,
                 inception_weights=inception_weights, real_n=real_n, real_resize=real_resize, swd_n=swd_n,
-                swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress)
+                swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress,
+                real_class=real_class)
     st.keep = True
     a, b = st.fake(), st.fake()
     a.consume(batches_a, st.n, progress, "images of set a")
