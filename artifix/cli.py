@@ -7,13 +7,12 @@ object on stdout; exit 0 ok, 1 gate failed, 2 usage/config/input error, 3 runtim
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
 from typing import Any, Sequence
 
-from . import __version__, commands, config, defaults, progress, validate  # noqa: F401  (commands registers the handlers)
+from . import __version__, cli_help, commands, config, defaults, jsonout, log, progress, validate  # noqa: F401  (commands registers the handlers)
 from .registry import COMMANDS, Command, Context, Handler, command  # noqa: F401  (re-exported: the public names of the CLI)
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
 
@@ -36,23 +35,29 @@ def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | Non
             dflt = "" if opt.default is None else f" (default: {opt.default})"
             if opt.flag:
                 group.add_argument(opt.cli, dest=opt.name, action="store_true", default=None, help=opt.help)
+            elif opt.choices:
+                group.add_argument(opt.cli, dest=opt.name, default=None, choices=opt.choices, help=opt.help + dflt)
             else:
                 group.add_argument(opt.cli, dest=opt.name, default=None, metavar=opt.name.upper(), help=opt.help + dflt)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by main and by the docs test)."""
-    parser = argparse.ArgumentParser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.")
+    parser = cli_help.Parser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.",
+                             epilog="examples:\n  artifix demo\n  artifix repair --help\n  eval \"$(artifix completion bash)\"",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"artifix {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS.values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, epilog=cli_help.epilog(cmd.name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", default=None, help="settings file (default: ./artifix.toml when present)")
         p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         p.add_argument("--quiet", action="store_true", help="no progress or human text on stderr")
         _add_options(p, cmd.options)
         if cmd.extra:
             cmd.extra(p)
+    cli_help.add_completion(sub, parser)
     return parser
 
 
@@ -63,9 +68,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USER
+    if args.command == "completion":
+        sys.stdout.write(cli_help.completion_script(parser, args.shell))
+        return EXIT_OK
     cmd = COMMANDS[args.command]
     progress.QUIET = bool(args.quiet)
     progress.BARS = not bool(getattr(args, "json", False))
+    log.to_stderr()
     from . import dist
 
     try:
@@ -85,7 +94,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(int(threads))
         result = cmd.handler(ctx)
         if ctx.json and result is not None and dist.is_main():
-            sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+            sys.stdout.write(jsonout.dumps(result, indent=2, sort_keys=True) + "\n")
             sys.stdout.flush()
         code = result.get("exit_code", EXIT_OK) if isinstance(result, dict) else EXIT_OK
         return int(code)

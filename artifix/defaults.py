@@ -21,6 +21,7 @@ class Option:
     help: str
     parse: Callable[[str], Any] = str
     flag: bool = False  # a boolean switch (store_true) on the command line
+    choices: tuple[str, ...] | None = None  # a closed set of values (argparse `choices`, completion, docs)
 
     @property
     def cli(self) -> str:
@@ -62,8 +63,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("generator", "truncation", None, "truncate latents to |z| <= T by resampling (normal distribution); StyleGAN and rosinality: "
            "the W-space truncation psi (w_avg + psi (w - w_avg))", float),
     Option("generator", "classes", 0, "number of classes of a conditional generator (0 = unconditional)", int),
-    Option("generator", "class_mode", "index", "how the class reaches G's second argument: 'index' or 'onehot'"),
-    Option("generator", "range", "[-1,1]", "generator output range: '[-1,1]' or '[0,1]'"),
+    Option("generator", "class_mode", "index", "how the class reaches G's second argument: 'index' or 'onehot'",
+           choices=("index", "onehot")),
+    Option("generator", "range", "[-1,1]", "generator output range: '[-1,1]' or '[0,1]'", choices=("[-1,1]", "[0,1]")),
     Option("generator", "trust_pickle", False,
            "allow full pickle loading of the checkpoint (runs code inside it; only for files you trust)", _bool, flag=True),
     Option("generator", "adapter", None,
@@ -104,7 +106,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "swd_bootstrap", 20, "SWD: bootstrap replicates for its interval (each costs about an eighth of an SWD)", int),
     Option("metrics", "feature_batch", 8, "images per forward pass of the feature network (0 = auto: 4 per torch thread)", int),
     Option("metrics", "torchscript_size", 224, "torchscript features: input size in pixels (0 = the images' own size)", int),
-    Option("metrics", "torchscript_range", "[0,1]", "torchscript features: input range '[0,1]', '[-1,1]' or '[0,255]'"),
+    Option("metrics", "torchscript_range", "[0,1]", "torchscript features: input range '[0,1]', '[-1,1]' or '[0,255]'",
+           choices=("[0,1]", "[-1,1]", "[0,255]")),
     # -- label store
     Option("labels", "store", "artifix-labels.sqlite", "label store: a SQLite file or an SQLAlchemy URL (postgresql://...)"),
     Option("labels", "reviewer", None, "reviewer name recorded with labels and decisions (default: $USER)"),
@@ -173,7 +176,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dissect", "concept", None, "paint: the concept whose top units are added or removed"),
     Option("dissect", "units", None, "paint: comma-separated units to add or remove instead of a concept's top --ace-units"),
     Option("dissect", "region", None, "paint: the region 'x0,y0,x1,y1' in image pixels (default: the whole image)"),
-    Option("dissect", "mode", "add", "paint: 'add' or 'remove'"),
+    Option("dissect", "mode", "add", "paint: 'add' or 'remove'", choices=("add", "remove")),
     Option("dissect", "index", 0, "paint: index of the sample to paint", int),
     # -- release gate (artifix/gate.py)
     Option("gate", "criteria", None,
@@ -194,7 +197,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dashboard", "page_size", 12, "samples shown at once in the review grid", int),
     Option("dashboard", "preview_n", 6, "flagged and clean samples in the live before/after ablation preview", int),
     Option("dashboard", "trust_labels", 10, "flagged and clean samples each below which a unit ranking carries a caution", int),
-    Option("dashboard", "canvas", "drawable-canvas", "region painter: 'drawable-canvas' (streamlit-drawable-canvas) or 'box' (sliders)"),
+    Option("dashboard", "canvas", "drawable-canvas", "region painter: 'drawable-canvas' (streamlit-drawable-canvas) or 'box' (sliders)",
+           choices=("drawable-canvas", "box")),
 )
 
 _BY_KEY: dict[tuple[str, str], Option] = {(o.section, o.name): o for o in OPTIONS}

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 
+from . import log
 from .generator import load_generator, sample
 from .images import grid, save_png
 from .io import atomic_path, check_output_folder, output_folder, write_json_atomic, write_text_atomic
@@ -48,7 +49,7 @@ class DemoConfig:
     steps: list[str] = field(default_factory=list)
 
 
-def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(cfg: DemoConfig, say: Callable[[str], None] = log.say) -> dict[str, Any]:
     """Run the whole story and write pictures, tables and a report into cfg.out (one transaction); returns the summary."""
     with output_folder(check_output_folder(cfg.out), command="demo") as folder:
         inner = replace(cfg, out=folder.path)

@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "example"
+from . import resources
+
+DATA_DIR = resources.example_dir()
 CHECKPOINT = DATA_DIR / "dcgan_scenes.pt"
 NZ = 100
 NGF = 32

@@ -49,11 +49,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, defaults
-from . import intervals
+from . import __version__, defaults, intervals, plots
 from .profiles import profile_for
 from .results import RepairManifest
 from .errors import RuntimeFailure, UserError
+from .images import save_png
 from .io import check_output_folder, output_folder, sha256_file, write_json_atomic, write_text_atomic
 from .provenance import markdown as provenance_markdown
 from .provenance import provenance
@@ -68,6 +68,7 @@ AGAINST = ("baseline", "absolute")
 CRITERION_KEYS = ("name", "metric", "against", "threshold", "direction", "confidence", "tier", "classifier",
                   "manifest", "tolerance")
 REPORT_NAME, JUNIT_NAME, SUMMARY_NAME = "gate-report.json", "junit.xml", "summary.md"
+FOREST_NAME = "forest.png"
 _DIST_METRICS = ("fd", "fid", "kid", "swd")
 
 
@@ -617,7 +618,13 @@ def _maybe_sha(path: str | None) -> str | None:
 def write_outputs(report: Mapping[str, Any], out: Path) -> None:
     """The JSON report, JUnit XML and Markdown summary into `out`; the summary is appended to $GITHUB_STEP_SUMMARY too."""
     md = markdown_summary(report)
-    with output_folder(out, command="gate") as folder:  # the three files appear together, or not at all
+    rows = plots.gate_rows(report["criteria"])
+    with output_folder(out, command="gate") as folder:  # the files appear together, or not at all
+        if rows:  # a picture of each criterion's worsening with its interval beside its allowed worsening
+            img = plots.forest_plot(rows, "Candidate against baseline (interval at each criterion's confidence)",
+                                    "worsening, % of the baseline's value (red: allowed worsening)", ("change", None))
+            save_png(folder.path / FOREST_NAME, np.asarray(img))
+            md += f"\n![each criterion's change with its interval ({FOREST_NAME} in the gate's folder)]({FOREST_NAME})\n"
         write_json_atomic(folder.path / REPORT_NAME, report)
         write_text_atomic(folder.path / JUNIT_NAME, junit_xml(report))
         write_text_atomic(folder.path / SUMMARY_NAME, md)

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import jsonout
+
 
 def _tmp_prefix(path: Path, pid: int | None = None) -> str:
     """Temporary files of `path` are `.<name>.<host>-<pid>.<random>.tmp`: the owner can be told apart."""
@@ -98,8 +100,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented, key-sorted JSON to `path` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Write `obj` as indented, key-sorted strict JSON (NaN/Infinity as null with a reason) to `path` atomically."""
+    write_text_atomic(path, jsonout.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

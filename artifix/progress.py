@@ -56,6 +56,17 @@ def listening(fn: Callable[[Event], None]) -> Iterator[None]:
         remove_listener(fn)
 
 
+@contextmanager
+def tqdm_bars() -> Iterator[None]:
+    """Draw progress bars (tqdm.auto: widgets in Jupyter, text elsewhere) while the block runs (the Python API)."""
+    global BARS
+    before, BARS = BARS, True
+    try:
+        yield
+    finally:
+        BARS = before
+
+
 class Progress:
     """Count work units; a tqdm bar on stderr after the first second (nested under open bars), unless QUIET."""
 

@@ -7,11 +7,10 @@ imports the other back, so there is no import cycle.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import progress
+from . import log
 
 
 @dataclass
@@ -24,9 +23,8 @@ class Context:
     json: bool = False
 
     def say(self, text: str) -> None:
-        """Human text, on stderr."""
-        if not progress.QUIET:
-            print(text, file=sys.stderr, flush=True)
+        """Human text, on stderr (through the "artifix" logger; nothing with --quiet)."""
+        log.say(text)
 
 
 Handler = Callable[[Context], Any]

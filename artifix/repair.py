@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import __version__, defaults
+from . import __version__, defaults, log, plots
 from .errors import UserError
 from .export import export_cleaned
 from .generator import LoadedGenerator, forward, latents
@@ -142,7 +142,7 @@ def plan_auto(ranking: Sequence[int], layer: str, k: int) -> RepairPlan:
 
 
 def sequential_auto(g: LoadedGenerator, layers: Sequence[str], k: int,
-                    rank_layer: Callable[[str, dict[str, Ablation]], Sequence[int]], say: Say = print) -> RepairPlan:
+                    rank_layer: Callable[[str, dict[str, Ablation]], Sequence[int]], say: Say = log.say) -> RepairPlan:
     """Top k units per layer, layer by layer: each layer ranked with the earlier layers' choices already removed."""
     plans: list[RepairPlan] = []
     for layer in layers:
@@ -175,7 +175,7 @@ def _edits(units: Mapping[str, Sequence[int]], alphas: Mapping[str, Sequence[flo
 
 def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[torch.Tensor], torch.Tensor], seed: int,
                    flagged: Sequence[int], *, steps: int | None = None, lr: float | None = None, l2: float | None = None,
-                   batch: int | None = None, say: Say = print) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+                   batch: int | None = None, say: Say = log.say) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
     """Per-unit strengths alpha in [0, 1] minimising the flagged samples' mean artifact score + l2 * mean(alpha^2), by Adam steps.
 
     `score_fn` maps G's output to the classifier's score; pass its logit (`differentiable_score(clf, logit=True)`):
@@ -301,7 +301,7 @@ def _proba(clf: Any, led: Ledger, edits: Mapping[str, Ablation] | None, ids: Seq
 
 def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence[int]], seed: int, n: int, flagged: Sequence[int],
             clf: Any = None, real: Any = None, metrics: str = "fd,kid,swd", *, high_pool: int = 0,
-            inception_weights: str | None = None, cache: str | None = None, say: Say = print,
+            inception_weights: str | None = None, cache: str | None = None, say: Say = log.say,
             confidence: float = intervals.DEFAULT_CONFIDENCE, ledger: Ledger | None = None) -> dict[str, Any]:
     """Paired before/after metrics on the same seeds for the repair and the random-unit control (random and high-activation sets)."""
     led = ledger or Ledger(g, seed, cache)
@@ -346,7 +346,7 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
 
 
 def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = None, real: Any = None, metrics: str = "fd,swd",
-          k_max: int | None = None, cache: str | None = None, say: Say = print,
+          k_max: int | None = None, cache: str | None = None, say: Say = log.say,
           confidence: float = intervals.DEFAULT_CONFIDENCE, ledger: Ledger | None = None) -> dict[str, Any]:
     """Remove the first 1, 2, ... units of the primary layer; stop when the next unit's paired gain is not significant.
 
@@ -433,7 +433,7 @@ def repair_into(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, se
            flagged: Sequence[int] = (), clean: Sequence[int] = (), clf: Any = None, real: Any = None, channels: int | Mapping[str, int],
            checkpoint: str | Path | None = None, metrics: str = "fd,kid,swd", high_pool: int | None = None,
            optimise: bool = False, run_sweep: bool = False, sweep_n: int | None = None, inception_weights: str | None = None,
-           segmenter: Any = None, collateral_n: int = 200, cache: str | None = None, say: Say = print,
+           segmenter: Any = None, collateral_n: int = 200, cache: str | None = None, say: Say = log.say,
            confidence: float = intervals.DEFAULT_CONFIDENCE, skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Remove the plan's units, write the verified cleaned generator and the proof next to it; returns the manifest."""
     t0 = time.time()
@@ -491,9 +491,11 @@ def repair_into(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, se
     }
     manifest["verdict"] = repair_verdict(manifest).to_json()
     write_json_atomic(out / "manifest.json", manifest)
-    card = model_card(manifest)
+    forest_md, sweep_md = report_pictures(manifest, out)
+    card = model_card(manifest) + forest_md
     write_text_atomic(out / "MODEL_CARD.md", card)
-    write_text_atomic(out / "report.md", card + "\n## Before / after\n\nRows: before; approved units removed; "
+    write_text_atomic(out / "report.md", card + sweep_md +
+                      "\n## Before / after\n\nRows: before; approved units removed; "
                       "random-unit control.\n\n![flagged](before_after_flagged.png)\n\n![clean](before_after_clean.png)\n")
     return manifest
 
@@ -508,6 +510,26 @@ def _metric_rows(sub: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"metric": r["metric"], "before": r["before"], "after": r["after"],
              "change [CI]": f"{r['change']:+.3f}{_ci(r, 'change_ci')}", "random control change [CI]": f"{r['control_change']:+.3f}{_ci(r, 'control_ci')}"}
             for r in metric_rows(sub)]
+
+
+def report_pictures(m: dict[str, Any], out: Path) -> tuple[str, str]:
+    """Write forest_<subset>.png (each metric's change with its interval, repair beside the random control) and,
+    after a sweep, k_sweep.png into `out`; returns the Markdown showing (the forest plots, the sweep plot)."""
+    lines = ["", "## Change with its interval", ""]
+    for name, sub in m["metrics"]["subsets"].items():
+        rows = plots.repair_rows(sub)
+        if not rows:
+            continue
+        title = f"Change after repair, {name.replace('_', '-')} samples (n = {m['metrics']['n']}, paired, 95 % intervals)"
+        img = plots.forest_plot(rows, title, "change, % of the value before (negative = better)")
+        save_png(out / f"forest_{name}.png", np.asarray(img))
+        lines += [f"![forest plot, {name} samples](forest_{name}.png)", ""]
+    sweep_md = ""
+    if m.get("sweep") and m["sweep"].get("rows"):
+        save_png(out / "k_sweep.png", np.asarray(plots.sweep_plot(m["sweep"])))
+        sweep_md = ("\n## k sweep\n\n![k sweep](k_sweep.png)\n\nBlue points: the added unit helped (marginal gain "
+                    "beyond its interval); grey: it did not; red line: k_best.\n")
+    return "\n".join(lines) + "\n", sweep_md
 
 
 def model_card(m: dict[str, Any]) -> str:

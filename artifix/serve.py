@@ -7,16 +7,18 @@ other users of the machine could read a database URL with a password).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import resources
 from .errors import UserError
 
 SETTINGS_ENV = "ARTIFIX_DASHBOARD_SETTINGS"
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+APP = resources.dashboard_dir() / "app.py"
 
 # Server flags that are always set (the security-relevant ones cannot be switched off from artifix).
 SAFE_FLAGS: dict[str, str] = {
@@ -35,8 +37,10 @@ def launch_command(opts: Mapping[str, Any], app: str | Path = APP) -> list[str]:
     port = int(opts.get("port") or 8501)
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {port}.")
+    if importlib.util.find_spec("streamlit") is None:
+        raise UserError('the dashboard needs Streamlit, which is not installed; run pip install "artifix[dashboard]".')
     if not Path(app).is_file():
-        raise UserError(f"the dashboard app {app} is missing; run artifix from a checkout or an editable install.")
+        raise UserError(f"the dashboard app {app} is missing; reinstall artifix (pip install 'artifix[dashboard]').")
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port)]
     for k, v in SAFE_FLAGS.items():
         cmd += [f"--{k}", v]

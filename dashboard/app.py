@@ -12,15 +12,21 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dashboard/ on the path
+CHECKOUT = (ROOT / "artifix" / "__init__.py").is_file()  # else an installed wheel: this file is artifix/dashboard/app.py
+if CHECKOUT and str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dashboard/ on the path
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
 
 from artifix import serve, session  # noqa: E402
 from artifix.errors import ArtifixError  # noqa: E402
-from dashboard import page_approvals, page_paint, page_repair, page_review, page_units  # noqa: E402
-from dashboard.state import open_dash, resolve_settings  # noqa: E402
+
+if CHECKOUT:
+    from dashboard import page_approvals, page_paint, page_repair, page_review, page_units  # noqa: E402
+    from dashboard.state import open_dash, resolve_settings  # noqa: E402
+else:
+    from artifix.dashboard import page_approvals, page_paint, page_repair, page_review, page_units  # noqa: E402
+    from artifix.dashboard.state import open_dash, resolve_settings  # noqa: E402
 
 PAGES = {
     "Review": (":material/rate_review:", page_review.render),
