@@ -76,7 +76,7 @@ def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | Non
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by main and by the docs test)."""
-    from . import commands  # noqa: F401  registers the commands
+    from . import commands, commands_natural  # noqa: F401  registers the commands
 
     parser = argparse.ArgumentParser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.")
     parser.add_argument("--version", action="version", version=f"artifix {__version__}")

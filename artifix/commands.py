@@ -421,7 +421,7 @@ def maybe_bundled_review(ctx: Context, g, store, run_id: int, layer: str) -> boo
 @command("repair", "remove the approved units, prove the gain against a random-unit control, write a cleaned generator",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "score": None, "repair": None,
           "classify": ["classifier"], "metrics": ["real", "inception_weights"], "dissect": ["segmenter", "segmenter_classes"],
-          "run": ["out", "cache", "threads"]})
+          "select": ["unit_set"], "run": ["out", "cache", "threads"]})
 def cmd_repair(ctx: Context) -> dict[str, Any]:
     from .generator import EXAMPLE_FACTORY
     from .repair import combine, plan_auto, plan_from_store, repair, sequential_auto
@@ -433,6 +433,13 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
     if g.scripted:
         raise UserError("repair needs a Python generator (--generator 'module:callable'), not a TorchScript file.")
     primary = default_layer(ctx, g)
+    set_plan = unit_set = None
+    if o.get("unit_set"):  # 'artifix select' chose the units and proposes their layer
+        from .commands_natural import plan_from_set
+
+        set_plan, unit_set = plan_from_set(o["unit_set"], g)
+        ctx.say(f"set selection proposes layer {set_plan.layer} (of {', '.join(r['layer'] for r in unit_set['rows'])}): "
+                f"removing units {set_plan.edits[set_plan.layer]}")
     layers = [l.strip() for l in str(o["layers"]).split(",") if l.strip()] if o["layers"] else [primary]
     for layer in layers:
         get_layer(g.module, layer)
@@ -463,7 +470,9 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
         report, _ = score_run(ctx, g, layer, store, run_id, clf, use_cache=not earlier)
         return [int(u) for u in report.table.unit]
 
-    if o["auto"]:
+    if set_plan is not None:
+        plan = set_plan
+    elif o["auto"]:
         plan = sequential_auto(g, layers, o["k"], ranking, ctx.say) if len(layers) > 1 else plan_auto(ranking(primary), primary, o["k"])
     else:
         plans = []
@@ -473,7 +482,7 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
             plans.append(plan_from_store(st, rid, layer, ranking(layer) if o["sweep"] and layer == layers[0] else None))
         plan = combine(plans)
     flagged, clean = flagged_and_clean(store, run_id)
-    channels = {l: next(iter(trace_batches(g, l, o["seed"], [0])))[1].shape[1] for l in layers}
+    channels = {l: next(iter(trace_batches(g, l, o["seed"], [0])))[1].shape[1] for l in plan.layers}
     high_pool = 4 * n if o["high_pool"] is None else o["high_pool"]
     segmenter = None
     if o.get("segmenter") or g.spec.generator == EXAMPLE_FACTORY:
@@ -484,6 +493,15 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
                       high_pool=high_pool, optimise=o["optimise_alpha"], run_sweep=o["sweep"], sweep_n=o["sweep_n"],
                       inception_weights=o.get("inception_weights"), segmenter=segmenter, collateral_n=o["collateral_n"],
                       cache=o.get("cache"), say=ctx.say)
+    if unit_set is not None:
+        from .io import write_json_atomic
+
+        from .io import write_text_atomic
+        from .repair import model_card
+
+        manifest["set_selection"] = {k: unit_set.get(k) for k in ("proposed_layer", "rows", "selections", "classifier")}
+        write_json_atomic(out / "manifest.json", manifest)
+        write_text_atomic(out / "MODEL_CARD.md", model_card(manifest))
     ctx.say(f"wrote the cleaned generator, manifest.json, MODEL_CARD.md and report.md to {out}/")
     return manifest
 
