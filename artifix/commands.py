@@ -246,12 +246,12 @@ def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None, use_cac
 
         stats = collect_stats(g, layer, o["seed"], o["stats_n"])
     report = score(g, layer, store, run_id, stats, seed=o["seed"], clf=clf, exact_top=o["exact_top"],
-                   collateral_weight=o["collateral_weight"], rare_rate=o["rare_rate"], say=ctx.say)
+                   collateral_weight=o["collateral_weight"], rare_rate=o["rare_rate"], say=ctx.say, high_q=int(o.get("high_q") or 0))
     return report, stats
 
 
 @command("score", "rank the units of a layer that cause the flagged artifacts (IoU@IQR, AUC, causal effect, priors)",
-         {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": None,
+         {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": None, "select": ["high_q"],
           "classify": ["classifier"], "run": ["out", "cache", "threads"]})
 def cmd_score(ctx: Context) -> dict[str, Any]:
     from .io import write_json_atomic, write_text_atomic
@@ -272,12 +272,15 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
     rows = top.to_dict("records")
     write_text_atomic(out / "unit_scores.csv", report.table.to_csv(index=False))
     write_json_atomic(out / "unit_scores.json", {"layer": layer, "components": report.components, "units": report.table.to_dict("records")})
-    cards = unit_cards(g, stats, [int(u) for u in top.unit], o["seed"], out / "cards")
+    captions = ({int(r.unit): f"unit {int(r.unit)}: its top-{o['high_q']} samples' mean p(artifact) {r.high_prob_raw:.2f} "
+                 f"(layer average {report.table.high_prob_raw.mean():.2f})" for r in top.itertuples()}
+                if "high_prob_raw" in top else None)
+    cards = unit_cards(g, stats, [int(u) for u in top.unit], o["seed"], out / "cards", captions=captions)
     from .session import propose_top
 
     propose_top(store, run_id, report.table, o["top"])
     if not ctx.json:
-        cols = ["rank", "unit"] + [c for c in ("combined", "causal", "iou", "auc", "firing_rate") if c in top]
+        cols = ["rank", "unit"] + [c for c in ("combined", "causal", "iou", "auc", "high", "high_prob_raw", "firing_rate") if c in top]
         ctx.say(top[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         ctx.say(f"scored {len(report.table)} units of {layer} from {report.n_flagged} flagged / {report.n_clean} clean samples "
                 f"({report.n_masks} painted); table in {out}/unit_scores.csv, cards in {out}/cards/")
@@ -728,7 +731,7 @@ def cmd_stats(ctx: Context) -> dict[str, Any]:
 DASHBOARD_OPTIONS = {"generator": None, "sample": ["seed", "start", "layer"], "labels": None, "score": None,
                      "classify": ["classifier", "review_k"], "repair": ["repair_n", "sweep", "sweep_n", "high_pool"],
                      "metrics": ["real", "inception_weights"], "dissect": ["segmenter", "segmenter_classes", "dissect_n", "ace_units"],
-                     "run": ["out", "cache", "threads"], "dashboard": None}
+                     "run": ["out", "cache", "threads"], "dashboard": None, "ab": ["study", "ab_key"]}
 
 
 @command("dashboard", "start the review dashboard (Streamlit) on the bundled example or your run; localhost only by default",

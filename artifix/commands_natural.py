@@ -195,7 +195,8 @@ def record_preference(manifest_path: str | Path, res: dict[str, Any]) -> None:
     m = _manifest(str(manifest_path))
     m["preference"] = res
     write_json_atomic(manifest_path, m)
-    write_text_atomic(Path(manifest_path).parent / "MODEL_CARD.md", model_card(m))
+    if "export" in m and "metrics" in m:  # a full repair manifest: its model card gains the A/B table
+        write_text_atomic(Path(manifest_path).parent / "MODEL_CARD.md", model_card(m))
 
 
 

@@ -131,3 +131,16 @@ def test_high_activation_score_ranks_a_planted_unit_first(planted):
     rep = score_units(bad, "main.8", 0, stats, [], [], prob_fn=magenta_fraction, high_q=8)
     assert rep.components == ["high"] and int(rep.table.unit[0]) in truth
     assert "high_prob_raw" in rep.table
+
+
+def test_select_and_repair_unit_set_report_user_mistakes(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    code, _, err = run_cli("select", "--store", str(tmp_path / "l.sqlite"), "--classifier", str(tmp_path / "none.pt"))
+    assert code == 2 and "no artifact classifier" in err
+    s = tmp_path / "unit_set.json"
+    s.write_text(json.dumps({"fingerprint": "0000", "layer": "main.8", "units": [1], "rows": []}))
+    code, _, err = run_cli("repair", "--unit-set", str(s), "--store", str(tmp_path / "l.sqlite"), "--out", str(tmp_path / "r"))
+    assert code == 2 and "was chosen for generator" in err and not (tmp_path / "r").exists()
