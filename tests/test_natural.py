@@ -144,3 +144,22 @@ def test_select_and_repair_unit_set_report_user_mistakes(tmp_path):
     s.write_text(json.dumps({"fingerprint": "0000", "layer": "main.8", "units": [1], "rows": []}))
     code, _, err = run_cli("repair", "--unit-set", str(s), "--store", str(tmp_path / "l.sqlite"), "--out", str(tmp_path / "r"))
     assert code == 2 and "was chosen for generator" in err and not (tmp_path / "r").exists()
+
+
+def test_select_cli_compares_layers_and_proposes_the_set(tmp_path):
+    import json
+
+    from artifix.example import REVIEW_DIR
+    from tests.conftest import run_cli
+
+    store = str(tmp_path / "l.sqlite")
+    code, _, err = run_cli("flags", "import", str(REVIEW_DIR / "flags.csv"), "--store", store)
+    assert code == 0, err
+    code, out, err = run_cli("select", "--layers", "main.8,main.11", "--store", store, "--classifier", str(REVIEW_DIR / "classifier.pt"),
+                             "--pool", "3", "--max-units", "2", "--pair-pool", "2", "--select-flagged", "6",
+                             "--out", str(tmp_path / "out"), "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert [r["layer"] for r in res["rows"]] == ["main.8", "main.11"]
+    assert res["layer"] == res["proposed_layer"] and json.loads((tmp_path / "out" / "unit_set.json").read_text())["units"] == res["units"]
+    assert "layer comparison" in err
