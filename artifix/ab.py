@@ -19,15 +19,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import intervals
 from .errors import UserError
 from .images import grid, save_png
 from .io import write_json_atomic
@@ -38,15 +37,11 @@ ANSWERS = ("left", "right", "same")
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> list[float]:
-    """Wilson score interval of a binomial proportion k / n ([0, 1] when n = 0)."""
+    """Wilson score interval [lo, hi] of a binomial proportion k / n ([0, 1] when n = 0), from `artifix.intervals`."""
     if n <= 0:
         return [0.0, 1.0]
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z / den * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    iv = intervals.wilson(k, n, confidence)
+    return [float(iv.lo), float(iv.hi)]
 
 
 def default_key_path(folder: str | Path) -> Path:

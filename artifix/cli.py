@@ -11,54 +11,11 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from . import __version__, config, defaults, progress
+from . import __version__, commands, commands_natural, config, defaults, progress  # noqa: F401  (commands* register the handlers)
+from .registry import COMMANDS, Command, Context, Handler, command  # noqa: F401  (re-exported: the public names of the CLI)
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
-
-
-@dataclass
-class Context:
-    """What a command handler receives: merged settings, the parsed args and output helpers."""
-
-    opts: dict[str, Any]
-    args: argparse.Namespace
-    config: dict[str, Any]
-    json: bool = False
-
-    def say(self, text: str) -> None:
-        """Human text, on stderr."""
-        if not progress.QUIET:
-            print(text, file=sys.stderr, flush=True)
-
-
-Handler = Callable[[Context], Any]
-
-
-@dataclass
-class Command:
-    """A subcommand: its option sections (names from the defaults table), extra arguments and handler."""
-
-    name: str
-    help: str
-    handler: Handler
-    options: dict[str, list[str] | None] = field(default_factory=dict)  # section -> names (None = all)
-    extra: Callable[[argparse.ArgumentParser], None] | None = None
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str, help: str, options: dict[str, list[str] | None] | None = None,
-            extra: Callable[[argparse.ArgumentParser], None] | None = None) -> Callable[[Handler], Handler]:
-    """Register a handler as `artifix <name>`."""
-
-    def deco(fn: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help, fn, options or {}, extra)
-        return fn
-
-    return deco
 
 
 def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | None]) -> None:
@@ -76,8 +33,6 @@ def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | Non
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by main and by the docs test)."""
-    from . import commands, commands_natural  # noqa: F401  registers the commands
-
     parser = argparse.ArgumentParser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.")
     parser.add_argument("--version", action="version", version=f"artifix {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

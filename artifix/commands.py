@@ -9,25 +9,17 @@ import numpy as np
 
 from contextlib import nullcontext
 
-from .cli import Context, command
-from .trace import Trace
+from . import workflow as W
+from .registry import Context, command
 from .errors import UserError
+from .profiles import profile_for
+from .trace import Trace
 
 
 
 def parse_units(text: str | int | list[int]) -> list[int]:
-    """Parse '3,17' (or a list) into unit indices."""
-    if isinstance(text, int):
-        return [text]
-    if isinstance(text, list):
-        return [int(u) for u in text]
-    try:
-        units = [int(u) for u in str(text).split(",") if u.strip()]
-    except ValueError:
-        raise UserError(f"units must be comma-separated integers like '3,17', got {text!r}.") from None
-    if not units:
-        raise UserError("no units given; pass units like '3,17'.")
-    return units
+    """Parse '3,17' (or a list) into unit indices: non-negative and distinct (`workflow.parse_units`)."""
+    return W.parse_units(text)
 
 
 def ablation_from_options(g, o: dict[str, Any]) -> dict[str, Any] | None:
@@ -120,25 +112,20 @@ def cmd_layers(ctx: Context) -> dict[str, Any]:
 
 
 def default_layer(ctx: Context, g) -> str:
-    """--layer, or the example's default layer when diagnosing the bundled example."""
-    from .example import LAYER
-    from .generator import EXAMPLE_FACTORY
-
-    from .trace import get_layer
-
-    if ctx.opts.get("layer"):
-        get_layer(g.module, ctx.opts["layer"])  # fail before anything is written
-        return ctx.opts["layer"]
-    if g.spec.generator == EXAMPLE_FACTORY:
-        return LAYER
-    raise UserError("--layer is required for this generator; run 'artifix layers' to list its layers.")
+    """--layer, or the generator profile's default layer (`workflow.resolve_layer`)."""
+    return W.resolve_layer(g, profile_for(g.spec), ctx.opts.get("layer"))
 
 
 def reviewer(ctx: Context) -> str:
     """--reviewer, else $USER, else 'reviewer'."""
-    import os
+    return W.reviewer_name(ctx.opts.get("reviewer"))
 
-    return ctx.opts.get("reviewer") or os.environ.get("USER") or "reviewer"
+
+def workspace(ctx: Context, g, layer: str) -> W.Workspace:
+    """The workspace of these settings on an already loaded generator and resolved layer."""
+    ws = W.open_workspace({**ctx.opts, "layer": layer}, g, need_layer=False)
+    ws.layer = layer
+    return ws
 
 
 def open_run(ctx: Context, g, layer: str, missing: str | None = None):
@@ -147,28 +134,16 @@ def open_run(ctx: Context, g, layer: str, missing: str | None = None):
     With `missing` (a sentence), only find the run: when the store file or the run does not exist yet,
     raise UserError(missing) without creating or writing anything.
     """
-    from .labels import LabelStore
-
-    from .generator import probe
-
-    from . import dist
-    if missing is not None:
-        location = str(ctx.opts["store"])
-        if "://" not in location and not Path(location).expanduser().is_file():
-            raise UserError(missing)
-        store = LabelStore(location)
-        run = store.find_run(g.fingerprint, [layer], ctx.opts["seed"])
-        if run is None:
-            store.close()
-            raise UserError(missing)
-        return store, run.id
-
-    out_shape = probe(g)
-    with dist.main_first():  # under torchrun rank 0 creates the run, the others find it
-        store = LabelStore(ctx.opts["store"])
-        run_id = store.register_run(g.fingerprint, [layer], ctx.opts["seed"], max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0),
-                                    meta={"spec": g.spec.to_json()}, image_size=(int(out_shape[2]), int(out_shape[3])))
-    return store, run_id
+    ws = workspace(ctx, g, layer)
+    try:
+        if missing is not None:
+            run_id = W.find_run(ws, layer, missing)  # before ws.store: a missing store file is never created
+        else:
+            run_id = W.register_run(ws, max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0), layer)
+        return ws.store, run_id
+    except UserError:
+        ws.close()
+        raise
 
 
 def _flags_extra(p) -> None:
@@ -191,7 +166,7 @@ def check_import(ctx: Context, g, layer: str, path: str) -> None:
     with LabelStore(":memory:") as scratch:
         run_id = scratch.register_run(g.fingerprint, [layer], ctx.opts["seed"], n,
                                       image_size=(int(out_shape[2]), int(out_shape[3])))
-        scratch.import_labels(run_id, path, reviewer=reviewer(ctx))
+        scratch.import_labels(run_id, path, reviewer=reviewer(ctx))  # noqa: the same import the real store runs
 
 
 @command("flags", "import, export or count reviewers' flags and painted masks in the label store",
@@ -227,25 +202,14 @@ def cached_stats(ctx: Context, g, layer: str, seed: int, n: int):
     return cached(g, layer, seed, n, ctx.opts.get("cache") or ".artifix-cache")
 
 
-def flagged_and_clean(store, run_id: int) -> tuple[list[int], list[int]]:
-    """The run's samples whose current label is 'artifact', and those labelled 'clean' (sorted)."""
-    from .session import flagged_and_clean as split
-
-    return split(store, run_id)
+flagged_and_clean = W.flagged_and_clean
 
 
 def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None, use_cache: bool = True):
     """Score every unit of `layer` from the run's flags/masks (and a classifier, if given); no stats cache under edits."""
-    from .session import score_run as score
-
     o = ctx.opts
-    if use_cache:
-        stats = cached_stats(ctx, g, layer, o["seed"], o["stats_n"])
-    else:
-        from .scoring import collect_stats
-
-        stats = collect_stats(g, layer, o["seed"], o["stats_n"])
-    report = score(g, layer, store, run_id, stats, seed=o["seed"], clf=clf, exact_top=o["exact_top"],
+    stats = W.unit_stats(g, layer, o["seed"], o["stats_n"], o.get("cache"), use_cache)
+    report = W.score_run(g, layer, store, run_id, stats, seed=o["seed"], clf=clf, exact_top=o["exact_top"],
                    collateral_weight=o["collateral_weight"], rare_rate=o["rare_rate"], say=ctx.say, high_q=int(o.get("high_q") or 0))
     return report, stats
 
@@ -276,9 +240,7 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
                  f"(layer average {report.table.high_prob_raw.mean():.2f})" for r in top.itertuples()}
                 if "high_prob_raw" in top else None)
     cards = unit_cards(g, stats, [int(u) for u in top.unit], o["seed"], out / "cards", captions=captions)
-    from .session import propose_top
-
-    propose_top(store, run_id, report.table, o["top"])
+    W.propose_top(store, run_id, report.table, o["top"])
     if not ctx.json:
         cols = ["rank", "unit"] + [c for c in ("combined", "causal", "iou", "auc", "high", "high_prob_raw", "firing_rate") if c in top]
         ctx.say(top[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -320,7 +282,7 @@ def _classify_extra(p) -> None:
          {"generator": None, "sample": ["seed", "n", "start", "layer"], "labels": ["store"], "score": ["stats_n"],
           "classify": ["classifier", "review_k"], "run": ["threads", "cache"]}, _classify_extra)
 def cmd_classify(ctx: Context) -> dict[str, Any]:
-    from .classifier import ArtifactClassifier, train_classifier
+    from .classifier import ArtifactClassifier
     from .generator import images_at
 
     o = ctx.opts
@@ -328,20 +290,12 @@ def cmd_classify(ctx: Context) -> dict[str, Any]:
     layer = default_layer(ctx, g)
     path = Path(o["classifier"])
     action = ctx.args.action
-    need = ("need at least 2 flagged and 2 clean samples to train the classifier, but the label store {} has {} flagged and {} clean "
-            "for this generator, layer and seed; import more with 'artifix flags import'.")
     clf = ArtifactClassifier.load(path) if action != "train" and path.exists() else None  # checked before the store is touched
     if clf is None and action == "predict":
         raise UserError(f"no artifact classifier at {path}; train one first with 'artifix classify train'.")
-    store, run_id = open_run(ctx, g, layer, missing=need.format(o["store"], 0, 0) if action == "train" else None)
-    if action == "train":
-        flagged, clean = flagged_and_clean(store, run_id)
-        if min(len(flagged), len(clean)) < 2:  # before rendering anything or writing the classifier
-            raise UserError(need.format(o["store"], len(flagged), len(clean)))
-        ids = flagged + clean
-        y = np.r_[np.ones(len(flagged)), np.zeros(len(clean))].astype(int)
-        clf = train_classifier(images_at(g, o["seed"], ids), y)
-        clf.save(path)
+    store, run_id = open_run(ctx, g, layer, missing=W.not_enough_labels(f"the label store {o['store']}", 0, 0) if action == "train" else None)
+    if action == "train":  # fewer than 2 + 2 labels is refused before rendering anything or writing the classifier
+        clf = W.train_from_store(g, store, run_id, o["seed"], path, where=f"the label store {o['store']}")
         r = clf.report
         ctx.say(f"trained on {r['n_pos']} flagged / {r['n_neg']} clean samples: cross-validated ROC-AUC {r['auc']:.3f}, "
                 f"precision {r['precision']:.2f}, recall {r['recall']:.2f}, Brier {r['brier']:.3f}; saved to {path}")
@@ -353,11 +307,9 @@ def cmd_classify(ctx: Context) -> dict[str, Any]:
         ctx.say(f"{len(flagged)} of {len(ids)} samples look like artifacts (p >= {clf.threshold:.2f}); mean p = {probs.mean():.3f}")
         return {"run_id": run_id, "samples": ids, "probability": [round(float(p), 5) for p in probs],
                 "artifact_rate": float(np.mean(probs >= clf.threshold))}
-    from .session import review_queue as queue_for
-
     stats = cached_stats(ctx, g, layer, o["seed"], max(o["stats_n"], o["start"] + len(ids)))
-    q = queue_for(g, layer, store, run_id, seed=o["seed"], start=o["start"], n=len(ids), k=o["review_k"], stats=stats,
-                  clf=clf, cache=o.get("cache"))
+    q = W.review_queue(g, layer, store, run_id, seed=o["seed"], start=o["start"], n=len(ids), k=o["review_k"], stats=stats,
+                  clf=clf, cache=o.get("cache"), real=o.get("real"))
     ctx.say("next samples to review: " + ", ".join(map(str, q.samples)))
     return {"run_id": run_id, "queue": q.samples, "priors": q.priors, "realism": q.realism}
 
@@ -371,8 +323,7 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
     o = ctx.opts
     g = load(ctx)
     n = _check_n(o["n"])
-    if o["real"] is None and g.spec.generator != "artifix.example:make_generator":
-        raise UserError("--real is required for your own generator: an image folder, an .npz array or a statistics file.")
+    W.require_reference(profile_for(g.spec), o["real"], "metrics")
     if o["real"] is not None and not Path(o["real"]).exists():
         raise UserError(f"reference data {o['real']} does not exist; give an image folder, a .npz/.npy uint8 array or a statistics .npz.")
     from .metrics.reference import check_real
@@ -394,39 +345,27 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
     return {"fingerprint": g.fingerprint, "metrics": res}
 
 
-def is_bundled_example(g, layer: str) -> bool:
-    """Whether G is the unmodified bundled example diagnosed at the layer its bundled review covers."""
-    from .example import bundled_review
-    from .generator import EXAMPLE_FACTORY
-
-    if g.spec.generator != EXAMPLE_FACTORY:
-        return False
-    review = bundled_review()
-    return g.fingerprint == review["fingerprint"] and layer == review["layer"]
+def is_bundled_example(g, layer: str, seed: int = 0) -> bool:
+    """Whether the generator profile's bundled review was recorded for this generator, layer and seed."""
+    return W.bundled_review_for(profile_for(g.spec), g.fingerprint, layer, seed) is not None
 
 
 def maybe_bundled_review(ctx: Context, g, store, run_id: int, layer: str) -> bool:
-    """On the unmodified bundled example, fill an empty run with the maintainers' review; True when this run holds it."""
-    from .example import bundled_review, seed_bundled_review
-
-    if not is_bundled_example(g, layer):
-        return False
-    review = bundled_review()
-    added = seed_bundled_review(store, run_id, g.fingerprint, layer)
+    """Fill an empty run with the profile's bundled review when it fits (G, layer, seed); True when this run holds it."""
+    profile = profile_for(g.spec)
+    added = W.import_bundled_review(profile, store, run_id, g.fingerprint, layer, ctx.opts["seed"])
     if added:
         ctx.say(f"the label store had no labels for the bundled example: imported the maintainers' review "
                 f"({added['flags'].get('flags', '?')} flags; units {added['approved']} approved by {added['reviewer']}); "
-                "see data/example/review/")
-    decided = store.unit_decisions(run_id)
-    return bool(added) or (len(decided) and set(decided.reviewer) == {review["reviewer"]})
+                f"see {profile.review.directory}/")
+    return bool(added) or W.holds_bundled_review(profile, store, run_id, g.fingerprint, layer, ctx.opts["seed"])
 
 
 @command("repair", "remove the approved units, prove the gain against a random-unit control, write a cleaned generator",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "score": None, "repair": None,
-          "classify": ["classifier"], "metrics": ["real", "inception_weights"], "dissect": ["segmenter", "segmenter_classes"],
+          "classify": ["classifier"], "metrics": ["real", "inception_weights", "confidence"], "dissect": ["segmenter", "segmenter_classes"],
           "select": ["unit_set"], "run": ["out", "cache", "threads"]})
 def cmd_repair(ctx: Context) -> dict[str, Any]:
-    from .generator import EXAMPLE_FACTORY
     from .repair import combine, plan_auto, plan_from_store, repair, sequential_auto
     from .scoring import trace_batches
     from .trace import get_layer
@@ -449,25 +388,27 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
     if len(set(layers)) != len(layers):
         raise UserError(f"--layers names a layer twice ({o['layers']}); name each layer once.")
     n = _check_n(o["repair_n"], "--repair-n")
+    W.check_confidence(o["confidence"])
     out = Path(o["out"] or "artifix-repair")
     from .metrics.reference import check_real
 
     check_real(o["real"])  # a bad reference is reported before hours of sampling
+    profile = profile_for(g.spec)
+    measures = W.repair_measures(profile, o["real"])
     if o["auto"] and o["k"] <= 0:
         raise UserError(f"--k must be a positive number of units, got {o['k']}.")
     clf = load_classifier(ctx, required=False)
-    if o["optimise_alpha"] and clf is None and not is_bundled_example(g, primary):
+    if o["optimise_alpha"] and clf is None and not is_bundled_example(g, primary, o["seed"]):
         raise UserError("--optimise-alpha needs the artifact classifier; train one with 'artifix classify train'.")
-    missing = None if o["auto"] or is_bundled_example(g, primary) else (
+    missing = None if o["auto"] or is_bundled_example(g, primary, o["seed"]) else (
         f"no approved units of layer {primary} in the label store {o['store']}; approve some (dashboard) "
         "or pass --auto --k K to take the top of the ranking.")
     store, run_id = open_run(ctx, g, primary, missing=missing)  # the flags (and the primary layer's approvals) live here
     if maybe_bundled_review(ctx, g, store, run_id, primary) and clf is None:
         from .classifier import ArtifactClassifier
-        from .example import REVIEW_DIR
 
-        clf = ArtifactClassifier.load(REVIEW_DIR / "classifier.pt")
-        ctx.say(f"using the bundled review's artifact classifier ({REVIEW_DIR / 'classifier.pt'})")
+        clf = ArtifactClassifier.load(profile.review.classifier_file)
+        ctx.say(f"using the bundled review's artifact classifier ({profile.review.classifier_file})")
 
     def ranking(layer: str, earlier: dict | None = None) -> list[int]:
         report, _ = score_run(ctx, g, layer, store, run_id, clf, use_cache=not earlier)
@@ -487,12 +428,11 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
     flagged, clean = flagged_and_clean(store, run_id)
     channels = {l: next(iter(trace_batches(g, l, o["seed"], [0])))[1].shape[1] for l in plan.layers}
     high_pool = 4 * n if o["high_pool"] is None else o["high_pool"]
-    segmenter = None
-    if o.get("segmenter") or g.spec.generator == EXAMPLE_FACTORY:
-        from .segmenter import load_segmenter
-
-        segmenter = load_segmenter(o.get("segmenter"), o.get("segmenter_classes"))
-    manifest = repair(g, plan, out, seed=o["seed"], n=n, flagged=flagged, clean=clean, clf=clf, real=o["real"], channels=channels,
+    segmenter = W.segmenter_for(profile, o.get("segmenter"), o.get("segmenter_classes"))
+    if measures.sentence():
+        ctx.say(measures.sentence())
+    manifest = repair(g, plan, out, seed=o["seed"], n=n, flagged=flagged, clean=clean, clf=clf, real=measures.real, channels=channels,
+                      metrics=measures.metrics, skipped=measures.skipped, confidence=o["confidence"],
                       high_pool=high_pool, optimise=o["optimise_alpha"], run_sweep=o["sweep"], sweep_n=o["sweep_n"],
                       inception_weights=o.get("inception_weights"), segmenter=segmenter, collateral_n=o["collateral_n"],
                       cache=o.get("cache"), say=ctx.say)
@@ -512,47 +452,23 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ concept dissection (issue 11)
 
 
-def _segmenter_from_options(o: dict[str, Any]):
-    """The segmenter --segmenter names (default: the bundled scene segmenter) with its class names."""
-    from .segmenter import load_segmenter
-
-    return load_segmenter(o.get("segmenter"), o.get("segmenter_classes"))
-
-
-def _is_example(g) -> bool:
-    from .generator import EXAMPLE_FACTORY
-
-    return g.spec.generator == EXAMPLE_FACTORY
-
-
-def _split(text: str | None) -> list[str]:
-    return [s.strip() for s in str(text).split(",") if s.strip()] if text else []
+def _segmenter_from_options(o: dict[str, Any], g) -> Any:
+    """The segmenter --segmenter names, else the generator profile's; a UserError when there is none."""
+    return W.segmenter_for(profile_for(g.spec), o.get("segmenter"), o.get("segmenter_classes"), required=True)
 
 
 def _dissect_layers(o: dict[str, Any], g) -> list[str]:
-    from .dissect import EXAMPLE_LAYERS
-
-    layers = _split(o.get("layers"))
-    if layers:
-        return layers
-    if _is_example(g):
-        return list(EXAMPLE_LAYERS)
-    raise UserError("--layers is required for this generator, e.g. --layers main.5,main.8; run 'artifix layers' to list them.")
+    return W.dissect_layers(profile_for(g.spec), o.get("layers"))
 
 
 def _ace_layer(o: dict[str, Any], g, layers: list[str]) -> str:
-    from .dissect import EXAMPLE_ACE_LAYER
-    from .trace import get_layer
-
-    name = o.get("ace_layer") or o.get("layer") or (EXAMPLE_ACE_LAYER if _is_example(g) else layers[-1])
-    get_layer(g.module, name)
-    return name
+    return W.ace_layer(g, profile_for(g.spec), o.get("ace_layer") or o.get("layer"), layers)
 
 
 def _concepts(o: dict[str, Any], seg) -> list[str]:
     from .dissect import class_index
 
-    names = _split(o.get("concepts"))
+    names = W.split_names(o.get("concepts"))
     if not names:
         return [c for c in ("tree", "building") if c in seg.classes]
     for c in names:
@@ -564,6 +480,7 @@ def _concepts(o: dict[str, Any], seg) -> list[str]:
          "and check concepts causally (ablate their top units vs random units)",
          {"generator": None, "sample": ["seed", "batch", "layer"],
           "dissect": ["layers", "dissect_n", "segmenter", "segmenter_classes", "iou_min", "concepts", "ace_layer", "ace_units", "ace_n"],
+          "metrics": ["confidence"],
           "run": ["out", "cache", "threads"]})
 def cmd_dissect(ctx: Context) -> dict[str, Any]:
     from . import dissect as D
@@ -574,11 +491,12 @@ def cmd_dissect(ctx: Context) -> dict[str, Any]:
     n, batch = _check_n(o["dissect_n"], "--dissect-n"), _check_n(o["batch"], "--batch")
     if o["ace_n"] < 0 or o["ace_units"] <= 0:
         raise UserError("--ace-n must be >= 0 and --ace-units positive.")
+    W.check_confidence(o["confidence"])
     if not 0 <= o["iou_min"] < 1:
         raise UserError(f"--iou-min must be in [0, 1), got {o['iou_min']}.")
     g = load(ctx)
     layers = D._check_layers(g, _dissect_layers(o, g))  # fail on a bad layer before loading or sampling anything
-    seg = _segmenter_from_options(o)
+    seg = _segmenter_from_options(o, g)
     concepts = _concepts(o, seg)
     ace_layer = _ace_layer(o, g, layers) if concepts and o["ace_n"] else None
     run_layers = layers + ([ace_layer] if ace_layer and ace_layer not in layers else [])
@@ -591,7 +509,7 @@ def cmd_dissect(ctx: Context) -> dict[str, Any]:
     for c in concepts if ace_layer else []:
         units = res[ace_layer].top_units(c, o["ace_units"])
         ctx.say(f"causal check: ablating the top {len(units)} '{c}' units of {ace_layer} on {o['ace_n']} samples (+ random control)")
-        ace.append(D.ablation_effect(g, ace_layer, units, seg, c, o["seed"], o["ace_n"]))
+        ace.append(D.ablation_effect(g, ace_layer, units, seg, c, o["seed"], o["ace_n"], confidence=o["confidence"]))
     shown = {k: res[k] for k in layers}
     rows = [r for d in shown.values() for r in d.best()]
     import pandas as pd
@@ -610,7 +528,7 @@ def cmd_dissect(ctx: Context) -> dict[str, Any]:
             ctx.say(f"{r['layer']}: {r['interpretable']} of {r['units']} units interpretable ({per})")
         for a in ace:
             ctx.say(f"ablating the top {len(a['units'])} '{a['concept']}' units of {a['layer']} removes {a['removed_fraction']:.1%} "
-                    f"of its pixels (95% CI {a['removed_ci'][0]:.1%}..{a['removed_ci'][1]:.1%}); "
+                    f"of its pixels ({a['confidence']:.0%} CI {a['removed_ci'][0]:.1%}..{a['removed_ci'][1]:.1%}); "
                     f"{len(a['control_units'])} random units remove {a['control_removed_fraction']:.1%}")
         ctx.say(f"wrote dissection.md, dissection.csv, dissection.json and dissection.png to {out}/")
     return {"fingerprint": g.fingerprint, "segmenter": seg.source, "n": n, "summary": D.summary_rows(shown), "ace": ace,
@@ -652,7 +570,7 @@ def cmd_paint(ctx: Context) -> dict[str, Any]:
     if o["units"]:
         units = parse_units(o["units"])
     elif o["concept"]:
-        seg = _segmenter_from_options(o)
+        seg = _segmenter_from_options(o, g)
         D.class_index(seg.classes, o["concept"])
         d = D.cached_dissect(g, [layer], seg, o["seed"], _check_n(o["dissect_n"], "--dissect-n"), o["cache"] or ".artifix-cache",
                              _check_n(o["batch"], "--batch"))[layer]
@@ -662,9 +580,7 @@ def cmd_paint(ctx: Context) -> dict[str, Any]:
     before = D.images_with(g, o["seed"], [o["index"]])[0]
     mask = parse_region(o["region"], before.shape[:2])
     before, after = D.paint(g, layer, units, mask, o["mode"], o["seed"], o["index"])
-    outline = before.copy()
-    edge = mask ^ np.pad(mask, 1)[2:, 1:-1] | mask ^ np.pad(mask, 1)[:-2, 1:-1] | mask ^ np.pad(mask, 1)[1:-1, 2:] | mask ^ np.pad(mask, 1)[1:-1, :-2]
-    outline[edge & mask] = (255, 0, 255)
+    outline = W.region_outline(before, mask)
     path = Path(o["out"] or "artifix-out") / f"paint_{layer}_{o['index']}_{o['mode']}.png"
     save_png(path, grid(np.stack([outline, after]), ncol=2, scale=4))
     ctx.say(f"{o['mode']} {len(units)} units of {layer} in sample {o['index']}: before (region outlined) | after -> {path}")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli import Context, command
+from .registry import Context, command
 from .errors import UserError
 from .trace import Trace, ablation
 

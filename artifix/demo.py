@@ -99,7 +99,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     from .example import CHECKPOINT
     from .repair import plan_from_store, repair
     from .generator import images_at
-    from .segmenter import load_segmenter
+    from .profiles import profile_for
+    from .workflow import segmenter_for
 
     ids = review.artifact + review.clean
     clf = train_classifier(images_at(bad, cfg.seed, ids), np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int))
@@ -109,7 +110,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         torch.save(ck, tmp)
     plan = plan_from_store(store, run_id, cfg.layer)
     manifest = repair(bad, plan, out / "cleaned", seed=cfg.seed, n=cfg.metrics_n, flagged=review.artifact, clean=review.clean,
-                      clf=clf, channels=stats.channels, checkpoint=out / "planted.pt", segmenter=load_segmenter(),
+                      clf=clf, channels=stats.channels, checkpoint=out / "planted.pt", segmenter=segmenter_for(profile_for(g.spec)),
                       say=lambda m: say("      " + m))
     random_units = manifest["random_control_units"]
     from .repair import fd_recovery

@@ -32,14 +32,13 @@ from .generator import LoadedGenerator, forward, latents, to_uint8
 from .io import sha256_file, sha256_json
 from .progress import Progress
 from .scoring import TOP_FRACTIONS, iqr_from_counts
+from . import intervals
 from .segmenter import Segmenter
 from .stats import UnitStats
 from .trace import Trace, ablation, get_layer
 
 IOU_MIN = 0.05  # a unit is interpretable when its best concept's IoU exceeds this (as in GAN Dissection)
-EXAMPLE_LAYERS = ("main.2", "main.5", "main.8", "main.11")
-# the example's causal-check layer: 20 units are 16 % of main.5 but a third of main.8, whose ablation wrecks the images
-EXAMPLE_ACE_LAYER = "main.5"
+# the example's dissection layers and causal-check layer are in its profile (`artifix.example.example_profile`)
 
 
 # ------------------------------------------------------------------------------------------- tallies
@@ -362,8 +361,9 @@ def class_pixels(g: LoadedGenerator, segmenter: Segmenter, seed: int, indices: S
     return np.concatenate(out) if out else np.zeros((0, len(segmenter.classes)), np.int64)
 
 
-def _fraction_ci(before: np.ndarray, after: np.ndarray, seed: int, reps: int = 1000) -> tuple[float, list[float]]:
-    """Fraction removed sum(before - after) / sum(before) over samples, with a paired percentile-bootstrap 95 % interval."""
+def _fraction_ci(before: np.ndarray, after: np.ndarray, seed: int, reps: int = 1000,
+                 confidence: float = intervals.DEFAULT_CONFIDENCE) -> tuple[float, list[float]]:
+    """Fraction removed sum(before - after) / sum(before) over samples, with a paired percentile-bootstrap interval at `confidence`."""
     tb = float(before.sum())
     frac = (tb - float(after.sum())) / tb if tb > 0 else float("nan")
     if tb <= 0 or len(before) < 2:
@@ -372,7 +372,7 @@ def _fraction_ci(before: np.ndarray, after: np.ndarray, seed: int, reps: int = 1
     pick = rng.integers(0, len(before), (reps, len(before)))
     b, a = before[pick].sum(1).astype(np.float64), after[pick].sum(1).astype(np.float64)
     boots = np.where(b > 0, (b - a) / np.maximum(b, 1), np.nan)
-    return frac, [float(np.nanquantile(boots, 0.025)), float(np.nanquantile(boots, 0.975))]
+    return frac, intervals.percentile_interval(boots, confidence)
 
 
 def random_units(channels: int, k: int, exclude: Sequence[int] = (), seed: int = 0) -> list[int]:
@@ -384,7 +384,8 @@ def random_units(channels: int, k: int, exclude: Sequence[int] = (), seed: int =
 
 
 def ablation_effect(g: LoadedGenerator, layer: str, units: Sequence[int], segmenter: Segmenter, concept: str, seed: int = 0,
-                    n: int = 200, start: int = 0, control_seed: int = 0) -> dict[str, Any]:
+                    n: int = 200, start: int = 0, control_seed: int = 0,
+                    confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
     """ACE of removing `units` on `concept`: its pixels before/after on samples start..start+n-1, vs as many random units."""
     k = class_index(segmenter.classes, concept)
     units = [int(u) for u in units]
@@ -394,12 +395,12 @@ def ablation_effect(g: LoadedGenerator, layer: str, units: Sequence[int], segmen
     before = class_pixels(g, segmenter, seed, idx)[:, k]
     after = class_pixels(g, segmenter, seed, idx, layer, unit_edit(g, layer, units, "remove"))[:, k]
     ctrl = class_pixels(g, segmenter, seed, idx, layer, unit_edit(g, layer, control, "remove"))[:, k]
-    frac, ci = _fraction_ci(before, after, seed)
-    cfrac, cci = _fraction_ci(before, ctrl, seed)
+    frac, ci = _fraction_ci(before, after, seed, confidence=confidence)
+    cfrac, cci = _fraction_ci(before, ctrl, seed, confidence=confidence)
     return {"layer": layer, "concept": concept, "units": units, "n": n, "seed": seed, "pixels_before": int(before.sum()),
             "pixels_after": int(after.sum()), "removed_fraction": frac, "removed_ci": ci, "control_units": control,
             "control_pixels_after": int(ctrl.sum()), "control_removed_fraction": cfrac, "control_removed_ci": cci,
-            "samples_with_concept": int((before > 0).sum())}
+            "samples_with_concept": int((before > 0).sum()), "confidence": float(confidence)}
 
 
 def insertion_effect(g: LoadedGenerator, layer: str, units: Sequence[int], segmenter: Segmenter, concept: str, mask: Any,
@@ -429,11 +430,12 @@ def insertion_effect(g: LoadedGenerator, layer: str, units: Sequence[int], segme
 
 
 def concept_collateral(g: LoadedGenerator, layer: str, units: Sequence[int], segmenter: Segmenter | None = None, seed: int = 0,
-                       n: int = 200, dissection: LayerDissection | None = None) -> list[dict[str, Any]]:
+                       n: int = 200, dissection: LayerDissection | None = None,
+                       confidence: float = intervals.DEFAULT_CONFIDENCE) -> list[dict[str, Any]]:
     """For removed `units`, every class's pixels before/after on n samples and the fraction removed, most removed first.
 
     Each row: concept, pixels_before, pixels_after, removed_fraction (negative = the class grew), removed_ci (paired
-    bootstrap 95 %), and, when a dissection is given, drawn_by: the removed units whose IoU with the class exceeds its iou_min.
+    bootstrap at `confidence`), and, when a dissection is given, drawn_by: the removed units whose IoU with the class exceeds its iou_min.
     """
     from .segmenter import load_segmenter
 
@@ -444,7 +446,7 @@ def concept_collateral(g: LoadedGenerator, layer: str, units: Sequence[int], seg
     after = class_pixels(g, seg, seed, idx, layer, unit_edit(g, layer, units, "remove"))
     rows = []
     for k, name in enumerate(seg.classes):
-        frac, ci = _fraction_ci(before[:, k], after[:, k], seed)
+        frac, ci = _fraction_ci(before[:, k], after[:, k], seed, confidence=confidence)
         row = {"concept": name, "pixels_before": int(before[:, k].sum()), "pixels_after": int(after[:, k].sum()),
                "removed_fraction": frac, "removed_ci": ci}
         if dissection is not None:

@@ -100,3 +100,19 @@ def seed_bundled_review(store, run_id: int, fingerprint: str, layer: str) -> dic
     for a in review["approved"]:
         store.decide_unit(run_id, layer, int(a["unit"]), "approved", review["reviewer"], note=a["note"])
     return {"flags": imported, "approved": [int(a["unit"]) for a in review["approved"]], "reviewer": review["reviewer"]}
+
+
+# ---------------------------------------------------------------------------------------- the example's profile
+
+FACTORY = "artifix.example:make_generator"
+DISSECT_LAYERS = ("main.2", "main.5", "main.8", "main.11")
+# the example's causal-check layer: 20 units are 16 % of main.5 but a third of main.8, whose ablation wrecks the images
+ACE_LAYER = "main.5"
+
+
+def example_profile() -> dict:
+    """The example's generator-specific defaults, as the fields of `artifix.profiles.Profile`."""
+    review = bundled_review()
+    return {"name": "bundled example", "default_layer": LAYER, "dissect_layers": DISSECT_LAYERS, "ace_layer": ACE_LAYER,
+            "segmenter": DATA_DIR / "segmenter.pt", "has_reference": True,
+            "review": {**review, "directory": str(REVIEW_DIR)}}

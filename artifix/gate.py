@@ -45,12 +45,14 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from . import __version__, defaults
+from . import intervals
+from .profiles import profile_for
+from .results import RepairManifest
 from .errors import RuntimeFailure, UserError
 from .io import sha256_file, write_json_atomic, write_text_atomic
 
@@ -278,7 +280,7 @@ def validate(s: GateSettings) -> dict[str, Any]:
 
 
 def read_manifest(path: str) -> dict[str, Any]:
-    """Layer and fully removed units of a repair's manifest.json; a UserError when it is unusable."""
+    """Fully removed units of every layer of a repair's manifest.json (`results.RepairManifest`); a UserError when unusable."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"repair manifest {path} does not exist; point 'manifest' at the manifest.json that 'artifix repair' wrote.")
@@ -286,19 +288,11 @@ def read_manifest(path: str) -> dict[str, Any]:
         m = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"repair manifest {path} is not valid JSON ({e}).") from None
-    if not isinstance(m, dict) or not isinstance(m.get("layer"), str) or not isinstance(m.get("units"), list):
-        raise UserError(f"repair manifest {path} has no 'layer' and 'units'; is it a manifest.json written by 'artifix repair'?")
-    try:
-        units = [int(u) for u in m["units"]]
-        alphas = [float(a) for a in m.get("alphas") or [1.0] * len(units)]
-    except (TypeError, ValueError):
-        raise UserError(f"repair manifest {path}: 'units' and 'alphas' must be lists of numbers.") from None
-    if len(alphas) != len(units):
-        raise UserError(f"repair manifest {path} lists {len(units)} units but {len(alphas)} alphas.")
-    removed = sorted(u for u, a in zip(units, alphas) if a >= 1.0)
+    mf = RepairManifest.from_json(m, f"repair manifest {path}")
+    removed = mf.removed
     if not removed:
         raise UserError(f"repair manifest {path} removes no unit fully (alpha 1), so there is nothing to check stays removed.")
-    return {"layer": m["layer"], "units": removed, "sha256": sha256_file(p)}
+    return {"layer": mf.primary, "units": removed.get(mf.primary, []), "removed": removed, "sha256": sha256_file(p)}
 
 
 def read_preference(path: str) -> dict[str, Any]:
@@ -352,7 +346,7 @@ def read_baseline_report(path: str, s: GateSettings, res: Mapping[str, Any]) -> 
 
 
 def _z(confidence: float) -> float:
-    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    return intervals.z(confidence)
 
 
 def _quantile(confidence: float, df: float | None) -> float:
@@ -374,9 +368,8 @@ def _welch_df(se_a: float, df_a: float | None, se_b: float, df_b: float | None) 
 
 
 def _binomial(k: int, n: int) -> dict[str, Any]:
-    """A rate k/n with its standard error (Laplace-smoothed, so that 0/n still has a non-zero se)."""
-    p = (k + 1.0) / (n + 2.0)
-    return {"value": k / n, "se": math.sqrt(p * (1.0 - p) / n), "n": n, "count": int(k), "df": None}
+    """A rate k/n with its standard error (`intervals.binomial_se`: Laplace-smoothed, so that 0/n still has a non-zero se)."""
+    return {"value": k / n, "se": intervals.binomial_se(k, n), "n": n, "count": int(k), "df": None}
 
 
 def _feature_tap(inner: Any, limit: int) -> Any:
@@ -425,11 +418,13 @@ def _artifact_hits(clf: Any, images: np.ndarray, pooled: np.ndarray | None, extr
     return clf.predict_proba(images) >= clf.threshold
 
 
-def _dist_key(metric: str, names: Sequence[str]) -> str:
-    prefix = {"fd": ("fd_", "fid_"), "fid": ("fid_",), "kid": ("kid_",), "swd": ("swd_",)}[metric]
-    found = [n for n in names if n.startswith(prefix) and not n.endswith("_inf")]
+def _dist_key(metric: str, results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The name of the one result of `metric` (fd / fid / kid / swd), found by its fields (metric family, features), not its name."""
+    family = "fd" if metric == "fid" else metric
+    found = [n for n, r in results.items() if r.get("metric") == family and not r.get("extrapolated")
+             and (metric != "fid" or r.get("features") == "inception")]
     if len(found) != 1:
-        raise RuntimeFailure(f"expected one {metric} result among {list(names)}.")
+        raise RuntimeFailure(f"expected one {metric} result among {list(results)}.")
     return found[0]
 
 
@@ -452,28 +447,27 @@ def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: 
                             torchscript_size=o.get("torchscript_size"), torchscript_range=o.get("torchscript_range"))
         tap = _feature_tap(ext, s.n * (2 if base is not None else 1))
         ext_name = ext.name
-        kw = dict(n=s.n, metrics=",".join(metrics), features=tap, seed=s.metrics_seed, bootstrap=s.bootstrap, confidence=0.95,
+        kw = dict(n=s.n, metrics=",".join(metrics), features=tap, seed=s.metrics_seed, bootstrap=s.bootstrap, confidence=max(c.confidence for c in s.criteria),
                   swd_bootstrap=s.swd_bootstrap, progress=say,
                   **{k: o.get(k) for k in ("real", "real_n", "real_resize", "swd_n", "kid_subsets", "kid_subset_size", "cache")})
         kw["swd_n"] = min(int(kw["swd_n"] or s.n), s.n)
-        z95 = _z(0.95)
         if base is not None:
             r = paired_compare(iter(b_imgs), iter(c_imgs), **kw)
             feats = tap.features()
             b_feat, c_feat = feats[: s.n], feats[s.n: 2 * s.n]
             for m in metrics:
-                name = _dist_key(m, list(r))
+                name = _dist_key(m, r)
                 e = r[name]
                 df = (s.swd_bootstrap if m == "swd" else s.bootstrap) - 1
                 out[m] = {"metric": name, "paired": True,
-                          "candidate": {"value": e["b"], "se": (e["ci_b"][1] - e["ci_b"][0]) / (2 * z95), "n": e["n"], "df": df},
-                          "baseline": {"value": e["a"], "se": (e["ci_a"][1] - e["ci_a"][0]) / (2 * z95), "n": e["n"], "df": df},
+                          "candidate": {"value": e["b"], "se": e["se_b"], "n": e["n"], "df": df},
+                          "baseline": {"value": e["a"], "se": e["se_a"], "n": e["n"], "df": df},
                           "diff": {"value": e["diff"], "se": e["se"], "df": df}}
         else:
             r = compute_metrics(iter(c_imgs), **kw)
             c_feat = tap.features()
             for m in metrics:
-                name = _dist_key(m, list(r))
+                name = _dist_key(m, r)
                 df = (s.swd_bootstrap if m == "swd" else s.bootstrap) - 1
                 out[m] = {"metric": name, "paired": False,
                           "candidate": {"value": r[name]["value"], "se": r[name]["se"], "n": r[name]["n"], "df": df}}
@@ -499,14 +493,14 @@ def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: 
                     "candidate": _binomial(r["wins"], r["wins"] + r["losses"])}
     for path, mf in res["manifests"].items():
         key = next(c.key for c in s.criteria if c.manifest == path)
-        say(f"units removed by {path}: ablating {mf['layer']} {mf['units']} again on the candidate")
-        with Trace(cand.module, edit={mf["layer"]: ablation(mf["units"])}):
+        say(f"units removed by {path}: ablating " + "; ".join(f"{l} {u}" for l, u in mf["removed"].items()) + " again on the candidate")
+        with Trace(cand.module, edit={l: ablation(u) for l, u in mf["removed"].items()}):
             again = np.concatenate(_sample(cand, s.seed, s.n))
         change = np.abs(again.astype(np.int16) - c_all.astype(np.int16)).reshape(len(c_all), -1).max(1)
         tol = min(c.tolerance for c in s.criteria if c.manifest == path)
         k = int((change > tol).sum())
         out[key] = {"metric": "units_removed", "manifest": path, "manifest_sha256": mf["sha256"], "layer": mf["layer"],
-                    "units": mf["units"], "tolerance": tol, "paired": False, "max_pixel_change": int(change.max()),
+                    "units": mf["units"], "removed": mf["removed"], "tolerance": tol, "paired": False, "max_pixel_change": int(change.max()),
                     "candidate": _binomial(k, len(change))}
     return out
 
@@ -583,9 +577,9 @@ def run_gate(s: GateSettings, cand_spec: Any, say: Callable[[str], None] = lambd
     if cand.scripted and res["manifests"]:
         raise UserError("units_removed needs a Python generator (--generator 'module:callable') to hook its layers, not a TorchScript file.")
     for mf in res["manifests"].values():
-        get_layer(cand.module, mf["layer"])
-    if (s.metric_opts.get("real") is None and cand_spec.generator != "artifix.example:make_generator"
-            and any(c.metric in _DIST_METRICS for c in s.criteria)):
+        for layer in mf["removed"]:
+            get_layer(cand.module, layer)
+    if any(c.metric in _DIST_METRICS for c in s.criteria) and not (s.metric_opts.get("real") or profile_for(cand_spec).has_reference):
         raise UserError("--real is required for FD / KID / SWD criteria on your own generator: an image folder, .npz array or statistics file.")
     if s.metric_opts.get("real") is not None and not Path(str(s.metric_opts["real"])).exists():
         raise UserError(f"reference data {s.metric_opts['real']} does not exist; give an image folder, a .npz/.npy uint8 array or a statistics .npz.")

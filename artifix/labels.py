@@ -789,8 +789,23 @@ class LabelStore:
             arr = arr != 0
         return arr
 
-    def set_mask(self, run_id: int, sample: int, reviewer: str, mask: np.ndarray) -> int:
-        """Store `reviewer`'s artifact mask (boolean HxW, nonzero = artifact) for `sample`; returns its id."""
+    @staticmethod
+    def _flag_painted(conn: Connection, run_id: int, samples: Iterable[int], reviewer: str, now: int) -> int:
+        """The painted-sample rule: a painted sample whose current label is not 'artifact' is flagged 'artifact' (same transaction)."""
+        added = 0
+        for s in sorted(set(int(x) for x in samples)):
+            cur = conn.execute(sa.select(flags_t.c.label).where(flags_t.c.run_id == run_id, flags_t.c.sample == s)
+                               .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
+            if cur != "artifact":
+                conn.execute(flags_t.insert().values(run_id=run_id, sample=s, label="artifact", reviewer=reviewer, time=now))
+                added += 1
+        return added
+
+    def set_mask(self, run_id: int, sample: int, reviewer: str, mask: np.ndarray, flag_artifact: bool = False) -> int:
+        """Store `reviewer`'s artifact mask (boolean HxW, nonzero = artifact) for `sample`; returns its id.
+
+        With `flag_artifact`, the painted-sample rule (`_flag_painted`) applies in the same transaction.
+        """
         reviewer = _check_reviewer(reviewer)
 
         def fn(conn: Connection) -> int:
@@ -802,7 +817,8 @@ class LabelStore:
             mid = conn.execute(masks_t.insert().values(
                 run_id=run.id, sample=s, reviewer=reviewer, height=arr.shape[0], width=arr.shape[1],
                 encoding=MASK_ENCODING, pixels=pixels, data=encode_mask(arr), time=now)).inserted_primary_key[0]
-            self._audit(conn, reviewer, "set_mask", run.id, {"sample": s, "mask_id": int(mid), "pixels": pixels}, now)
+            flagged = self._flag_painted(conn, run.id, [s], reviewer, now) if flag_artifact and pixels else 0
+            self._audit(conn, reviewer, "set_mask", run.id, {"sample": s, "mask_id": int(mid), "pixels": pixels, "flagged": flagged}, now)
             return int(mid)
 
         return self._write(fn)
@@ -1201,10 +1217,11 @@ class LabelStore:
                                       "pixels": int(it.bits.sum()), "data": encode_mask(it.bits), "time": now})
                 if new_masks:
                     conn.execute(masks_t.insert(), new_masks)
+            painted = sum(self._flag_painted(conn, run.id, [m["sample"]], m["reviewer"], now) for m in new_masks if m["pixels"])
             summary = {"source": source, "flags_file": str(flags_file) if flags_file else None, "flags_sha256": flags_sha,
                        "masks_folder": str(mask_dir) if mask_dir else None,
                        "flags": len(new_flags), "flags_skipped": len(rows) - len(new_flags),
-                       "masks": len(new_masks), "masks_skipped": len(items) - len(new_masks)}
+                       "masks": len(new_masks), "masks_skipped": len(items) - len(new_masks), "flags_from_masks": painted}
             self._audit(conn, actor, "import_labels", run.id, summary, now)
             return summary
 

@@ -34,6 +34,8 @@ from .generator import LoadedGenerator, forward, images_at, latents, sample_batc
 from .images import grid, save_png
 from .io import write_json_atomic, write_text_atomic
 from .report import table_markdown
+from .results import metric_rows
+from . import intervals
 from .trace import Ablation, Trace, ablation
 
 Say = Callable[[str], None]
@@ -229,22 +231,26 @@ def _sets(g: LoadedGenerator, edits: Mapping[str, Ablation] | None, seed: int, i
         return [images_at(g, seed, idx[s:s + 64]) for s in range(0, len(idx), 64)]
 
 
-def _rate(p: np.ndarray, thr: float, seed: int, reps: int = 1000) -> dict[str, Any]:
-    """Artifact rate (p >= thr) with a percentile bootstrap 95 % interval."""
-    hits = (p >= thr).astype(float)
-    rng = np.random.default_rng(seed)
-    boots = hits[rng.integers(0, len(hits), (reps, len(hits)))].mean(1) if len(hits) else np.zeros(1)
-    return {"value": float(hits.mean()) if len(hits) else float("nan"), "ci": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))],
-            "n": int(len(hits))}
+def _rate(p: np.ndarray, thr: float, seed: int, reps: int = 1000, confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """Artifact rate (p >= thr) with a percentile bootstrap interval at `confidence`."""
+    iv = intervals.percentile_bootstrap((np.asarray(p) >= thr).astype(float), confidence, seed, reps)
+    return {"value": iv.value, "ci": iv.ci if iv.n else [float("nan"), float("nan")], "se": iv.se, "n": iv.n, "confidence": iv.confidence}
 
 
-def paired_rate_diff(p_a: np.ndarray, p_b: np.ndarray, thr: float, seed: int, reps: int = 2000) -> dict[str, Any]:
-    """Artifact rate of b minus a on the same samples, with a paired percentile bootstrap 95 % interval."""
-    d = (np.asarray(p_b) >= thr).astype(float) - (np.asarray(p_a) >= thr).astype(float)
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), (reps, len(d)))].mean(1)
-    lo, hi = float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-    return {"diff": float(d.mean()), "ci": [lo, hi], "significant": bool(hi < 0 or lo > 0), "n": int(len(d))}
+def paired_rate_diff(p_a: np.ndarray, p_b: np.ndarray, thr: float, seed: int, reps: int = 2000,
+                     confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """Artifact rate of b minus a on the same samples, with a paired percentile bootstrap interval at `confidence`."""
+    iv = intervals.paired_bootstrap((np.asarray(p_a) >= thr).astype(float), (np.asarray(p_b) >= thr).astype(float), confidence, seed, reps)
+    return {"diff": iv.value, "ci": iv.ci, "se": iv.se, "significant": bool(iv.hi < 0 or iv.lo > 0), "n": iv.n,
+            "confidence": iv.confidence}
+
+
+def pixel_change(before: list[np.ndarray], after: list[np.ndarray], seed: int, confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """Mean over samples of the mean |after - before| / 255 (reference-free: how much the edit changes the images)."""
+    per = np.concatenate([np.abs(a.astype(np.int16) - b.astype(np.int16)).reshape(len(a), -1).mean(1) / 255.0
+                          for b, a in zip(before, after)])
+    iv = intervals.percentile_bootstrap(per, confidence, seed)
+    return {"value": iv.value, "ci": iv.ci, "se": iv.se, "n": iv.n, "confidence": iv.confidence}
 
 
 def high_activation_samples(g: LoadedGenerator, units: Mapping[str, Sequence[int]], seed: int, n: int, pool: int) -> list[int]:
@@ -264,38 +270,44 @@ def _inception_weights(path: str | None) -> str | None:
 
 
 def _compare(before: list[np.ndarray], after: list[np.ndarray], n: int, metrics: str, real: Any, seed: int,
-             inception: str | None, cache: str | None) -> dict[str, Any]:
+             inception: str | None, cache: str | None, confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+    """Paired distribution metrics of `after` vs `before`; {} when no metric is asked (no reference data)."""
     from .metrics import paired_compare
 
-    res = paired_compare(iter(before), iter(after), n=n, metrics=metrics, real=real, seed=seed, cache=cache)
+    if not metrics:
+        return {}
+    res = paired_compare(iter(before), iter(after), n=n, metrics=metrics, real=real, seed=seed, cache=cache, confidence=confidence)
     if inception and "fd" in metrics:
         res.update(paired_compare(iter(before), iter(after), n=n, metrics="fd", features="inception", real=real, seed=seed,
-                                  inception_weights=inception, cache=cache))
+                                  inception_weights=inception, cache=cache, confidence=confidence))
     return res
 
 
 def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence[int]], seed: int, n: int, flagged: Sequence[int],
             clf: Any = None, real: Any = None, metrics: str = "fd,kid,swd", *, high_pool: int = 0,
-            inception_weights: str | None = None, cache: str | None = None, say: Say = print) -> dict[str, Any]:
+            inception_weights: str | None = None, cache: str | None = None, say: Say = print,
+            confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
     """Paired before/after metrics on the same seeds for the repair and the random-unit control (random and high-activation sets)."""
     edits, ctrl_edits = plan.ablations(), _edits(control)
     inception = _inception_weights(inception_weights)
     subsets: dict[str, Sequence[int] | int] = {"random": n}
     if high_pool > n:
         subsets["high_activation"] = high_activation_samples(g, plan.edits, seed, n, high_pool)
-    res: dict[str, Any] = {"n": n, "seed": seed, "subsets": {}}
+    res: dict[str, Any] = {"n": n, "seed": seed, "confidence": float(confidence), "subsets": {}}
     for name, ids in subsets.items():
         say(f"{name} samples ({n}): sampling before, after and random control")
         before, after, ctrl = (_sets(g, e, seed, ids) for e in (None, edits, ctrl_edits))
         say(f"{name} samples: metrics of repair and of control vs before")
         sub: dict[str, Any] = {"samples": ids if isinstance(ids, int) else f"top {n} of {high_pool} by the removed units' activation",
-                               "repair": _compare(before, after, n, metrics, real, seed, inception, cache),
-                               "control": _compare(before, ctrl, n, metrics, real, seed, inception, cache)}
+                               "repair": _compare(before, after, n, metrics, real, seed, inception, cache, confidence),
+                               "control": _compare(before, ctrl, n, metrics, real, seed, inception, cache, confidence),
+                               "pixel_change": {"repair": pixel_change(before, after, seed, confidence),
+                                                "control": pixel_change(before, ctrl, seed, confidence)}}
         if clf is not None:
             p = {k: clf.predict_proba(np.concatenate(v)) for k, v in (("before", before), ("after", after), ("control", ctrl))}
-            sub["artifact_rate"] = {k: _rate(v, clf.threshold, seed) for k, v in p.items()}
-            sub["artifact_rate"]["repair_diff"] = paired_rate_diff(p["before"], p["after"], clf.threshold, seed)
-            sub["artifact_rate"]["control_diff"] = paired_rate_diff(p["before"], p["control"], clf.threshold, seed)
+            sub["artifact_rate"] = {k: _rate(v, clf.threshold, seed, confidence=confidence) for k, v in p.items()}
+            sub["artifact_rate"]["repair_diff"] = paired_rate_diff(p["before"], p["after"], clf.threshold, seed, confidence=confidence)
+            sub["artifact_rate"]["control_diff"] = paired_rate_diff(p["before"], p["control"], clf.threshold, seed, confidence=confidence)
         res["subsets"][name] = sub
     # the random-sample results also at top level (what the model card's table shows first)
     res["repair"], res["control"] = res["subsets"]["random"]["repair"], res["subsets"]["random"]["control"]
@@ -303,7 +315,8 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
         res["artifact_rate"] = res["subsets"]["random"]["artifact_rate"]
     if clf is not None and flagged:
         ids = list(flagged)
-        res["artifact_rate_flagged"] = {k: _rate(clf.predict_proba(np.concatenate(_sets(g, e, seed, ids))), clf.threshold, seed)
+        res["artifact_rate_flagged"] = {k: _rate(clf.predict_proba(np.concatenate(_sets(g, e, seed, ids))), clf.threshold, seed,
+                                                 confidence=confidence)
                                         for k, e in (("before", None), ("after", edits), ("control", ctrl_edits))}
     return res
 
@@ -312,7 +325,8 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
 
 
 def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = None, real: Any = None, metrics: str = "fd,swd",
-          k_max: int | None = None, cache: str | None = None, say: Say = print) -> dict[str, Any]:
+          k_max: int | None = None, cache: str | None = None, say: Say = print,
+          confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
     """Remove the first 1, 2, ... units of the primary layer; stop when the next unit's paired gain is not significant.
 
     The stop rule uses the artifact rate (paired on the same seeds) when a classifier is given, else FD. Each row
@@ -326,13 +340,14 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
     rows: list[dict[str, Any]] = []
     prev = _sets(g, None, seed, n)
     p_prev = clf.predict_proba(np.concatenate(prev)) if clf is not None else None
-    base_rate = _rate(p_prev, clf.threshold, seed) if clf is not None else None
+    base_rate = _rate(p_prev, clf.threshold, seed, confidence=confidence) if clf is not None else None
     k_best, stopped = 0, None
     for k in range(1, k_max + 1):
         sub = plan.prefix(k)
         cur = _sets(g, sub.ablations(), seed, n)
         say(f"sweep k={k}: removing {sub.edits[plan.layer]}")
-        cmp = paired_compare(iter(prev), iter(cur), n=n, metrics=metrics, real=real, seed=seed, cache=cache)
+        cmp = paired_compare(iter(prev), iter(cur), n=n, metrics=metrics, real=real, seed=seed, cache=cache,
+                             confidence=confidence) if metrics else {}
         row: dict[str, Any] = {"k": k, "units": list(sub.edits[plan.layer]), "unit_added": int(order[k - 1])}
         for name, r in cmp.items():
             key = name.split("_")[0]
@@ -340,8 +355,8 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
         helped = None
         if clf is not None:
             p_cur = clf.predict_proba(np.concatenate(cur))
-            d = paired_rate_diff(p_prev, p_cur, clf.threshold, seed + k)
-            row["artifact_rate"] = {**_rate(p_cur, clf.threshold, seed), "marginal": d["diff"], "marginal_ci": d["ci"]}
+            d = paired_rate_diff(p_prev, p_cur, clf.threshold, seed + k, confidence=confidence)
+            row["artifact_rate"] = {**_rate(p_cur, clf.threshold, seed, confidence=confidence), "marginal": d["diff"], "marginal_ci": d["ci"]}
             helped = d["ci"][1] < 0
             p_prev = p_cur
         elif "fd" in row:
@@ -366,13 +381,15 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
            flagged: Sequence[int] = (), clean: Sequence[int] = (), clf: Any = None, real: Any = None, channels: int | Mapping[str, int],
            checkpoint: str | Path | None = None, metrics: str = "fd,kid,swd", high_pool: int | None = None,
            optimise: bool = False, run_sweep: bool = False, sweep_n: int | None = None, inception_weights: str | None = None,
-           segmenter: Any = None, collateral_n: int = 200, cache: str | None = None, say: Say = print) -> dict[str, Any]:
+           segmenter: Any = None, collateral_n: int = 200, cache: str | None = None, say: Say = print,
+           confidence: float = intervals.DEFAULT_CONFIDENCE, skipped: Sequence[str] = ()) -> dict[str, Any]:
     """Remove the plan's units, write the verified cleaned generator and the proof next to it; returns the manifest."""
     t0 = time.time()
     out = Path(out_dir)
     sweep_res = None
     if run_sweep:
-        sweep_res = sweep(g, plan, seed, sweep_n or n, clf, real, cache=cache, say=say)
+        sweep_res = sweep(g, plan, seed, sweep_n or n, clf, real, metrics="fd,swd" if metrics else "", cache=cache, say=say,
+                          confidence=confidence)
         k = max(sweep_res["k_best"], 1)
         if k < len(plan.edits[plan.layer]):
             dropped = plan.edits[plan.layer][k:]
@@ -394,7 +411,7 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
     say(f"cleaned generator: max |G_clean - G_hooked| = {exported.max_abs_diff:.2e} ({'exact' if exported.exact else 'TorchScript'})")
     pool = (4 * n if high_pool is None else high_pool)
     results = measure(g, plan, control, seed, n, flagged, clf, real, metrics, high_pool=pool, inception_weights=inception_weights,
-                      cache=cache, say=say)
+                      cache=cache, say=say, confidence=confidence)
     collateral = None
     if segmenter is not None and collateral_n > 0:
         from .dissect import concept_collateral
@@ -402,7 +419,8 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
         say(f"collateral: what else the removed units draw (segmenter, {collateral_n} samples)")
         with Trace(g.module, edit={l: a for l, a in plan.ablations().items() if l != plan.layer}) if len(plan.layers) > 1 else nullcontext():
             collateral = {"layer": plan.layer, "n": collateral_n,
-                          "concepts": concept_collateral(g, plan.layer, plan.edits[plan.layer], segmenter, seed, collateral_n)}
+                          "concepts": concept_collateral(g, plan.layer, plan.edits[plan.layer], segmenter, seed, collateral_n,
+                                                         confidence=confidence)}
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]
     for name, ids in (("flagged", ids_f), ("clean", ids_c)):
         if ids:
@@ -413,7 +431,8 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
         "fingerprint_after": exported.fingerprint_after, "layer": plan.layer, "units": plan.units, "alphas": plan.alpha(plan.layer),
         "layers": plan.layers, "edits": plan.to_json(), "selection": plan.source, "approvals": plan.approvals,
         "random_control": control, "random_control_units": control[plan.layer], "export": exported.to_json(),
-        "metrics": results, "collateral": collateral, "alpha_optimisation": history or None, "sweep": sweep_res, "seconds": round(time.time() - t0, 1),
+        "metrics": results, "collateral": collateral, "alpha_optimisation": history or None, "sweep": sweep_res,
+        "skipped_measures": list(skipped), "confidence": float(confidence), "seconds": round(time.time() - t0, 1),
     }
     write_json_atomic(out / "manifest.json", manifest)
     card = model_card(manifest)
@@ -429,23 +448,17 @@ def _ci(d: dict[str, Any], key: str = "ci") -> str:
 
 
 def _metric_rows(sub: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for name, r in sub["repair"].items():
-        c = sub["control"][name]
-        rows.append({"metric": name, "before": r["a"], "after": r["b"], "change [95% CI]": f"{r['diff']:+.3f}{_ci(r)}",
-                     "random control change [95% CI]": f"{c['diff']:+.3f}{_ci(c)}"})
-    if "artifact_rate" in sub:
-        r = sub["artifact_rate"]
-        rows.append({"metric": "artifact rate", "before": r["before"]["value"], "after": r["after"]["value"],
-                     "change [95% CI]": f"{r['repair_diff']['diff']:+.3f}{_ci(r['repair_diff'])}",
-                     "random control change [95% CI]": f"{r['control_diff']['diff']:+.3f}{_ci(r['control_diff'])}"})
-    return rows
+    """`results.metric_rows` formatted for the model card."""
+    return [{"metric": r["metric"], "before": r["before"], "after": r["after"],
+             "change [CI]": f"{r['change']:+.3f}{_ci(r, 'change_ci')}", "random control change [CI]": f"{r['control_change']:+.3f}{_ci(r, 'control_ci')}"}
+            for r in metric_rows(sub)]
 
 
 def model_card(m: dict[str, Any]) -> str:
     """The manifest as a Markdown model card: what was removed, verification, before/after tables, sweep."""
-    cols = ["metric", "before", "after", "change [95% CI]", "random control change [95% CI]"]
+    cols = ["metric", "before", "after", "change [CI]", "random control change [CI]"]
     ex, met = m["export"], m["metrics"]
+    skipped = m.get("skipped_measures") or []
     edits = "; ".join(f"`{l}`: {e['units']}" + ("" if all(a == 1.0 for a in e["alphas"]) else f" (alphas {e['alphas']})")
                       for l, e in m["edits"].items())
     lines = ["# Cleaned generator", "",
@@ -453,12 +466,15 @@ def model_card(m: dict[str, Any]) -> str:
              f"Random-unit control of the same size: " + "; ".join(f"`{l}`: {u}" for l, u in m["random_control"].items()) + ".",
              f"Weights baked and verified: max |G_clean(z) - G_hooked(z)| = {ex['max_abs_diff']:.2e} on {ex['verify_n']} seeded latents "
              f"({'exact' if ex['exact'] else 'not exact: TorchScript export'}).", ""]
+    if skipped:
+        lines += [f"No reference data: skipped {', '.join(x.upper() for x in skipped)}; only reference-free measures below.", ""]
     if m.get("approvals"):
         lines += ["Approvals: " + "; ".join(f"unit {a['unit']} by {a['reviewer']} at {a['time']}" + (f" ({a['note']})" if a.get("note") else "")
                                             for a in m["approvals"]), ""]
     for name, sub in met["subsets"].items():
         what = f"{met['n']} random samples" if name == "random" else f"the {met['n']} samples where the removed units fire most (of {sub['samples'].split(' of ')[-1].split(' ')[0]})"
-        lines += [f"Metrics on {what}, same seeds before and after (paired; negative change = closer to the reference / fewer artifacts):", "",
+        lines += [f"Metrics on {what}, same seeds before and after (paired, {met.get('confidence', 0.95):.0%} intervals; "
+                  "negative change = closer to the reference / fewer artifacts):", "",
                   table_markdown(_metric_rows(sub), cols), ""]
     if "artifact_rate_flagged" in met:
         r = met["artifact_rate_flagged"]
@@ -468,12 +484,12 @@ def model_card(m: dict[str, Any]) -> str:
     col = m.get("collateral")
     if col:
         rows = [{"concept": r["concept"], "pixels before": r["pixels_before"], "pixels after": r["pixels_after"],
-                 "removed [95% CI]": f"{100 * r['removed_fraction']:+.1f} %" + ("" if not r.get("removed_ci") else
+                 "removed [CI]": f"{100 * r['removed_fraction']:+.1f} %" + ("" if not r.get("removed_ci") else
                                      " [{:+.1f}, {:+.1f}]".format(*(100 * v for v in r["removed_ci"])))}
                 for r in col["concepts"]]
         lines += [f"Collateral (what else the removed units of `{col['layer']}` draw): each concept's pixels by the segmenter on "
                   f"{col['n']} samples, before and after (negative = the concept grew):", "",
-                  table_markdown(rows, ["concept", "pixels before", "pixels after", "removed [95% CI]"]), ""]
+                  table_markdown(rows, ["concept", "pixels before", "pixels after", "removed [CI]"]), ""]
     ss = m.get("set_selection")
     if ss:
         lines += [f"Units chosen by set selection (greedy forward on the joint ablation); proposed layer `{ss['proposed_layer']}`: "
@@ -484,7 +500,7 @@ def model_card(m: dict[str, Any]) -> str:
         lines += [card_section(m["preference"])]
     sw = m.get("sweep")
     if sw:
-        lines += [f"k sweep over `{sw['layer']}` on {sw['n']} samples (stop rule: {sw['criterion']} must drop beyond its paired 95 % interval); "
+        lines += [f"k sweep over `{sw['layer']}` on {sw['n']} samples (stop rule: {sw['criterion']} must drop beyond its paired interval); "
                   f"k_best = {sw['k_best']}:", ""]
         rows = []
         for r in sw["rows"]:

@@ -50,7 +50,7 @@ def sidebar(d) -> str:
                    f"{c['proposed']} proposed · {c['approved']} approved")
         if "seeded" in st.session_state:
             st.success(st.session_state.pop("seeded"))
-        if session.bundled_review_applies(d.store, d.run_id, d.g.fingerprint, d.layer, d.seed):
+        if session.bundled_review_applies(d.store, d.run_id, d.g, d.layer, d.seed):
             st.button("Load the maintainers' example review", key="seed-review", icon=":material/playlist_add_check:",
                       on_click=load_example_review, args=(d,), width="stretch",
                       help="import the flags and approvals the maintainers recorded for this example (data/example/review/); "
@@ -67,7 +67,7 @@ def sidebar(d) -> str:
 
 def load_example_review(d) -> None:
     """Import the maintainers' review of the example into this (empty) run (button callback)."""
-    added = session.load_bundled_review(d.store, d.run_id, d.g.fingerprint, d.layer, d.seed)
+    added = session.load_bundled_review(d.store, d.run_id, d.g, d.layer, d.seed)
     st.session_state["seeded"] = ("loaded the maintainers' review: "
                                   f"{added['flags'].get('flags', '?')} flags; units {added['approved']} approved by {added['reviewer']}"
                                   if added else "the run is no longer empty: nothing was loaded")

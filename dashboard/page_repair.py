@@ -16,6 +16,7 @@ import streamlit as st
 
 from artifix import session
 from artifix.errors import UserError
+from artifix.results import metric_rows, rate_row
 
 from .state import Dash
 
@@ -35,22 +36,19 @@ def _fmt_ci(ci: Any) -> str:
     return "" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
+def table_rows(met: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model card's rows (`results.metric_rows`) on the random samples, plus the artifact rate on the flagged samples."""
+    rows = metric_rows(met, "artifact rate (random samples)")
+    if met.get("artifact_rate_flagged"):
+        rows.append(rate_row("artifact rate (flagged samples)", met["artifact_rate_flagged"]))
+    return rows
+
+
 def metrics_table(m: dict[str, Any]) -> pd.DataFrame:
-    """One row per metric: before, after, change with its interval, and the random-unit control's change."""
-    rows = []
-    met = m.get("metrics", {})
-    for name, r in (met.get("repair") or {}).items():
-        c = (met.get("control") or {}).get(name, {})
-        rows.append({"metric": name, "before": r.get("a"), "after": r.get("b"), "change": r.get("diff"), "change 95% CI": _fmt_ci(r.get("ci")),
-                     "random control change": c.get("diff"), "control 95% CI": _fmt_ci(c.get("ci"))})
-    for key, label in (("artifact_rate", "artifact rate (random samples)"), ("artifact_rate_flagged", "artifact rate (flagged samples)")):
-        r = met.get(key)
-        if r:
-            rows.append({"metric": label, "before": r["before"]["value"], "after": r["after"]["value"],
-                         "change": r["after"]["value"] - r["before"]["value"],
-                         "change 95% CI": "after in [{:.3f}, {:.3f}]".format(*r["after"]["ci"]),
-                         "random control change": r["control"]["value"] - r["before"]["value"],
-                         "control 95% CI": "control in [{:.3f}, {:.3f}]".format(*r["control"]["ci"])})
+    """One row per metric (`artifix.results.metric_rows`, as the model card): before, after, change, the control's change."""
+    rows = [{"metric": r["metric"], "before": r["before"], "after": r["after"], "change": r["change"], "change 95% CI": _fmt_ci(r["change_ci"]),
+             "random control change": r["control_change"], "control 95% CI": _fmt_ci(r["control_ci"])}
+            for r in table_rows(m.get("metrics", {}))]
     return pd.DataFrame(rows)
 
 
@@ -133,6 +131,9 @@ def render(d: Dash) -> None:
     st.markdown(f"Removed **{len(m['units'])}** units of `{m['layer']}` ({m['selection']}): {m['units']}; random-unit control: "
                 f"{m.get('random_control_units')}. Cleaned weights verified: max |G_clean − G_hooked| = "
                 f"{m['export']['max_abs_diff']:.2e}. Metrics on {m['metrics']['n']} paired samples; negative change = closer to the reference.")
+    if m.get("skipped_measures"):
+        st.info(f"No reference data (--real) for this generator: skipped {', '.join(x.upper() for x in m['skipped_measures'])}; "
+                "the table holds the reference-free measures only (artifact rate, pixel change).")
     st.dataframe(metrics_table(m), hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("before", "after", "change", "random control change")})
     st.subheader("Downloads")

@@ -27,7 +27,8 @@ def _queue(fingerprint: str, layer: str, seed: int, start: int, pool: int, clf_k
     """The whole pool in review order (labelled samples are skipped when a batch is drawn)."""
     with _d.using_g() as g:
         return session.review_queue(g, layer, _d.store, _d.run_id, seed=seed, start=start, n=pool, k=pool,
-                                    stats=_d.stats(), clf=_d.classifier(), cache=_d.cache, skip_labelled=False)
+                                    stats=_d.stats(), clf=_d.classifier(), cache=_d.cache, skip_labelled=False,
+                                    real=_d.opts.get("real"))
 
 
 def queue_for(d: Dash) -> session.Queue:
@@ -53,10 +54,7 @@ def flag(d: Dash, sample: int, label: str) -> None:
 
 def save_mask(d: Dash, sample: int, mask: np.ndarray) -> int:
     """Save a painted region now; a painted sample is an artifact sample, so it is flagged as one if it is not yet."""
-    mid = d.store.set_mask(d.run_id, int(sample), d.reviewer, mask)
-    if d.store.label(d.run_id, int(sample)) != "artifact":
-        d.store.set_flag(d.run_id, int(sample), "artifact", d.reviewer)
-    return mid
+    return session.save_painted_mask(d.store, d.run_id, int(sample), d.reviewer, mask)
 
 
 def counters(d: Dash) -> None:

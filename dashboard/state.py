@@ -19,7 +19,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import streamlit as st
 
-from artifix import config, serve, session
+from artifix import config, serve, session, workflow
+from artifix.profiles import Profile, profile_for
 from artifix.errors import UserError
 
 
@@ -102,6 +103,11 @@ class Dash:
     cache: str = field(default=".artifix-cache")
 
     @property
+    def profile(self) -> Profile:
+        """The generator's profile (its defaults: layer, dissection layers, segmenter, reference, bundled review)."""
+        return profile_for(self.g.spec)
+
+    @property
     def seed(self) -> int:
         return int(self.opts["seed"])
 
@@ -157,17 +163,8 @@ def _images(fingerprint: str, seed: int, ids: tuple[int, ...], _dash: Dash) -> n
 
 
 def default_layer(opts: dict[str, Any], g: Any) -> str:
-    """--layer, or the example's layer for the bundled example (as the CLI)."""
-    from artifix.example import LAYER
-    from artifix.generator import EXAMPLE_FACTORY
-    from artifix.trace import get_layer
-
-    if opts.get("layer"):
-        get_layer(g.module, opts["layer"])
-        return opts["layer"]
-    if g.spec.generator == EXAMPLE_FACTORY:
-        return LAYER
-    raise UserError("--layer is required for this generator; run 'artifix layers' to list its layers.")
+    """--layer, or the generator profile's default layer (`workflow.resolve_layer`, as the CLI)."""
+    return workflow.resolve_layer(g, profile_for(g.spec), opts.get("layer"))
 
 
 def open_dash(opts: dict[str, Any]) -> Dash:
@@ -185,11 +182,11 @@ def open_dash(opts: dict[str, Any]) -> Dash:
     layer = default_layer(opts, g)
     store = _store(str(opts["store"]))
     with _lock(g.fingerprint):
-        run_id = session.open_run(store, g, layer, int(opts["seed"]), max(int(opts["stats_n"]), int(opts["start"]) + int(opts["pool"])))
+        run_id = workflow.register(store, g, layer, int(opts["seed"]), max(int(opts["stats_n"]), int(opts["start"]) + int(opts["pool"])))
     pinned = bool(opts.get("reviewer"))
     if pinned:
         reviewer = str(opts["reviewer"])
     else:
-        reviewer = st.session_state.get("reviewer") or session.reviewer_name(None)
+        reviewer = st.session_state.get("reviewer") or workflow.reviewer_name(None)
     return Dash(opts, g, store, run_id, layer, reviewer, pinned, session.approvers_set(opts.get("approvers")),
                 str(opts.get("cache") or os.environ.get("ARTIFIX_CACHE") or ".artifix-cache"))

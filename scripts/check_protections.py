@@ -27,7 +27,7 @@ MUTANTS = [
   "    _sweep_stale(path)\n", "",
   ["tests/test_atomic_writes.py", "-k", "killed"]),
  ("classifier flags checked before the store is touched", "artifix/commands.py",
-  'missing=need.format(o["store"], 0, 0) if action == "train" else None)', 'missing=None)',
+  'missing=W.not_enough_labels(f"the label store {o[\'store\']}", 0, 0) if action == "train" else None)', 'missing=None)',
   ["tests/test_bad_inputs.py", "-k", "classifier"]),
  ("empty-message exceptions in the checkpoint reader", "artifix/generator.py",
   "    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]", "    return str(e).splitlines()[0][:limit]",

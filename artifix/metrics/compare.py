@@ -24,12 +24,12 @@ at 64 px); bootstrap counts N x B x 8 bytes.
 from __future__ import annotations
 
 import os
-from statistics import NormalDist
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from .. import defaults, dist
+from .. import intervals
 from ..errors import UserError
 from .fd import FDReference, Moments, fd_inf as _fd_inf
 from .features import Extractor, as_uint8_nhwc, get_extractor
@@ -190,11 +190,10 @@ def _counts(n: int, replicates: int, seed: int, stream: int) -> np.ndarray:
 
 def _normal_ci(value: float, reps: np.ndarray, confidence: float) -> tuple[list[float] | None, float | None]:
     """value +- z * (standard deviation of the bootstrap replicates); (None, None) without replicates."""
-    if reps.size < 2:
+    se = intervals.bootstrap_se(reps)
+    if se is None:
         return None, None
-    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-    se = float(np.std(reps, ddof=1))
-    return [value - z * se, value + z * se], se
+    return intervals.normal(value, se, confidence), se
 
 
 def _check_confidence(confidence: float, bootstrap: int, swd_bootstrap: int) -> None:
@@ -302,19 +301,20 @@ def _run(st: _Setup, sets: list[FakeSamples]) -> tuple[dict[str, Any], RealStats
         _say(st.progress, "Frechet distance" + (f" + {st.bootstrap} bootstrap replicates" if st.bootstrap else ""))
         values, reps = _fd_block(sets, real, counts)
         out[metric_name("fd", tag, n)] = [
-            {"value": values[k], "reps": reps[k], "ci_method": "bootstrap-se", "bootstrap": st.bootstrap}
+            {"value": values[k], "reps": reps[k], "ci_method": "bootstrap-se", "bootstrap": st.bootstrap, "metric": "fd"}
             for k in range(len(sets))]
         if st.fd_inf:
             ref = FDReference.of(real.moments)
             out[metric_name("fd", tag, "inf")] = [
-                {**_fd_inf(s.features, ref, seed=st.seed), "reps": np.zeros(0), "ci_method": None} for s in sets]
+                {**_fd_inf(s.features, ref, seed=st.seed), "reps": np.zeros(0), "ci_method": None, "metric": "fd", "extrapolated": True}
+                for s in sets]
     if "kid" in st.metrics:
         _say(st.progress, f"KID: {st.kid_subsets} subsets")
         plan, subsets, reps = _kid_block(sets, real, counts, st)
         out[metric_name("kid", tag, n)] = [
             {"value": float(subsets[k].mean()), "std": float(subsets[k].std()), "subsets": st.kid_subsets,
              "subset_size": plan.size, "subset_values": subsets[k], "reps": reps[k],
-             "ci_method": "bootstrap-se-full-sample", "bootstrap": st.bootstrap} for k in range(len(sets))]
+             "ci_method": "bootstrap-se-full-sample", "bootstrap": st.bootstrap, "metric": "kid"} for k in range(len(sets))]
     if "swd" in st.metrics:
         n_swd = min([real.swd.n] + [s.swd.n for s in sets])
         _say(st.progress, f"SWD on {n_swd} images" + (f" + {st.swd_bootstrap} bootstrap replicates" if st.swd_bootstrap else ""))
@@ -322,7 +322,7 @@ def _run(st: _Setup, sets: list[FakeSamples]) -> tuple[dict[str, Any], RealStats
         res = swd_compare([s.swd for s in sets], real.swd, st.seed, sc)
         out[metric_name("swd", tag, n_swd)] = [
             {"value": r["value"], "levels": r["levels"], "n_swd": r["n"], "reps": r["boot"],
-             "ci_method": "bootstrap-se", "bootstrap": st.swd_bootstrap} for r in res]
+             "ci_method": "bootstrap-se", "bootstrap": st.swd_bootstrap, "metric": "swd"} for r in res]
     return out, real
 
 
@@ -418,7 +418,7 @@ def paired_compare(batches_a: Iterable[Any], batches_b: Iterable[Any], *, real: 
             diff = vb - va
         rd = rb - ra
         e: dict[str, Any] = {"a": va, "b": vb, "diff": diff, **st.base(a.n, real, name)}
-        for k in ("ci_method", "bootstrap", "subsets", "subset_size", "n_swd", "ns"):
+        for k in ("ci_method", "bootstrap", "subsets", "subset_size", "n_swd", "ns", "metric", "extrapolated"):
             if k in ea:
                 e[k] = ea[k]
         if "std" in ea:
@@ -427,8 +427,8 @@ def paired_compare(batches_a: Iterable[Any], batches_b: Iterable[Any], *, real: 
             e["levels_a"], e["levels_b"] = ea["levels"], eb["levels"]
         has_ci = bool(e.get("ci_method"))
         e["ci"], e["se"] = _normal_ci(diff, rd, st.confidence) if has_ci else (None, None)
-        e["ci_a"] = _normal_ci(va, ra, st.confidence)[0] if has_ci else None
-        e["ci_b"] = _normal_ci(vb, rb, st.confidence)[0] if has_ci else None
+        e["ci_a"], e["se_a"] = _normal_ci(va, ra, st.confidence) if has_ci else (None, None)
+        e["ci_b"], e["se_b"] = _normal_ci(vb, rb, st.confidence) if has_ci else (None, None)
         tol = 1e-9 * max(abs(va), abs(vb))  # float round-off (e.g. other batch splits) is not a difference
         e["significant"] = bool(e["ci"] is not None and (e["ci"][0] > tol or e["ci"][1] < -tol))
         e["p_b_better"] = float((rd < 0).mean()) if rd.size else None

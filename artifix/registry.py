@@ -1,0 +1,57 @@
+"""The command registry: what a command handler receives (`Context`) and how handlers register (`command`).
+
+`artifix/commands.py` registers its handlers here; `artifix/cli.py` builds the parser from `COMMANDS`. Neither
+imports the other back, so there is no import cycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import progress
+
+
+@dataclass
+class Context:
+    """What a command handler receives: merged settings, the parsed args and output helpers."""
+
+    opts: dict[str, Any]
+    args: argparse.Namespace
+    config: dict[str, Any]
+    json: bool = False
+
+    def say(self, text: str) -> None:
+        """Human text, on stderr."""
+        if not progress.QUIET:
+            print(text, file=sys.stderr, flush=True)
+
+
+Handler = Callable[[Context], Any]
+
+
+@dataclass
+class Command:
+    """A subcommand: its option sections (names from the defaults table), extra arguments and handler."""
+
+    name: str
+    help: str
+    handler: Handler
+    options: dict[str, list[str] | None] = field(default_factory=dict)  # section -> names (None = all)
+    extra: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, options: dict[str, list[str] | None] | None = None,
+            extra: Callable[[argparse.ArgumentParser], None] | None = None) -> Callable[[Handler], Handler]:
+    """Register a handler as `artifix <name>`."""
+
+    def deco(fn: Handler) -> Handler:
+        COMMANDS[name] = Command(name, help, fn, options or {}, extra)
+        return fn
+
+    return deco
