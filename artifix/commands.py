@@ -28,14 +28,24 @@ def ablation_from_options(g, o: dict[str, Any]) -> dict[str, Any] | None:
 
     if o.get("ablate") is None:
         if o.get("layer"):
+            require_hooks(g, "--layer")
             get_layer(g.module, o["layer"])
         return None
     if not o.get("layer"):
         raise UserError("--ablate needs --layer to say which layer the units belong to.")
+    require_hooks(g, "--ablate")
     get_layer(g.module, o["layer"])
     if not 0.0 <= o["alpha"] <= 1.0:
         raise UserError(f"--alpha must be in [0, 1], got {o['alpha']}.")
     return {o["layer"]: ablation(parse_units(o["ablate"]), o["alpha"])}
+
+
+def require_hooks(g, what: str) -> None:
+    """Refuse in one sentence when G cannot carry hooks (a TorchScript file)."""
+    from .adapters import REFUSAL
+
+    if g.scripted or (g.adapter is not None and not g.adapter.hookable):
+        raise UserError(REFUSAL.format(what=what))
 
 
 def load(ctx: Context):
@@ -98,14 +108,20 @@ def cmd_layers(ctx: Context) -> dict[str, Any]:
     from .trace import layer_shapes
 
     g = load(ctx)
+    require_hooks(g, "listing layers")
     z, y = latents(g.spec, 0, [0, 1])
-    rows = layer_shapes(g.module, z) if y is None else layer_shapes(g.module, z, y)
+    if g.adapter is not None and g.adapter.name != "module":  # the family's calling convention, not module(z)
+        rows = layer_shapes(g.module, z, y, call=g)
+    else:
+        rows = layer_shapes(g.module, z) if y is None else layer_shapes(g.module, z, y)
+    defaults_ = g.adapter.default_layers(g.module) if g.adapter is not None else []
     if not ctx.json:
         width = max([len(r["layer"]) for r in rows] + [5])
         ctx.say(f"{'layer':<{width}}  {'type':<18} output shape (batch of 2)")
         for r in rows:
-            ctx.say(f"{r['layer']:<{width}}  {r['type']:<18} {r['shape']}")
-    return {"fingerprint": g.fingerprint, "layers": rows}
+            mark = "  (default)" if defaults_ and r["layer"] == defaults_[0] else ""
+            ctx.say(f"{r['layer']:<{width}}  {r['type']:<18} {r['shape']}{mark}")
+    return {"fingerprint": g.fingerprint, "layers": rows, "adapter": g.spec.adapter, "default_layer": defaults_[0] if defaults_ else None}
 
 
 # ------------------------------------------------------------------------------------- labels / score
@@ -113,6 +129,7 @@ def cmd_layers(ctx: Context) -> dict[str, Any]:
 
 def default_layer(ctx: Context, g) -> str:
     """--layer, or the generator profile's default layer (`workflow.resolve_layer`)."""
+    require_hooks(g, "scoring, flags and repair")
     return W.resolve_layer(g, profile_for(g.spec), ctx.opts.get("layer"))
 
 
@@ -372,8 +389,7 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
 
     o = ctx.opts
     g = load(ctx)
-    if g.scripted:
-        raise UserError("repair needs a Python generator (--generator 'module:callable'), not a TorchScript file.")
+    require_hooks(g, "repair")
     primary = default_layer(ctx, g)
     set_plan = unit_set = None
     if o.get("unit_set"):  # 'artifix select' chose the units and proposes their layer

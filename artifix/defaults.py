@@ -59,12 +59,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("generator", "key", None, "key of the state dict inside the checkpoint (auto-detected when omitted)"),
     Option("generator", "kwargs", None, "JSON object of keyword arguments for the factory, e.g. '{\"ngf\": 32}'"),
     Option("generator", "latent", "100,1,1", "latent shape per sample, e.g. '100' or '512' or '100,1,1'"),
-    Option("generator", "truncation", None, "truncate latents to |z| <= T by resampling (normal distribution)", float),
+    Option("generator", "truncation", None, "truncate latents to |z| <= T by resampling (normal distribution); StyleGAN and rosinality: "
+           "the W-space truncation psi (w_avg + psi (w - w_avg))", float),
     Option("generator", "classes", 0, "number of classes of a conditional generator (0 = unconditional)", int),
     Option("generator", "class_mode", "index", "how the class reaches G's second argument: 'index' or 'onehot'"),
     Option("generator", "range", "[-1,1]", "generator output range: '[-1,1]' or '[0,1]'"),
     Option("generator", "trust_pickle", False,
            "allow full pickle loading of the checkpoint (runs code inside it; only for files you trust)", _bool, flag=True),
+    Option("generator", "adapter", None,
+           "generator family: module, torchscript, stylegan, rosinality, proggan or one an installed plugin registers "
+           "(entry-point group 'artifix.adapters'); default: detected from the files"),
+    Option("generator", "code_path", None,
+           "folder of your model code put on sys.path (e.g. a stylegan2-ada-pytorch or stylegan3 checkout with dnnlib and torch_utils)"),
     # -- sampling
     Option("sample", "seed", 0, "sampling seed: sample i is a pure function of (seed, i)", int),
     Option("sample", "n", 64, "number of samples", int),

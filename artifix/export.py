@@ -603,9 +603,12 @@ def _as_args(x: Any) -> tuple[Any, ...]:
     return args
 
 
-def _call(model: Callable[..., Any], args: tuple[Any, ...]) -> torch.Tensor:
-    """model(*args), which must return a tensor."""
-    out = model(*args)
+Call = Callable[[Any, tuple[Any, ...]], Any]  # (model, args) -> images; an adapter's forward (default: model(*args))
+
+
+def _call(model: Callable[..., Any], args: tuple[Any, ...], call: Call | None = None) -> torch.Tensor:
+    """model(*args) (or call(model, args)), which must return a tensor."""
+    out = model(*args) if call is None else call(model, args)
     if not isinstance(out, torch.Tensor):
         raise UserError(f"the generator returned a {type(out).__name__}; verification needs a tensor output.")
     return out
@@ -630,7 +633,7 @@ def _edit_fns(norm: Mapping[str, tuple[tuple[int, ...], tuple[float, ...]]]) -> 
 
 def verify(original: nn.Module, baked: Callable[..., torch.Tensor], layer: str | Mapping[str, Any],
            units: Sequence[int] | None = None, alpha: Sequence[float] | float = 1.0, *,
-           inputs: Inputs | Callable[[range], Inputs], n: int = VERIFY_N, batch: int = 16) -> float:
+           inputs: Inputs | Callable[[range], Inputs], n: int = VERIFY_N, batch: int = 16, call: Call | None = None) -> float:
     """Max |baked(z) - original-with-Trace-ablation(z)| over the inputs (or n latents from a latents function)."""
     norm = _normalize_edits({layer: (list(units or []), alpha)} if isinstance(layer, str) else layer)
     fns = _edit_fns(norm)
@@ -638,8 +641,8 @@ def verify(original: nn.Module, baked: Callable[..., torch.Tensor], layer: str |
     with torch.inference_mode():
         for args in _batches(inputs, n, batch):
             with Trace(original, edit=fns, retain=False):
-                want = _call(original, args)
-            got = _call(baked, args)
+                want = _call(original, args, call)
+            got = _call(baked, args, call)
             if got.shape != want.shape:
                 raise RuntimeFailure(f"the cleaned generator's output has shape {tuple(got.shape)}, not {tuple(want.shape)}.")
             d = (got.double() - want.double()).abs()
@@ -655,19 +658,20 @@ def verify(original: nn.Module, baked: Callable[..., torch.Tensor], layer: str |
 class _EditedGenerator(nn.Module):
     """G with the ablation hooks applied inside forward, for tracing into TorchScript."""
 
-    def __init__(self, generator: nn.Module, edits: Mapping[str, Ablation]) -> None:
+    def __init__(self, generator: nn.Module, edits: Mapping[str, Ablation], call: Call | None = None) -> None:
         super().__init__()
         self.generator = generator
         self._edits = dict(edits)
+        self._call = call
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         with Trace(self.generator, edit=self._edits, retain=False):
-            return self.generator(*inputs)
+            return self.generator(*inputs) if self._call is None else self._call(self.generator, inputs)
 
 
-def hooked_torchscript(model: nn.Module, edits: Mapping[str, Any], example: Inputs) -> torch.jit.ScriptModule:
-    """torch.jit.trace of a copy of `model` running the ablation hooks inside its forward."""
-    wrapper = _EditedGenerator(copy.deepcopy(model), _edit_fns(_normalize_edits(edits))).eval()
+def hooked_torchscript(model: nn.Module, edits: Mapping[str, Any], example: Inputs, call: Call | None = None) -> torch.jit.ScriptModule:
+    """torch.jit.trace of a copy of `model` running the ablation hooks inside its forward (through `call` when given)."""
+    wrapper = _EditedGenerator(copy.deepcopy(model), _edit_fns(_normalize_edits(edits)), call).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 marks TorchScript deprecated; still supported
@@ -752,6 +756,12 @@ def export_cleaned(g: LoadedGenerator, edits: Mapping[str, Any], out_dir: str | 
         raise UserError(f"verification needs at least one sample, got n={n}.")
     norm = _normalize_edits(edits)
     out_dir = Path(out_dir)
+    adapter = g.adapter
+    if adapter is not None and adapter.own_format:  # e.g. StyleGAN network pickles: the adapter writes its format
+        return adapter.export(g, norm, out_dir, seed=seed, n=n, tolerance=tolerance)
+    bake = adapter.bake if adapter is not None else bake_edits
+    call: Call | None = None if adapter is None else (lambda m, a: adapter.forward(m, g.spec, *a))
+    allow = tuple(getattr(adapter, "safe_globals", ()))
     src = checkpoint_layout_from if checkpoint_layout_from is not None else g.spec.checkpoint
     src_path = Path(src) if src else None
     if src_path is not None and not src_path.is_file():
@@ -761,7 +771,7 @@ def export_cleaned(g: LoadedGenerator, edits: Mapping[str, Any], out_dir: str | 
         return latents(g.spec, seed, idx)
 
     example = _as_args(lat(range(8)))
-    baked = bake_edits(g.module, norm, example)
+    baked = bake(g.module, norm, example)
     layers = {lb.layer: lb.to_json() for lb in baked.layers}
     stem = src_path.stem if src_path else "generator"
     result = ExportResult(str(out_dir), False, math.inf, tolerance, n, seed, "", layers,
@@ -783,7 +793,7 @@ def export_cleaned(g: LoadedGenerator, edits: Mapping[str, Any], out_dir: str | 
             result.layout = "state_dict (no input checkpoint)"
             meta = None
         else:
-            original = read_checkpoint(src_path, g.spec.trust_pickle)
+            original = read_checkpoint(src_path, g.spec.trust_pickle, allow)
             extract_state_dict(original, g.spec.key, str(src_path))  # same lookup and errors as loading
             where = _locate(original, g.spec.key)
             old = _get(original, where)
@@ -811,7 +821,7 @@ def export_cleaned(g: LoadedGenerator, edits: Mapping[str, Any], out_dir: str | 
             candidate = copy.deepcopy(g.module)
             load_into(candidate, extract_state_dict(stored, None, str(ckpt_path)), str(ckpt_path))  # type: ignore[arg-type]
         candidate.eval()
-        diff = verify(g.module, candidate, norm, inputs=lat, n=n)
+        diff = verify(g.module, candidate, norm, inputs=lat, n=n, call=call)
         result.max_abs_diff = diff
         if diff <= tolerance:
             result.exact = True
@@ -824,7 +834,7 @@ def export_cleaned(g: LoadedGenerator, edits: Mapping[str, Any], out_dir: str | 
                     torch.save(obj, tmp)
                 sft_path = out_dir / f"{stem}.safetensors"
                 _save_safetensors(candidate.state_dict(), sft_path)
-            _check_written(ckpt_path, sft_path, candidate, g.spec.trust_pickle)
+            _check_written(ckpt_path, sft_path, candidate, g.spec.trust_pickle, allow)
             result.files["checkpoint"] = {"path": str(ckpt_path), "sha256": sha256_file(ckpt_path)}
             result.files["safetensors"] = {"path": str(sft_path), "sha256": sha256_file(sft_path)}
             methods = ", ".join(f"{k}: {v['method']}" for k, v in layers.items())
@@ -838,13 +848,13 @@ def export_cleaned(g: LoadedGenerator, edits: Mapping[str, Any], out_dir: str | 
 
     if not result.exact:
         ts_path = out_dir / f"{stem}.torchscript.pt"
-        scripted = hooked_torchscript(g.module, norm, example)
+        scripted = hooked_torchscript(g.module, norm, example, call)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             with atomic_path(ts_path) as tmp:
                 torch.jit.save(scripted, str(tmp))
             loaded = torch.jit.load(str(ts_path), map_location="cpu")
-        diff = verify(g.module, loaded, norm, inputs=lat, n=n)
+        diff = verify(g.module, loaded, norm, inputs=lat, n=n, call=call)
         if diff > tolerance:
             raise RuntimeFailure(f"the TorchScript export differs from the hooked generator by {diff:.3g} (> {tolerance:g}); "
                                  f"{ts_path} should not be used.")
@@ -858,11 +868,11 @@ def export_cleaned(g: LoadedGenerator, edits: Mapping[str, Any], out_dir: str | 
     return result
 
 
-def _check_written(ckpt_path: Path, sft_path: Path, model: nn.Module, trust_pickle: bool) -> None:
+def _check_written(ckpt_path: Path, sft_path: Path, model: nn.Module, trust_pickle: bool, allow: tuple = ()) -> None:
     """Read the written files back: the safetensors copy must hold `model`'s weights bit for bit."""
     from safetensors.torch import load_file
 
-    read_checkpoint(ckpt_path, trust_pickle)
+    read_checkpoint(ckpt_path, trust_pickle, allow)
     sd = load_file(str(sft_path))
     cur = model.state_dict()
     prefix = "module." if all(k.startswith("module.") for k in sd) else ""

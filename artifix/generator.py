@@ -47,6 +47,9 @@ class GeneratorSpec:
     class_mode: str = "index"
     range: str = "[-1,1]"
     trust_pickle: bool = False
+    adapter: str | None = None  # generator family (artifix.adapters); None = detect from the files
+    code_path: str | None = None  # the user's checkout put on sys.path (StyleGAN pickles, rosinality)
+    truncation_space: str = "z"  # 'z': resample |z| > T; 'w': the adapter truncates in W (psi)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict of the spec (used in fingerprints and manifests)."""
@@ -114,6 +117,7 @@ def spec_from_options(opts: Mapping[str, Any]) -> GeneratorSpec:
         latent=parse_latent(opts.get("latent") or defaults.get("generator", "latent")),
         truncation=float(trunc) if trunc is not None else None, classes=classes, class_mode=mode, range=rng,
         trust_pickle=bool(opts.get("trust_pickle")),
+        adapter=opts.get("adapter") or None, code_path=opts.get("code_path") or None,
     )
 
 
@@ -168,8 +172,8 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
 
 
-def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
-    """Load a checkpoint on CPU: safetensors, or torch.load with weights_only unless trust_pickle."""
+def read_checkpoint(path: str | Path, trust_pickle: bool = False, allow: Sequence[Any] = ()) -> Any:
+    """Load a checkpoint on CPU: safetensors, or torch.load with weights_only (plus the `allow`ed classes) unless trust_pickle."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check --checkpoint.")
@@ -182,6 +186,9 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Any:
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"checkpoint {path} is not a readable safetensors file ({_first_line(e)}); check --checkpoint.") from None
     try:
+        if allow and not trust_pickle:
+            with torch.serialization.safe_globals(list(allow)):
+                return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         if not trust_pickle and ("Unsupported global" in str(e) or "Unsupported class" in str(e)):
@@ -257,9 +264,12 @@ class LoadedGenerator:
     spec: GeneratorSpec
     fingerprint: str
     scripted: bool = False
+    adapter: Any = None  # the artifix.adapters.Adapter that loaded it (None: a plain module called as G(z[, y]))
 
     def __call__(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Run G on latents (and class inputs for a conditional G)."""
+        """Run G on latents (and class inputs for a conditional G), returning images NCHW."""
+        if self.adapter is not None:
+            return self.adapter.forward(self.module, self.spec, z, y)
         return self.module(z) if y is None else self.module(z, y)
 
 
@@ -278,12 +288,23 @@ def fingerprint(module: nn.Module, spec: GeneratorSpec) -> str:
     """Hash of G's weights + the sampling-relevant spec fields (not file paths)."""
     s = spec.to_json()
     relevant = {k: s[k] for k in ("latent", "truncation", "classes", "class_mode", "range")}
+    if spec.adapter not in (None, "module", "torchscript"):  # fingerprints of plain modules stay as they were
+        relevant.update(adapter=spec.adapter, truncation_space=spec.truncation_space)
     return hashlib.sha256((weights_hash(module) + json.dumps(relevant, sort_keys=True)).encode()).hexdigest()[:16]
 
 
 def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> LoadedGenerator:
     """Build G from a spec (default: the bundled example), load weights, put it in eval mode, and probe it."""
+    from . import adapters  # imported here: the adapters build on this module
+
     spec = spec or example_spec()
+    adapter = adapters.for_spec(spec)
+    spec = replace(spec, adapter=adapter.name)
+    if adapter.name not in ("module", "torchscript"):
+        loaded = adapter.load(spec)
+        if validate:
+            probe(loaded)
+        return loaded
     scripted = False
     gen = spec.generator
     if gen is not None and ":" not in gen and Path(gen).suffix in (".pt", ".pth", ".ts", ".jit", ".zip", ".torchscript") or (
@@ -325,7 +346,12 @@ def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> 
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    loaded = LoadedGenerator(module, spec, fingerprint(module, spec), scripted)
+    if adapter.name == "torchscript" and not scripted:
+        raise UserError("--adapter torchscript needs a TorchScript file (torch.jit.save) as --generator; drop --adapter for a checkpoint.")
+    if scripted != (adapter.name == "torchscript"):
+        adapter = adapters.get("torchscript" if scripted else "module")
+        spec = replace(spec, adapter=adapter.name)
+    loaded = LoadedGenerator(module, spec, fingerprint(module, spec), scripted, adapter)
     if validate:
         probe(loaded)
     return loaded
@@ -348,7 +374,7 @@ def latents(spec: GeneratorSpec, seed: int, indices: Iterator[int] | range | lis
     for row, i in enumerate(idx):
         g = _sample_rng(seed, i)
         v = g.standard_normal(d)
-        if spec.truncation is not None:
+        if spec.truncation is not None and spec.truncation_space == "z":
             bad = np.abs(v) > spec.truncation
             while bad.any():  # resample outside the band, from the same per-sample stream
                 v[bad] = g.standard_normal(int(bad.sum()))

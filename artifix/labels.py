@@ -1217,7 +1217,9 @@ class LabelStore:
                                       "pixels": int(it.bits.sum()), "data": encode_mask(it.bits), "time": now})
                 if new_masks:
                     conn.execute(masks_t.insert(), new_masks)
-            painted = sum(self._flag_painted(conn, run.id, [m["sample"]], m["reviewer"], now) for m in new_masks if m["pixels"])
+            labelled = {r.sample for r in rows}  # an explicit label in the same import wins over the painted-sample rule
+            painted = sum(self._flag_painted(conn, run.id, [m["sample"]], m["reviewer"], now)
+                          for m in new_masks if m["pixels"] and m["sample"] not in labelled)
             summary = {"source": source, "flags_file": str(flags_file) if flags_file else None, "flags_sha256": flags_sha,
                        "masks_folder": str(mask_dir) if mask_dir else None,
                        "flags": len(new_flags), "flags_skipped": len(rows) - len(new_flags),

@@ -142,8 +142,8 @@ class Trace:
         return self.outputs[name]
 
 
-def layer_shapes(model: nn.Module, *inputs: Any) -> list[dict[str, Any]]:
-    """Run one forward and return every hookable module's name, type and output shape (in call order)."""
+def layer_shapes(model: nn.Module, *inputs: Any, call: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+    """Run one forward (`call(*inputs)`, default `model(*inputs)`) and return every hookable module's name, type and output shape."""
     rows: dict[str, dict[str, Any]] = {}
     handles = []
 
@@ -159,7 +159,7 @@ def layer_shapes(model: nn.Module, *inputs: Any) -> list[dict[str, Any]]:
             if name:
                 handles.append(module.register_forward_hook(make(name, module)))
         with torch.inference_mode():
-            model(*inputs)
+            (call or model)(*inputs)
     finally:
         for h in handles:
             h.remove()

@@ -79,6 +79,9 @@ def resolve_layer(g: LoadedGenerator, profile: Profile, given: str | None) -> st
         return str(given)
     if profile.default_layer:
         return profile.default_layer
+    family = g.adapter.default_layers(g.module) if getattr(g, "adapter", None) is not None else []  # artifix.adapters
+    if family:
+        return family[0]
     raise UserError("--layer is required for this generator; run 'artifix layers' to list its layers.")
 
 

@@ -196,7 +196,7 @@ def test_units_removed_checks_every_layer(tmp_path):
     assert RepairManifest.from_json(mf).removed == {"main.8": [13, 19], "main.5": [4, 7]}
     ckpt = tmp_path / "clean8" / CHECKPOINT.name
     crit = json.dumps([{"metric": "units_removed", "manifest": str(tmp_path / "manifest.json")}])
-    code, out, err = run_cli("gate", "--checkpoint", str(ckpt), "--criteria", crit, "--n", "8", "--out", str(tmp_path / "g"), "--json")
+    code, out, err = run_cli("gate", "--generator", "artifix.example:make_generator", "--checkpoint", str(ckpt), "--criteria", crit, "--n", "8", "--out", str(tmp_path / "g"), "--json")
     assert code == 1, err  # main.5's units are still there
     m = json.loads(out)["measurements"][f"units_removed[{Path(tmp_path / 'manifest.json').as_posix()}]"]
     assert m["removed"] == {"main.8": [13, 19], "main.5": [4, 7]} and m["candidate"]["value"] > 0
