@@ -34,9 +34,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import defaults
+from . import defaults, devices
 from .errors import RuntimeFailure, UserError
 from .io import atomic_path
+from .progress import Progress
 
 FORMAT = "artifix-classifier"
 FORMAT_VERSION = 1
@@ -149,7 +150,7 @@ class _Backbone:
             last[:] = [out]
 
         def flush(_m: Any, _inp: Any, _out: Any) -> None:
-            grids.append(last[0].float().contiguous().numpy().copy())
+            grids.append(last[0].float().contiguous().cpu().numpy().copy())
 
         h1 = self.grid_module.register_forward_hook(hook)
         h2 = self.extractor.net.register_forward_hook(flush)  # once per batch, after the grid's last call
@@ -166,14 +167,15 @@ class _Backbone:
         return pooled, g
 
 
-_BACKBONES: dict[str, _Backbone] = {}
+_BACKBONES: dict[tuple[str, str], _Backbone] = {}
 
 
 def _backbone(name: str) -> _Backbone:
-    """The cached backbone `name`."""
-    if name not in _BACKBONES:
-        _BACKBONES[name] = _Backbone(name)
-    return _BACKBONES[name]
+    """The cached backbone `name` on the current device."""
+    key = (name, str(devices.current()))
+    if key not in _BACKBONES:
+        _BACKBONES[key] = _Backbone(name)
+    return _BACKBONES[key]
 
 
 def compute_features(
@@ -191,11 +193,14 @@ def compute_features(
     bb = _backbone(features)
     pooled: list[np.ndarray] = []
     grids: list[np.ndarray] = []
+    bar = Progress(len(images), "classifier features")
     for s in range(0, len(images), batch):
         p, g = bb(images[s:s + batch], grid)
         pooled.append(np.asarray(p, np.float32))
         if grid:
             grids.append(np.asarray(g, np.float32))
+        bar.update(len(p))
+    bar.close()
     d = pooled[0].shape[1] if pooled else int(bb.extractor.dim)
     return FeatureSet(
         features,
@@ -788,14 +793,14 @@ def differentiable_score(
         if ext.size is not None and tuple(z.shape[2:]) != tuple(ext.size):
             # antialiased bicubic, as PIL's (the extractor's) resize, within about 1e-3 grey levels
             z = F.interpolate(z, size=ext.size, mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 255.0)
-        z = ext._normalise(z)
+        z = ext._normalise(z.to(ext.device))  # the extractor's device (G's, when both follow the current device)
         if ext.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
-        feats = ext.net(z).reshape(x.shape[0], -1).double()
+        feats = ext.net(z).reshape(x.shape[0], -1).double().to(x.device)
         if clf.pixel_stats:
             stats = _pixel_maps_t(x255.permute(0, 2, 3, 1).double() / 255.0).mean(dim=(2, 3))
             feats = torch.cat([feats, stats], dim=1)
-        out = feats @ w - offset
+        out = feats @ w.to(feats.device) - offset
         return out if logit else torch.sigmoid(out)
 
     return score

@@ -18,6 +18,15 @@ from .registry import COMMANDS, Command, Context, Handler, command  # noqa: F401
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
 
 
+def _use_device(opts: dict[str, Any]) -> None:
+    """Make the `device` option the current device (UserError when this machine lacks it)."""
+    from . import devices
+
+    dev = devices.use(opts.get("device"))
+    if opts.get("device"):  # child processes (the dashboard's Streamlit server) follow an explicit choice
+        os.environ[devices.DEVICE_ENV] = str(dev)
+
+
 def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | None]) -> None:
     for sec, names in sections.items():
         group = p.add_argument_group(f"[{sec}] options (also settable in artifix.toml)")
@@ -56,6 +65,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER
     cmd = COMMANDS[args.command]
     progress.QUIET = bool(args.quiet)
+    progress.BARS = not bool(getattr(args, "json", False))
     from . import dist
 
     try:
@@ -66,6 +76,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         for sec, names in cmd.options.items():
             opts.update(config.resolve(sec, vars(args), cfg, names))
         ctx = Context(opts, args, cfg, bool(args.json))
+        _use_device(opts)
         threads = opts.get("threads") or 0
         if threads:
             import torch

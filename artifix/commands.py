@@ -338,6 +338,10 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
     from .metrics import compute_metrics
 
     o = ctx.opts
+    if o.get("images"):
+        from .metrics.folders import metrics_of_folder
+
+        return metrics_of_folder(ctx)
     g = load(ctx)
     n = _check_n(o["n"])
     W.require_reference(profile_for(g.spec), o["real"], "metrics")
@@ -346,12 +350,15 @@ def cmd_metrics(ctx: Context) -> dict[str, Any]:
     from .metrics.reference import check_real
     from . import dist
 
-    check_real(o["real"], n=o.get("real_n"), resize=o.get("real_resize"))  # before sampling or extracting features
+    check_real(o["real"], n=o.get("real_n"), resize=o.get("real_resize"), features=o.get("features"),
+               class_id=o.get("real_class"))  # before sampling or extracting features
     first, count = dist.shard_range(0, n)  # under torchrun each rank samples its block; rank 0 merges
     batches = (imgs.numpy() for _, imgs in sample_batches(g, o["seed"], first, count, _check_n(o["batch"], "--batch")))
     names = ("metrics", "features", "real", "bootstrap", "confidence", "kid_subsets", "kid_subset_size", "fd_inf", "inception_weights",
-             "real_n", "real_resize", "swd_n", "swd_bootstrap", "feature_batch")
-    kwargs = {k: o[k] for k in names if k in o}
+             "real_n", "real_resize", "swd_n", "swd_bootstrap", "feature_batch", "real_class")
+    from .metrics.folders import extractor_from_options
+
+    kwargs = {**{k: o[k] for k in names if k in o}, "features": extractor_from_options(o)}  # --torchscript-size too
     res = compute_metrics(batches, n=n, seed=o["metrics_seed"], cache=o["cache"], progress=ctx.say, sharded=True, **kwargs)
     if not dist.is_main():
         return None

@@ -86,7 +86,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "n", 2000, "generated samples per metric (the N in the metric names)", int),
     Option("metrics", "features", "effnet-lite0", "feature space: 'effnet-lite0', 'inception' or 'torchscript:PATH'"),
     Option("metrics", "metrics", "fd,kid,swd", "comma-separated metrics to compute"),
-    Option("metrics", "real", None, "reference data: image folder, .npz array or statistics file; default: the example's scenes"),
+    Option("metrics", "real", None, "reference data: image folder (recursive), StyleGAN dataset_tool .zip, .npz/.npy uint8 array, "
+           "artifix statistics file or pytorch-fid/clean-fid mu/sigma .npz (FID Inception space only); default: the example's scenes"),
+    Option("metrics", "real_class", None, "use only the reference images of this class (dataset.json labels of a .zip or folder)", int),
+    Option("metrics", "images", None, "metrics of this folder of images instead of a generator's samples (needs --real)"),
     Option("metrics", "inception_weights", None, "path to pt_inception-2015-12-05 weights (or $ARTIFIX_INCEPTION_WEIGHTS)"),
     Option("metrics", "bootstrap", 200, "bootstrap resamples for confidence intervals", int),
     Option("metrics", "confidence", 0.95, "confidence level of intervals", float),
@@ -135,6 +138,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("run", "out", None, "output folder"),
     Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data"),
     Option("run", "threads", 0, "torch CPU threads (0 = torch's default)", int),
+    Option("run", "device", None, "compute device: auto (CUDA when available; under torchrun the rank's LOCAL_RANK GPU), "
+           "cpu, cuda, cuda:N or mps (default: $ARTIFIX_DEVICE, else auto)"),
     # -- artifact classifier (artifix/classifier.py)
     Option("classify", "classifier", "artifix-classifier.pt", "the artifact classifier file written by 'classify train'"),
     Option("classify", "backbone", "effnet-lite0", "classifier backbone with a spatial feature grid (for localisation maps)"),

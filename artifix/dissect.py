@@ -68,6 +68,10 @@ class ConceptTally:
     def update(self, acts: torch.Tensor, labels: torch.Tensor, budget: int = 1 << 22) -> None:
         """Fold in activations (B, C, h, w) and class labels (B, H, W); activations are upsampled to (H, W)."""
         b, c = acts.shape[:2]
+        if self.hist.device != acts.device:  # the tally runs where the activations are
+            self.hist, self.class_pixels = self.hist.to(acts.device), self.class_pixels.to(acts.device)
+            self.sorted, self.order = self.sorted.to(acts.device), self.order.to(acts.device)
+        labels = labels.to(acts.device)
         if c != self.units:
             raise ValueError(f"expected {self.units} units, got {c}")
         hh, ww = labels.shape[-2:]
@@ -76,9 +80,9 @@ class ConceptTally:
             raise ValueError("labels out of range")
         self.class_pixels += torch.bincount(lab.reshape(-1), minlength=self.k)
         self.pixels += lab.numel()
-        base = (torch.arange(c) * (self.k * (self.t + 1)))[:, None]  # (C, 1)
+        base = (torch.arange(c, device=acts.device) * (self.k * (self.t + 1)))[:, None]  # (C, 1)
         chunk = max(1, budget // max(c * hh * ww, 1))  # bounds the (C, chunk*H*W) work tensors
-        ry, rx = bilinear_matrix(acts.shape[-2], hh), bilinear_matrix(acts.shape[-1], ww)
+        ry, rx = bilinear_matrix(acts.shape[-2], hh).to(acts.device), bilinear_matrix(acts.shape[-1], ww).to(acts.device)
         for i in range(0, b, chunk):
             a = acts[i:i + chunk].float()
             n = a.shape[0]
@@ -89,12 +93,12 @@ class ConceptTally:
 
     def counts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(n11 (C, K, T), na (C, T), ns (K,)) as float64, thresholds in the original column order."""
-        h = self.hist.reshape(self.units, self.k, self.t + 1).double()
+        h = self.hist.cpu().reshape(self.units, self.k, self.t + 1).double()
         # value > sorted threshold j  <=>  its bin (count of thresholds below it) > j
         above = h.flip(-1).cumsum(-1).flip(-1)[..., 1:]  # (C, K, T): sum over bins > j
         n11 = torch.empty_like(above)
-        n11.scatter_(2, self.order[:, None, :].expand_as(above), above)
-        return n11, n11.sum(1), self.class_pixels.double()
+        n11.scatter_(2, self.order.cpu()[:, None, :].expand_as(above), above)
+        return n11, n11.sum(1), self.class_pixels.cpu().double()
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(IoU (C, K), IQR (C, K), best threshold column (C, K)) at each (unit, class)'s IQR-optimal threshold."""
@@ -209,7 +213,7 @@ def layer_stats(g: LoadedGenerator, layers: Sequence[str], seed: int, n: int, ba
         acts, _ = _trace(g, layers, seed, idx, images=False)
         for name, a in acts.items():
             if name not in stats:
-                stats[name] = UnitStats(name, a.shape[1], n, meta={"seed": seed, "fingerprint": g.fingerprint})
+                stats[name] = UnitStats(name, a.shape[1], n, meta={"seed": seed, "fingerprint": g.fingerprint}, device=a.device)
             stats[name].update(a, idx)
         bar.update(len(idx))
     bar.close()

@@ -384,7 +384,7 @@ def _feature_tap(inner: Any, limit: int) -> Any:
         def __init__(self) -> None:
             self.inner, self.limit, self.rows = inner, limit, []
             self.name, self.tag, self.dim, self.size = inner.name, inner.tag, inner.dim, inner.size
-            self.net = inner.net
+            self.net, self.device = inner.net, inner.device
 
         def fingerprint(self) -> dict[str, Any]:
             return self.inner.fingerprint()
@@ -430,13 +430,18 @@ def _dist_key(metric: str, results: Mapping[str, Mapping[str, Any]]) -> str:
 
 def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Every measurement the criteria read: the candidate's value and se, and (with a baseline checkpoint) the paired difference."""
-    from .metrics import compute_metrics, get_extractor, paired_compare
+    from .ledger import Ledger
+    from .metrics import compute_metrics, get_extractor, paired_compare_many
     from .trace import Trace, ablation
 
     out: dict[str, dict[str, Any]] = {}
     say(f"sampling {s.n} images of the candidate (seed {s.seed})" + (" and of the baseline on the same seeds" if base else ""))
-    c_imgs = _sample(cand, s.seed, s.n)
-    b_imgs = _sample(base, s.seed, s.n) if base is not None else None
+    ids = list(range(s.n))
+    cache = s.metric_opts.get("cache")
+    led_c = Ledger(cand, s.seed, cache)  # unedited sets: rendered (and extracted) once, reused from disk by the next gate
+    led_b = Ledger(base, s.seed, cache) if base is not None else None
+    c_imgs = led_c.batches(None, ids)
+    b_imgs = led_b.batches(None, ids) if led_b is not None else None
     c_all = np.concatenate(c_imgs)
     metrics = dist_metrics(s.criteria)
     c_feat = b_feat = None
@@ -452,9 +457,8 @@ def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: 
                   **{k: o.get(k) for k in ("real", "real_n", "real_resize", "swd_n", "kid_subsets", "kid_subset_size", "cache")})
         kw["swd_n"] = min(int(kw["swd_n"] or s.n), s.n)
         if base is not None:
-            r = paired_compare(iter(b_imgs), iter(c_imgs), **kw)
-            feats = tap.features()
-            b_feat, c_feat = feats[: s.n], feats[s.n: 2 * s.n]
+            b_feat, c_feat = led_b.features(None, ids, ext), led_c.features(None, ids, ext)
+            r = paired_compare_many(b_imgs, {"b": c_imgs}, precomputed={"a": b_feat, "b": c_feat}, **{**kw, "features": ext})["b"]
             for m in metrics:
                 name = _dist_key(m, r)
                 e = r[name]

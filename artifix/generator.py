@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import defaults
+from . import defaults, devices
 from .errors import UserError
 
 # Keys under which training scripts commonly store the generator's state dict, in lookup order.
@@ -266,8 +266,16 @@ class LoadedGenerator:
     scripted: bool = False
     adapter: Any = None  # the artifix.adapters.Adapter that loaded it (None: a plain module called as G(z[, y]))
 
+    @property
+    def device(self) -> torch.device:
+        """Where G's weights are (its latents are moved there)."""
+        return devices.of(self.module)
+
     def __call__(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Run G on latents (and class inputs for a conditional G), returning images NCHW."""
+        """Run G on latents (and class inputs for a conditional G), moved to G's device, returning images NCHW."""
+        dev = self.device
+        z = z.to(dev)
+        y = None if y is None else y.to(dev)
         if self.adapter is not None:
             return self.adapter.forward(self.module, self.spec, z, y)
         return self.module(z) if y is None else self.module(z, y)
@@ -293,15 +301,19 @@ def fingerprint(module: nn.Module, spec: GeneratorSpec) -> str:
     return hashlib.sha256((weights_hash(module) + json.dumps(relevant, sort_keys=True)).encode()).hexdigest()[:16]
 
 
-def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> LoadedGenerator:
-    """Build G from a spec (default: the bundled example), load weights, put it in eval mode, and probe it."""
+def load_generator(spec: GeneratorSpec | None = None, validate: bool = True,
+                   device: str | torch.device | None = None) -> LoadedGenerator:
+    """Build G from a spec (default: the bundled example), load weights, put it in eval mode on `device`
+    (default: the current device, see artifix.devices), and probe it."""
     from . import adapters  # imported here: the adapters build on this module
 
+    dev = devices.resolve(device) if device is not None else devices.current()
     spec = spec or example_spec()
     adapter = adapters.for_spec(spec)
     spec = replace(spec, adapter=adapter.name)
     if adapter.name not in ("module", "torchscript"):
         loaded = adapter.load(spec)
+        loaded.module.to(dev)
         if validate:
             probe(loaded)
         return loaded
@@ -351,7 +363,9 @@ def load_generator(spec: GeneratorSpec | None = None, validate: bool = True) -> 
     if scripted != (adapter.name == "torchscript"):
         adapter = adapters.get("torchscript" if scripted else "module")
         spec = replace(spec, adapter=adapter.name)
-    loaded = LoadedGenerator(module, spec, fingerprint(module, spec), scripted, adapter)
+    fp = fingerprint(module, spec)  # from the weights' bytes: the same on every device
+    module.to(dev)
+    loaded = LoadedGenerator(module, spec, fp, scripted, adapter)
     if validate:
         probe(loaded)
     return loaded
@@ -395,23 +409,25 @@ def latents(spec: GeneratorSpec, seed: int, indices: Iterator[int] | range | lis
 
 
 def to_uint8(x: torch.Tensor, value_range: str = "[-1,1]") -> torch.Tensor:
-    """Map G's output (N, C, H, W) in its declared range to uint8 NHWC (rounded, clamped)."""
+    """Map G's output (N, C, H, W) in its declared range to uint8 NHWC (rounded, clamped), on the CPU."""
     if value_range == "[-1,1]":
         x = (x + 1) * 127.5
     else:
         x = x * 255.0
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return devices.to_cpu_uint8(x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous())
 
 
-def check_output(out: Any, n: int) -> torch.Tensor:
-    """Raise UserError unless G's output is a finite (n, 1|3, H, W) float tensor."""
+def check_output(out: Any, n: int, indices: Sequence[int] | None = None) -> torch.Tensor:
+    """Raise UserError unless G's output is a finite (n, 1|3, H, W) float tensor (naming the bad sample indices)."""
     if not isinstance(out, torch.Tensor):
         raise UserError(f"the generator returned a {type(out).__name__}; artifix needs a tensor of images (N, C, H, W), "
                         "so point --generator at a module (or wrapper) whose forward returns one.")
     if out.dim() != 4 or out.shape[0] != n or out.shape[1] not in (1, 3):
         raise UserError(f"the generator returned shape {tuple(out.shape)} for {n} latents; artifix needs images shaped "
                         f"({n}, 1 or 3, H, W), so check --latent or wrap the generator to return those.")
-    if not torch.isfinite(out).all():
+    if indices is not None:
+        devices.check_finite(out, indices)
+    elif not torch.isfinite(out).all():
         bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
         raise UserError(f"the generator produced NaN or Inf values in {bad} of {n} samples; check the checkpoint and --range.")
     return out
@@ -452,24 +468,27 @@ def forward(g: LoadedGenerator, z: torch.Tensor, y: torch.Tensor | None = None) 
     return out[:n] if pad and isinstance(out, torch.Tensor) else out
 
 
+def render(g: LoadedGenerator, seed: int, indices: Sequence[int], class_id: int | None = None) -> torch.Tensor:
+    """uint8 NHWC CPU images of the given sample indices in one forward pass (NaN/Inf names the indices)."""
+    z, y = latents(g.spec, seed, indices, class_id)
+    with torch.inference_mode():
+        out = check_output(forward(g, z, y), len(indices), indices)
+        return to_uint8(out.float(), g.spec.range)
+
+
 def sample_batches(g: LoadedGenerator, seed: int, start: int = 0, n: int = 64, batch: int = 64, class_id: int | None = None) -> Iterator[tuple[range, torch.Tensor]]:
-    """Yield (indices, uint8 NHWC images) for samples start..start+n-1, `batch` at a time."""
-    for s in range(start, start + n, batch):
-        idx = range(s, min(s + batch, start + n))
-        z, y = latents(g.spec, seed, idx, class_id)
-        with torch.inference_mode():
-            out = check_output(forward(g, z, y), len(idx))
-        yield idx, to_uint8(out.float(), g.spec.range)
+    """Yield (indices, uint8 NHWC images) for samples start..start+n-1, `batch` at a time (halved on GPU OOM)."""
+    def one(s: int, count: int) -> tuple[range, torch.Tensor]:
+        idx = range(start + s, start + s + count)
+        return idx, render(g, seed, idx, class_id)
+
+    yield from devices.backoff(one, n, batch, "sampling")
 
 
 def images_at(g: LoadedGenerator, seed: int, indices: Sequence[int], batch: int = 64) -> np.ndarray:
     """uint8 NHWC images of the given sample indices (any order, any subset), rendered `batch` at a time."""
     idx = [int(i) for i in indices]
-    parts = []
-    for s in range(0, len(idx), batch):
-        z, y = latents(g.spec, seed, idx[s:s + batch])
-        with torch.inference_mode():
-            parts.append(to_uint8(check_output(forward(g, z, y), len(z)).float(), g.spec.range).numpy())
+    parts = list(devices.backoff(lambda s, count: render(g, seed, idx[s:s + count]).numpy(), len(idx), batch, "sampling"))
     return np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8)
 
 

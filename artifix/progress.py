@@ -1,56 +1,114 @@
-"""A small progress bar on stderr, shown only for work that takes more than a second."""
+"""One progress story: tqdm bars on stderr (with ETA, nested by stage) and the same events for listeners.
+
+Every loop that can take over a second advances a `Progress` (or iterates `track(...)`); a bar appears only after a
+second of work, nests under the bar that is open around it, and is silent when `QUIET` is set (the CLI sets it for
+`--quiet`, BARS off for `--json`). Listeners (`listening(fn)`) receive every update as an `Event` whether or not bars are drawn:
+the dashboard shows the same stages with st.status / st.progress.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from tqdm.auto import tqdm
 
 T = TypeVar("T")
-QUIET = False
+QUIET = False  # --quiet: no bars and no human text
+BARS = True  # False under --json: no bars (human text still on stderr)
+DELAY = 1.0  # seconds of work before a bar appears
+_listeners: list[Callable[["Event"], None]] = []
+_open: list["Progress"] = []
+
+
+@dataclass(frozen=True)
+class Event:
+    """One progress update: the stage, its depth (0 = outermost), units done of total, and whether it ended."""
+
+    stage: str
+    done: int
+    total: int
+    depth: int
+    finished: bool = False
+
+
+def add_listener(fn: Callable[[Event], None]) -> None:
+    """Call `fn(event)` on every progress update until `remove_listener(fn)`."""
+    _listeners.append(fn)
+
+
+def remove_listener(fn: Callable[[Event], None]) -> None:
+    """Stop calling `fn`."""
+    if fn in _listeners:
+        _listeners.remove(fn)
+
+
+@contextmanager
+def listening(fn: Callable[[Event], None]) -> Iterator[None]:
+    """Send progress events to `fn` inside the block."""
+    add_listener(fn)
+    try:
+        yield
+    finally:
+        remove_listener(fn)
 
 
 class Progress:
-    """Count work units and redraw a one-line bar on stderr at most 5 times a second, after the first second."""
+    """Count work units; a tqdm bar on stderr after the first second (nested under open bars), unless QUIET."""
 
     def __init__(self, total: int, desc: str = "") -> None:
         self.total, self.desc, self.done = max(int(total), 0), desc, 0
+        self.depth = len(_open)
         self.t0 = time.monotonic()
         self._last = 0.0
-        self._shown = False
+        self._bar = None if QUIET or not BARS else tqdm(total=self.total, desc=desc, file=sys.stderr, delay=DELAY, leave=self.depth == 0,
+                                            position=self.depth, mininterval=0.2 if sys.stderr.isatty() else 5.0,
+                                            dynamic_ncols=True, unit="it")
+        _open.append(self)
+        self._emit(False)
+
+    def _emit(self, finished: bool) -> None:
+        if not _listeners:
+            return
+        ev = Event(self.desc, self.done, self.total, self.depth, finished)
+        for fn in list(_listeners):
+            fn(ev)
 
     def update(self, k: int = 1) -> None:
         """Advance by k units."""
         self.done += k
+        if self._bar is not None:
+            self._bar.update(k)
         now = time.monotonic()
-        if QUIET or not sys.stderr.isatty() or now - self.t0 < 1.0 or now - self._last < 0.2:
-            return
-        self._last = now
-        self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        frac = self.done / self.total if self.total else 1.0
-        bar = "#" * int(24 * frac)
-        rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0
-        sys.stderr.write(f"\r{self.desc:<14} [{bar:<24}] {self.done}/{self.total} {rate:7.1f}/s eta {eta:4.0f}s")
-        sys.stderr.flush()
-        self._shown = True
+        if _listeners and now - self._last >= 0.2:
+            self._last = now
+            self._emit(False)
 
     def close(self) -> None:
-        """Finish the line if a bar was drawn."""
-        now = time.monotonic()
-        if QUIET:
-            return
-        if self._shown:
-            self._draw(now)
-            sys.stderr.write("\n")
-        elif now - self.t0 >= 1.0:  # not a terminal: one summary line for work that took a while
-            sys.stderr.write(f"{self.desc}: {self.done}/{self.total} in {now - self.t0:.1f}s\n")
-        sys.stderr.flush()
+        """End the bar (and tell the listeners)."""
+        if self in _open:
+            _open.remove(self)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._emit(True)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def track(items: Iterable[T], total: int, desc: str = "", weight=lambda item: 1) -> Iterator[T]:
+def stage(desc: str, total: int = 1) -> Progress:
+    """A named stage (use as `with stage("repair", 3) as s: ... s.update()`); inner bars nest under it."""
+    return Progress(total, desc)
+
+
+def track(items: Iterable[T], total: int, desc: str = "", weight: Callable[[T], int] = lambda item: 1) -> Iterator[T]:
     """Iterate `items`, advancing a progress bar by weight(item) per item."""
     p = Progress(total, desc)
     try:

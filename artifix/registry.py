@@ -51,7 +51,16 @@ def command(name: str, help: str, options: dict[str, list[str] | None] | None = 
     """Register a handler as `artifix <name>`."""
 
     def deco(fn: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help, fn, options or {}, extra)
+        COMMANDS[name] = Command(name, help, fn, with_device(options or {}), extra)
         return fn
 
     return deco
+
+
+def with_device(sections: dict[str, list[str] | None]) -> dict[str, list[str] | None]:
+    """The option sections of a command plus `[run] device`, which every command takes."""
+    out = dict(sections)
+    run_names = out.get("run", [])
+    if run_names is not None and "device" not in run_names:
+        out["run"] = [*run_names, "device"]
+    return out

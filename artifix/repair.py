@@ -30,9 +30,11 @@ import torch
 from . import __version__, defaults
 from .errors import UserError
 from .export import export_cleaned
-from .generator import LoadedGenerator, forward, images_at, latents, sample_batches
+from .generator import LoadedGenerator, forward, latents
 from .images import grid, save_png
 from .io import write_json_atomic, write_text_atomic
+from .ledger import Ledger
+from .progress import Progress, track
 from .report import table_markdown
 from .results import metric_rows
 from . import intervals
@@ -192,7 +194,7 @@ def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[tor
         idx = torch.tensor(plan.edits[layer])
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            a = torch.zeros(x.shape[1], dtype=x.dtype).index_put((idx,), params[layer].to(x.dtype))
+            a = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device).index_put((idx.to(x.device),), params[layer].to(x))
             return x * (1 - a.view(1, -1, *([1] * (x.dim() - 2))))
 
         return fn
@@ -220,15 +222,6 @@ def optimise_alpha(g: LoadedGenerator, plan: RepairPlan, score_fn: Callable[[tor
 
 
 # ------------------------------------------------------------------------------------------ measurement helpers
-
-
-def _sets(g: LoadedGenerator, edits: Mapping[str, Ablation] | None, seed: int, ids: Sequence[int] | int) -> list[np.ndarray]:
-    """uint8 image batches of samples `ids` (or 0..ids-1) with `edits` applied."""
-    with Trace(g.module, edit=dict(edits)) if edits else nullcontext():
-        if isinstance(ids, int):
-            return [im.numpy() for _, im in sample_batches(g, seed, 0, ids, 64)]
-        idx = list(ids)
-        return [images_at(g, seed, idx[s:s + 64]) for s in range(0, len(idx), 64)]
 
 
 def _rate(p: np.ndarray, thr: float, seed: int, reps: int = 1000, confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
@@ -269,55 +262,80 @@ def _inception_weights(path: str | None) -> str | None:
     return p if p and Path(p).is_file() else None
 
 
-def _compare(before: list[np.ndarray], after: list[np.ndarray], n: int, metrics: str, real: Any, seed: int,
-             inception: str | None, cache: str | None, confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
-    """Paired distribution metrics of `after` vs `before`; {} when no metric is asked (no reference data)."""
-    from .metrics import paired_compare
+def _compare(led: Ledger, ids: Sequence[int], sets: Mapping[str, Mapping[str, Ablation] | None], n: int, metrics: str, real: Any,
+             seed: int, inception: str | None, cache: str | None,
+             confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, dict[str, Any]]:
+    """Paired metrics of each edited set in `sets` against the unedited one on samples `ids` ({} each when no metric is
+    asked): every set rendered and extracted once (the feature ledger), 'before' measured once for all of them."""
+    from .metrics import get_extractor, paired_compare_many
 
+    out: dict[str, dict[str, Any]] = {name: {} for name in sets}
     if not metrics:
-        return {}
-    res = paired_compare(iter(before), iter(after), n=n, metrics=metrics, real=real, seed=seed, cache=cache, confidence=confidence)
+        return out
+    spaces = [get_extractor(None)]
     if inception and "fd" in metrics:
-        res.update(paired_compare(iter(before), iter(after), n=n, metrics="fd", features="inception", real=real, seed=seed,
-                                  inception_weights=inception, cache=cache, confidence=confidence))
-    return res
+        spaces.append(get_extractor("inception", inception_weights=inception))
+    for k, ex in enumerate(spaces):
+        pre = {"a": led.features(None, ids, ex), **{name: led.features(e, ids, ex) for name, e in sets.items()}}
+        res = paired_compare_many(led.batches(None, ids), {name: led.batches(e, ids) for name, e in sets.items()},
+                                  precomputed=pre, n=n, metrics=metrics if k == 0 else "fd", features=ex, real=real, seed=seed,
+                                  cache=cache, confidence=confidence)
+        for name in sets:
+            out[name].update(res[name])
+    return out
+
+
+def _proba(clf: Any, led: Ledger, edits: Mapping[str, Ablation] | None, ids: Sequence[int]) -> np.ndarray:
+    """The classifier's p(artifact) on a ledger set, reading the backbone features the metrics extracted."""
+    from .classifier import ArtifactClassifier, _backbone
+
+    if not isinstance(clf, ArtifactClassifier):  # any other scorer with predict_proba(images) sees the images
+        return np.asarray(clf.predict_proba(led.images(edits, ids)))
+    clf.check_extractor()
+    feats = led.features(edits, ids, _backbone(clf.features).extractor)
+    return clf.predict_proba(led.images(edits, ids), precomputed=feats)
 
 
 def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence[int]], seed: int, n: int, flagged: Sequence[int],
             clf: Any = None, real: Any = None, metrics: str = "fd,kid,swd", *, high_pool: int = 0,
             inception_weights: str | None = None, cache: str | None = None, say: Say = print,
-            confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+            confidence: float = intervals.DEFAULT_CONFIDENCE, ledger: Ledger | None = None) -> dict[str, Any]:
     """Paired before/after metrics on the same seeds for the repair and the random-unit control (random and high-activation sets)."""
+    led = ledger or Ledger(g, seed, cache)
     edits, ctrl_edits = plan.ablations(), _edits(control)
+    sets = {"after": edits, "control": ctrl_edits}
     inception = _inception_weights(inception_weights)
     subsets: dict[str, Sequence[int] | int] = {"random": n}
     if high_pool > n:
         subsets["high_activation"] = high_activation_samples(g, plan.edits, seed, n, high_pool)
     res: dict[str, Any] = {"n": n, "seed": seed, "confidence": float(confidence), "subsets": {}}
-    for name, ids in subsets.items():
-        say(f"{name} samples ({n}): sampling before, after and random control")
-        before, after, ctrl = (_sets(g, e, seed, ids) for e in (None, edits, ctrl_edits))
-        say(f"{name} samples: metrics of repair and of control vs before")
+    for name, ids in track(subsets.items(), len(subsets), "repair proof"):
+        idx = list(range(ids)) if isinstance(ids, int) else list(ids)
+        say(f"{name} samples ({n}): before, after and random control, each rendered and extracted once")
+        cmp = _compare(led, idx, sets, n, metrics, real, seed, inception, cache, confidence)
+        before, after, ctrl = ([led.images(e, idx)] for e in (None, edits, ctrl_edits))
         sub: dict[str, Any] = {"samples": ids if isinstance(ids, int) else f"top {n} of {high_pool} by the removed units' activation",
-                               "repair": _compare(before, after, n, metrics, real, seed, inception, cache, confidence),
-                               "control": _compare(before, ctrl, n, metrics, real, seed, inception, cache, confidence),
+                               "repair": cmp["after"], "control": cmp["control"],
                                "pixel_change": {"repair": pixel_change(before, after, seed, confidence),
                                                 "control": pixel_change(before, ctrl, seed, confidence)}}
         if clf is not None:
-            p = {k: clf.predict_proba(np.concatenate(v)) for k, v in (("before", before), ("after", after), ("control", ctrl))}
+            p = {k: _proba(clf, led, e, idx) for k, e in (("before", None), ("after", edits), ("control", ctrl_edits))}
             sub["artifact_rate"] = {k: _rate(v, clf.threshold, seed, confidence=confidence) for k, v in p.items()}
             sub["artifact_rate"]["repair_diff"] = paired_rate_diff(p["before"], p["after"], clf.threshold, seed, confidence=confidence)
             sub["artifact_rate"]["control_diff"] = paired_rate_diff(p["before"], p["control"], clf.threshold, seed, confidence=confidence)
         res["subsets"][name] = sub
+        if name != "random":  # the random sets stay for the caller's grids; the others are done
+            for e in (None, edits, ctrl_edits):
+                led.drop(e, idx)
     # the random-sample results also at top level (what the model card's table shows first)
     res["repair"], res["control"] = res["subsets"]["random"]["repair"], res["subsets"]["random"]["control"]
     if "artifact_rate" in res["subsets"]["random"]:
         res["artifact_rate"] = res["subsets"]["random"]["artifact_rate"]
     if clf is not None and flagged:
         ids = list(flagged)
-        res["artifact_rate_flagged"] = {k: _rate(clf.predict_proba(np.concatenate(_sets(g, e, seed, ids))), clf.threshold, seed,
-                                                 confidence=confidence)
+        res["artifact_rate_flagged"] = {k: _rate(_proba(clf, led, e, ids), clf.threshold, seed, confidence=confidence)
                                         for k, e in (("before", None), ("after", edits), ("control", ctrl_edits))}
+    res["ledger"] = {"rendered": led.renders, "extracted": led.extractions, "disk_hits": led.disk_hits}
     return res
 
 
@@ -326,35 +344,41 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
 
 def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = None, real: Any = None, metrics: str = "fd,swd",
           k_max: int | None = None, cache: str | None = None, say: Say = print,
-          confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, Any]:
+          confidence: float = intervals.DEFAULT_CONFIDENCE, ledger: Ledger | None = None) -> dict[str, Any]:
     """Remove the first 1, 2, ... units of the primary layer; stop when the next unit's paired gain is not significant.
 
     The stop rule uses the artifact rate (paired on the same seeds) when a classifier is given, else FD. Each row
     holds the cumulative metrics with intervals and the marginal change of adding that unit; `k_best` is the last k
     whose unit helped beyond its interval (0 when even the first did not).
     """
-    from .metrics import paired_compare
+    from .metrics import get_extractor, paired_compare_many
 
+    led = ledger or Ledger(g, seed, cache)
+    ex = get_extractor(None)
+    ids = list(range(n))
     order = plan.edits[plan.layer]
     k_max = len(order) if k_max is None else min(k_max, len(order))
     rows: list[dict[str, Any]] = []
-    prev = _sets(g, None, seed, n)
-    p_prev = clf.predict_proba(np.concatenate(prev)) if clf is not None else None
+    prev_edits: Mapping[str, Ablation] | None = None
+    p_prev = _proba(clf, led, None, ids) if clf is not None else None
     base_rate = _rate(p_prev, clf.threshold, seed, confidence=confidence) if clf is not None else None
     k_best, stopped = 0, None
+    bar = Progress(k_max, "k sweep")
     for k in range(1, k_max + 1):
+        bar.update()
         sub = plan.prefix(k)
-        cur = _sets(g, sub.ablations(), seed, n)
+        cur = sub.ablations()
         say(f"sweep k={k}: removing {sub.edits[plan.layer]}")
-        cmp = paired_compare(iter(prev), iter(cur), n=n, metrics=metrics, real=real, seed=seed, cache=cache,
-                             confidence=confidence) if metrics else {}
+        cmp = paired_compare_many(led.batches(prev_edits, ids), {"b": led.batches(cur, ids)}, n=n, metrics=metrics, real=real,
+                                  seed=seed, cache=cache, features=ex, confidence=confidence,
+                                  precomputed={"a": led.features(prev_edits, ids, ex), "b": led.features(cur, ids, ex)})["b"] if metrics else {}
         row: dict[str, Any] = {"k": k, "units": list(sub.edits[plan.layer]), "unit_added": int(order[k - 1])}
         for name, r in cmp.items():
             key = name.split("_")[0]
             row[key] = {"name": name, "value": r["b"], "ci": r.get("ci_b"), "marginal": r["diff"], "marginal_ci": r["ci"]}
         helped = None
         if clf is not None:
-            p_cur = clf.predict_proba(np.concatenate(cur))
+            p_cur = _proba(clf, led, cur, ids)
             d = paired_rate_diff(p_prev, p_cur, clf.threshold, seed + k, confidence=confidence)
             row["artifact_rate"] = {**_rate(p_cur, clf.threshold, seed, confidence=confidence), "marginal": d["diff"], "marginal_ci": d["ci"]}
             helped = d["ci"][1] < 0
@@ -363,13 +387,16 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
             helped = row["fd"]["marginal_ci"] is not None and row["fd"]["marginal_ci"][1] < 0
         row["helped"] = bool(helped)
         rows.append(row)
-        prev = cur
+        if prev_edits is not None:
+            led.drop(prev_edits, ids)
+        prev_edits = cur
         if helped:
             k_best = k
         else:
             stopped = k
             say(f"sweep: unit {order[k - 1]} (k={k}) did not help beyond its interval; stopping, k_best = {k_best}")
             break
+    bar.close()
     return {"layer": plan.layer, "order": list(order[:k_max]), "criterion": "artifact_rate" if clf is not None else "fd",
             "before_artifact_rate": base_rate, "rows": rows, "k_best": k_best, "stopped_at": stopped, "n": n}
 
@@ -386,10 +413,11 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
     """Remove the plan's units, write the verified cleaned generator and the proof next to it; returns the manifest."""
     t0 = time.time()
     out = Path(out_dir)
+    led = Ledger(g, seed, cache)
     sweep_res = None
     if run_sweep:
         sweep_res = sweep(g, plan, seed, sweep_n or n, clf, real, metrics="fd,swd" if metrics else "", cache=cache, say=say,
-                          confidence=confidence)
+                          confidence=confidence, ledger=led)
         k = max(sweep_res["k_best"], 1)
         if k < len(plan.edits[plan.layer]):
             dropped = plan.edits[plan.layer][k:]
@@ -411,7 +439,7 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
     say(f"cleaned generator: max |G_clean - G_hooked| = {exported.max_abs_diff:.2e} ({'exact' if exported.exact else 'TorchScript'})")
     pool = (4 * n if high_pool is None else high_pool)
     results = measure(g, plan, control, seed, n, flagged, clf, real, metrics, high_pool=pool, inception_weights=inception_weights,
-                      cache=cache, say=say, confidence=confidence)
+                      cache=cache, say=say, confidence=confidence, ledger=led)
     collateral = None
     if segmenter is not None and collateral_n > 0:
         from .dissect import concept_collateral
@@ -424,7 +452,7 @@ def repair(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, seed: i
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]
     for name, ids in (("flagged", ids_f), ("clean", ids_c)):
         if ids:
-            rows = [np.concatenate(_sets(g, e, seed, ids)) for e in (None, plan.ablations(), _edits(control))]
+            rows = [led.images(e, ids) for e in (None, plan.ablations(), _edits(control))]
             save_png(out / f"before_after_{name}.png", grid(np.concatenate(rows), ncol=len(ids), scale=2))
     manifest = {
         "artifix_version": __version__, "source": exported.input, "fingerprint_before": g.fingerprint,
@@ -516,11 +544,13 @@ def model_card(m: dict[str, Any]) -> str:
 def fd_recovery(clean: LoadedGenerator, damaged: LoadedGenerator, manifest: dict[str, Any], seed: int = 0,
                 real: Any = None, cache: str | None = None) -> dict[str, Any]:
     """Share of the FD damage (damaged vs clean generator, paired on the same seeds) that the repair and its control undo."""
-    from .metrics import paired_compare
+    from .metrics import get_extractor, paired_compare_many
 
     n = int(manifest["metrics"]["n"])
-    res = paired_compare(iter(_sets(clean, None, seed, n)), iter(_sets(damaged, None, seed, n)), n=n, metrics="fd", real=real,
-                         seed=seed, cache=cache)
+    ids, ex = list(range(n)), get_extractor(None)
+    a, b = Ledger(clean, seed, cache), Ledger(damaged, seed, cache)  # the damaged set is the repair's cached 'before'
+    res = paired_compare_many(a.batches(None, ids), {"b": b.batches(None, ids)}, n=n, metrics="fd", real=real, seed=seed,
+                              cache=cache, features=ex, precomputed={"a": a.features(None, ids, ex), "b": b.features(None, ids, ex)})["b"]
     name, damage = next(iter(res.items()))
     fixed, ctrl = manifest["metrics"]["repair"][name], manifest["metrics"]["control"][name]
     d = damage["diff"]

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import dist
+from . import devices, dist
 from .errors import UserError
 from .generator import LoadedGenerator, forward, images_at, latents, to_uint8
 from .io import sha256_json
@@ -155,15 +155,19 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # G output (N, 3, H, W) in G's
 
 def trace_batches(g: LoadedGenerator, layer: str, seed: int, indices: Sequence[int], batch: int = 64,
                   images: bool = False) -> Iterable[tuple[list[int], torch.Tensor, torch.Tensor | None]]:
-    """Yield (indices, activations at `layer`, uint8 images or None) for the given samples, stopping early without images."""
+    """Yield (indices, activations at `layer` on G's device, uint8 CPU images or None) for the given samples,
+    stopping early without images; `batch` at a time, halved on GPU out-of-memory."""
     get_layer(g.module, layer)
     idx = [int(i) for i in indices]
-    for s in range(0, len(idx), batch):
-        part = idx[s:s + batch]
+
+    def one(s: int, count: int) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
+        part = idx[s:s + count]
         z, y = latents(g.spec, seed, part)
         with torch.inference_mode(), Trace(g.module, layer, stop=not images) as t:
             out = forward(g, z, y)
-        yield part, t[layer][: len(part)], (to_uint8(out.float(), g.spec.range) if images else None)
+        return part, t[layer][: len(part)], (to_uint8(out.float(), g.spec.range) if images else None)
+
+    yield from devices.backoff(one, len(idx), batch, "unit statistics")
 
 
 def collect_stats(g: LoadedGenerator, layer: str, seed: int, n: int, batch: int = 64, start: int = 0,
@@ -179,7 +183,8 @@ def collect_stats(g: LoadedGenerator, layer: str, seed: int, n: int, batch: int 
     bar = Progress(len(mine), "unit stats")
     for part, acts, _ in trace_batches(g, layer, seed, mine, batch):
         if stats is None:
-            stats = UnitStats(layer, acts.shape[1], n, start=start, meta={"seed": seed, "fingerprint": g.fingerprint})
+            stats = UnitStats(layer, acts.shape[1], n, start=start, meta={"seed": seed, "fingerprint": g.fingerprint},
+                              device=acts.device)
         stats.update(acts, part)
         bar.update(len(part))
     bar.close()
@@ -215,7 +220,7 @@ def _stack(g: LoadedGenerator, layer: str, seed: int, indices: Sequence[int]) ->
     """Activations (B, C, h, w) and uint8 images for a small labelled set."""
     acts, imgs = [], []
     for _, a, im in trace_batches(g, layer, seed, indices, images=True):
-        acts.append(a)
+        acts.append(a.cpu())  # a small labelled set: its IoU/AUC tallies run on the CPU beside the masks
         imgs.append(im)
     return torch.cat(acts), torch.cat(imgs)
 
@@ -244,7 +249,7 @@ def first_order_effect(g: LoadedGenerator, layer: str, seed: int, indices: Seque
             score = score_fn(out.float()).sum()
             (grad,) = torch.autograd.grad(score, held["x"])
         act = held["x"].detach()[: len(part)]
-        eff = -(grad[: len(part)] * act).flatten(2).sum(2).sum(0)  # (C,) sum over samples of delta score
+        eff = -(grad[: len(part)] * act).flatten(2).sum(2).sum(0).cpu()  # (C,) sum over samples of delta score
         total = eff if total is None else total + eff
     if dist.active():
         parts = [t for t in dist.all_gather_objects(total) if t is not None]

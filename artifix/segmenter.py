@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import devices
 from .errors import UserError
 from .example import DATA_DIR
 from .scenes import CLASSES as SCENE_CLASSES
@@ -72,7 +73,7 @@ class Segmenter:
         x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
         if x.dim() != 4 or x.shape[-1] not in (1, 3):
             raise UserError(f"the segmenter needs uint8 images shaped (N, H, W, 1 or 3), got {tuple(x.shape)}.")
-        x = x.permute(0, 3, 1, 2).float().div(255.0)
+        x = x.to(devices.of(self.module)).permute(0, 3, 1, 2).float().div(255.0)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         h, w = x.shape[-2:]
@@ -86,7 +87,7 @@ class Segmenter:
                                     f"one channel per class ({len(self.classes)} class names given).")
                 if out.shape[-2:] != (h, w):
                     out = F.interpolate(out.float(), size=(h, w), mode="bilinear", align_corners=False)
-                outs.append(out.float())
+                outs.append(out.float().cpu())  # computed on the segmenter's device; logits return to the CPU
         return torch.cat(outs) if outs else torch.zeros(0, len(self.classes), h, w)
 
     def labels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -163,6 +164,7 @@ def load_segmenter(path: str | Path | None = None, classes: str | Sequence[str] 
         except RuntimeError as e:
             raise UserError(f"segmenter {p} does not fit SceneSegmenter ({str(e).splitlines()[0][:160]}).") from None
     module.eval()
+    module.to(devices.current())
     seg = Segmenter(module, tuple(names), str(p))
     try:
         seg.logits(np.zeros((1, 64, 64, 3), np.uint8))

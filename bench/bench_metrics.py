@@ -41,7 +41,7 @@ from artifix import scenes  # noqa: E402
 from artifix.metrics import features as FE  # noqa: E402
 from artifix.metrics.fd import FDReference, Moments, lapack_single_thread, trace_sqrt_product  # noqa: E402
 from artifix.metrics.swd import swd as artifix_swd  # noqa: E402
-from tests.test_metrics_swd import swd_reference  # noqa: E402
+from swd_numpy import swd_reference  # noqa: E402
 
 
 def _timed(fn, repeats=1):

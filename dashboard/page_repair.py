@@ -18,6 +18,7 @@ from artifix import session
 from artifix.errors import UserError
 from artifix.results import metric_rows, rate_row
 
+from .progress_ui import stages
 from .state import Dash
 
 
@@ -95,7 +96,7 @@ def run_repair(d: Dash, n: int, sweep: bool = False) -> dict[str, Any] | None:
     rep = st.session_state.get("last_report")  # the Units page's ranking orders the sweep, when there is one
     ranking = [int(u) for u in rep.table["unit"]] if rep is not None and getattr(rep, "layer", None) == d.layer else None
     try:
-        with st.spinner(f"repairing: exporting the cleaned generator, then {n} samples before / after / random control and their metrics"
+        with stages(f"repairing: exporting the cleaned generator, then {n} samples before / after / random control and their metrics"
                         + (", and the k sweep" if sweep else "")):
             with d.using_g() as g:
                 return session.repair_approved(g, d.layer, d.store, d.run_id, out_dir(d), seed=d.seed, n=n, clf=d.classifier(),

@@ -12,6 +12,7 @@ from artifix import session
 from artifix.images import grid, heat_overlay
 from artifix.report import unit_card
 
+from .progress_ui import stages
 from .state import Dash
 
 FIRST_COLUMNS = ["rank", "unit", "status", "combined", "causal", "iou", "auc", "prob_drop", "mask_change",
@@ -34,7 +35,7 @@ def score_report(d: Dash, compute: bool):
             (int(o["exact_top"]), float(o["collateral_weight"]), float(o["rare_rate"])))
     key = "score:" + repr(args)
     if compute or st.session_state.get("scored") == key:
-        with st.spinner("scoring units: statistics, IoU against the painted regions, exact ablations of the candidates"):
+        with stages("scoring units: statistics, IoU against the painted regions, exact ablations of the candidates"):
             rep = _score(*args, _d=d)
         st.session_state["scored"] = key
         st.session_state["last_report"] = rep

@@ -22,6 +22,7 @@ import streamlit as st
 from artifix import config, serve, session, workflow
 from artifix.profiles import Profile, profile_for
 from artifix.errors import UserError
+from .progress_ui import stages
 
 
 def resolve_settings(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -145,7 +146,7 @@ class Dash:
 
         layer = layer or self.layer
         n = int(self.opts.get("dissect_n") or 500)
-        with st.spinner(f"dissecting {layer}: matching every unit to the segmenter's classes on {n} samples "
+        with stages(f"dissecting {layer}: matching every unit to the segmenter's classes on {n} samples "
                         "(once per generator, layer and segmenter; cached on disk)"):
             return _dissection(self.g.fingerprint, layer, segmenter_id(seg), self.seed, n, self.cache, _g=self.g, _seg=seg)
 

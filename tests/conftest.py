@@ -8,6 +8,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("ARTIFIX_CACHE", str(ROOT / ".artifix-cache"))
+os.environ.setdefault("ARTIFIX_DEVICE", "cpu")  # the suite runs on the CPU; `cuda`-marked tests pick the GPU themselves
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -77,3 +78,16 @@ def _restore_main_module():
     yield
     if main is not None and sys.modules.get("__main__") is not main:
         sys.modules["__main__"] = main
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped when torch.cuda.is_available() is False)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

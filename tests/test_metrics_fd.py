@@ -6,7 +6,7 @@ import scipy.linalg
 
 from artifix.errors import UserError
 from artifix.metrics.fd import (FDReference, Moments, fd_features, fd_inf, frechet_distance, sqrtm_psd,
-                                trace_sqrt_product)
+                                trace_sqrt_product, trace_sqrt_product_features)
 
 
 def _random_cov(rng, d, rank=None):
@@ -126,3 +126,33 @@ def test_fd_inf_recovers_intercept():
     assert out["slope"] > 0
     assert abs(out["value"]) < 0.25 * out["fds"][0]
     assert out == fd_inf(x, ref, seed=0)  # seeded
+
+
+def fd_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """The textbook FD of two feature arrays: np.cov and scipy.linalg.sqrtm of the d x d product (kept as a reference)."""
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    diff = x.mean(0) - y.mean(0)
+    covmean = np.real(scipy.linalg.sqrtm(s1 @ s2))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+@pytest.mark.parametrize("n,m,d", [(40, 70, 160), (90, 90, 128), (400, 300, 64), (128, 500, 128)])
+def test_both_regimes_agree_with_the_sqrtm_reference(n, m, d):
+    # N < d: the n x m nuclear-norm route; N >= d: the d x d route; both against sqrtm of the d x d product
+    rng = np.random.default_rng(n + m + d)
+    mix = rng.standard_normal((d, d)) / np.sqrt(d)
+    x = rng.standard_normal((n, d)) @ mix
+    y = 0.8 * rng.standard_normal((m, d)) @ (mix + 0.3 * rng.standard_normal((d, d)) / np.sqrt(d)) + 0.05
+    want = fd_reference(x, y)
+    assert fd_features(x, y) == pytest.approx(want, rel=1e-6)
+    # the statistics-only route (mu, sigma without features) agrees too
+    assert frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)) == pytest.approx(want, rel=1e-6)
+
+
+def test_nuclear_norm_route_matches_the_covariance_route():
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal((50, 200)), rng.standard_normal((70, 200)) * 1.2
+    want = trace_sqrt_product(np.cov(x, rowvar=False), np.cov(y, rowvar=False))
+    assert trace_sqrt_product_features(x, y) == pytest.approx(want, rel=1e-9)
+    with pytest.raises(UserError):
+        trace_sqrt_product_features(x[:1], y)

@@ -31,6 +31,7 @@ import numpy as np
 from .. import defaults, dist
 from .. import intervals
 from ..errors import UserError
+from ..progress import Progress
 from .fd import FDReference, Moments, fd_inf as _fd_inf
 from .features import Extractor, as_uint8_nhwc, get_extractor
 from .kid import KIDPlan, RealKernelTerms, kid_terms
@@ -88,6 +89,7 @@ class FakeSamples:
         self._feats: list[np.ndarray] = []
         self.keep = keep_features
         self.swd = SWDSet(seed, swd_n) if swd_n > 0 else None
+        self.precomputed: np.ndarray | None = None  # features of the stream's images, in order (the feature ledger's)
 
     @property
     def n(self) -> int:
@@ -99,7 +101,12 @@ class FakeSamples:
 
     def _add_features(self, b: np.ndarray) -> None:
         """Extract one batch's features into the float64 moments (and the kept rows when needed)."""
-        f = self.extractor(b)
+        if self.precomputed is not None:
+            f = np.asarray(self.precomputed[self.n:self.n + len(b)])
+            if f.shape[0] != len(b):
+                raise ValueError("precomputed features are fewer than the images of the stream")
+        else:
+            f = self.extractor(b)
         if self.moments is None:
             self.moments = Moments(f.shape[1])
         self.moments.update(f)
@@ -107,17 +114,19 @@ class FakeSamples:
             self._feats.append(f.astype(np.float32))
 
     def consume(self, batches: Iterable[Any], n: int | None, progress: Callable[[str], None] | None, label: str) -> None:
-        for b in batches:
-            if n is not None and self.n >= n:
-                break
-            b = as_uint8_nhwc(b, what="generated images")
-            if n is not None:
-                b = b[: n - self.n]
-            self._add_features(b)
-            if self.swd is not None:
-                self.swd.add(b)
-            if progress:
-                progress(f"{label}: {self.n}" + (f"/{n}" if n else "") + " images")
+        with Progress(n or 0, label) as bar:
+            for b in batches:
+                if n is not None and self.n >= n:
+                    break
+                b = as_uint8_nhwc(b, what="generated images")
+                if n is not None:
+                    b = b[: n - self.n]
+                self._add_features(b)
+                if self.swd is not None:
+                    self.swd.add(b)
+                bar.update(len(b))
+                if progress:
+                    progress(f"{label}: {self.n}" + (f"/{n}" if n else "") + " images")
         if self.n < 2:
             raise UserError(f"Metrics need at least 2 {label}, got {self.n}.")
         if n is not None and self.n < n:
@@ -209,7 +218,7 @@ class _Setup:
     def __init__(self, *, real: Any, n: int | None, metrics: Any, features: Any, seed: Any, bootstrap: Any,
                  confidence: Any, kid_subsets: Any, kid_subset_size: Any, fd_inf: Any, inception_weights: Any,
                  real_n: Any, real_resize: Any, swd_n: Any, swd_bootstrap: Any, cache: Any, feature_batch: Any,
-                 progress: Callable[[str], None] | None) -> None:
+                 progress: Callable[[str], None] | None, real_class: Any = None) -> None:
         self.metrics = parse_metrics(metrics)
         self.seed = int(_opt(seed, "metrics_seed"))
         self.bootstrap = int(_opt(bootstrap, "bootstrap"))
@@ -220,6 +229,7 @@ class _Setup:
         self.swd_n = int(_opt(swd_n, "swd_n")) if "swd" in self.metrics else 0
         self.swd_bootstrap = int(_opt(swd_bootstrap, "swd_bootstrap"))
         self.real, self.real_n, self.real_resize, self.cache = real, real_n, real_resize, cache
+        self.real_class = None if real_class is None else int(real_class)
         self.n = None if n is None else int(n)
         _check_confidence(self.confidence, self.bootstrap, self.swd_bootstrap)
         if self.kid_subsets < 1 or self.kid_subset_size < 2:
@@ -240,7 +250,7 @@ class _Setup:
             real_n = n_fake
         stats = load_real(self.real, self.extractor, n=None if real_n is None else int(real_n), cache=self.cache,
                           swd_n=self.swd_n if "swd" in self.metrics else 0, resize=self.real_resize,
-                          progress=self.progress)
+                          progress=self.progress, class_id=self.real_class)
         if "kid" in self.metrics and stats.features is None:
             raise UserError("The reference statistics file holds no features, so KID cannot be computed; "
                             "recompute it or drop 'kid' from --metrics.")
@@ -266,13 +276,17 @@ def _say(progress: Callable[[str], None] | None, msg: str) -> None:
 
 
 def _fd_block(sets: list[FakeSamples], real: RealStats, counts: np.ndarray) -> tuple[list[float], np.ndarray]:
-    ref = FDReference.of(real.moments)
+    dev = sets[0].extractor.device
+    ref = FDReference.of(real.moments, None if dev.type == "cpu" else dev)  # float64 on the features' GPU, else LAPACK
     values = [ref.distance(s.moments.mean, s.moments.cov) for s in sets]
     reps = np.zeros((len(sets), counts.shape[1]))
     if counts.shape[1]:
-        for k, s in enumerate(sets):
-            p = ref.prepare(s.features)
-            reps[k] = [ref.weighted_distance(p, counts[:, b]) for b in range(counts.shape[1])]
+        with Progress(len(sets) * counts.shape[1], "FD bootstrap") as bar:
+            for k, s in enumerate(sets):
+                p = ref.prepare(s.features)
+                for b in range(counts.shape[1]):
+                    reps[k, b] = ref.weighted_distance(p, counts[:, b])
+                    bar.update()
     return values, reps
 
 
@@ -331,7 +345,8 @@ _OPTS_DOC = """
         scenes; n: number of generated images to use (default: the whole stream); metrics: 'fd,kid,swd';
     features: feature space name or an Extractor; seed: metrics seed (KID subsets, bootstrap, SWD patches
         and directions); bootstrap / swd_bootstrap: replicates (0 = no interval); confidence: e.g. 0.95;
-    real_n: reference images (default: all of a folder/array, n for the scenes); real_resize: resize a
+    real_n: reference images (default: all of a folder/array, n for the scenes); real_class: only the reference
+        images of this class (dataset.json labels); real_resize: resize a
         mixed-size folder to its first image's size; swd_n: images used for SWD; cache: cache folder;
     progress: optional callable receiving one-line status messages (for stderr).
 """
@@ -344,7 +359,8 @@ def compute_metrics(fake_batches: Iterable[Any], *, real: Any = None, n: int | N
                     inception_weights: str | os.PathLike | None = None, real_n: int | None = None,
                     real_resize: bool | None = None, swd_n: int | None = None, swd_bootstrap: int | None = None,
                     cache: str | os.PathLike | None = None, feature_batch: int | None = None,
-                    progress: Callable[[str], None] | None = None, sharded: bool = False) -> dict[str, dict[str, Any]]:
+                    progress: Callable[[str], None] | None = None, sharded: bool = False,
+                    real_class: int | None = None) -> dict[str, dict[str, Any]]:
     """Metrics of generated uint8 image batches against a reference; JSON-able.
 
     With `sharded` under torchrun, `fake_batches` is this rank's contiguous block of the stream (rank order =
@@ -358,7 +374,8 @@ def compute_metrics(fake_batches: Iterable[Any], *, real: Any = None, n: int | N
     st = _Setup(real=real, n=n, metrics=metrics, features=features, seed=seed, bootstrap=bootstrap,
                 confidence=confidence, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, fd_inf=fd_inf,
                 inception_weights=inception_weights, real_n=real_n, real_resize=real_resize, swd_n=swd_n,
-                swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress)
+                swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress,
+                real_class=real_class)
     fake = st.fake()
     if sharded and dist.active():
         fake.consume_shard(fake_batches, progress, "generated images")
@@ -389,7 +406,7 @@ def paired_compare(batches_a: Iterable[Any], batches_b: Iterable[Any], *, real: 
                    inception_weights: str | os.PathLike | None = None, real_n: int | None = None,
                    real_resize: bool | None = None, swd_n: int | None = None, swd_bootstrap: int | None = None,
                    cache: str | os.PathLike | None = None, feature_batch: int | None = None,
-                   progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+                   progress: Callable[[str], None] | None = None, real_class: int | None = None) -> dict[str, dict[str, Any]]:
     """Compare two sample sets drawn on the same seeds (a = before, b = after) against one reference.
 
     Sample i of a and sample i of b must come from the same seed. Returns per metric
@@ -397,43 +414,74 @@ def paired_compare(batches_a: Iterable[Any], batches_b: Iterable[Any], *, real: 
     difference, paired bootstrap: both sets resampled with the same indices), "ci_a", "ci_b",
     "significant" (the interval excludes 0 beyond float round-off), "p_b_better" (fraction of replicates with b < a), "n", ...}.
     """
-    st = _Setup(real=real, n=n, metrics=metrics, features=features, seed=seed, bootstrap=bootstrap,
-                confidence=confidence, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, fd_inf=fd_inf,
-                inception_weights=inception_weights, real_n=real_n, real_resize=real_resize, swd_n=swd_n,
-                swd_bootstrap=swd_bootstrap, cache=cache, feature_batch=feature_batch, progress=progress)
+    return paired_compare_many(batches_a, {"b": batches_b}, real=real, n=n, metrics=metrics, features=features, seed=seed,
+                               bootstrap=bootstrap, confidence=confidence, kid_subsets=kid_subsets,
+                               kid_subset_size=kid_subset_size, fd_inf=fd_inf, inception_weights=inception_weights,
+                               real_n=real_n, real_resize=real_resize, swd_n=swd_n, swd_bootstrap=swd_bootstrap, cache=cache,
+                               feature_batch=feature_batch, progress=progress, real_class=real_class)["b"]
+
+
+def paired_compare_many(batches_a: Iterable[Any], others: dict[str, Iterable[Any]], *,
+                        precomputed: dict[str, np.ndarray] | None = None, **opts: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """`paired_compare` of one set a against several sets b (same seeds), {name: result}: a's features, its metrics and
+    the bootstrap resamples are computed once for all of them (the repair and its random control share 'before').
+
+    `precomputed` maps "a" or a name of `others` to that set's features (N, d), in stream order (the feature ledger's),
+    which are then not extracted again; the images are still read for SWD. `opts` are paired_compare's options.
+    """
+    unknown = set(opts) - set(_SETUP_KEYS)
+    if unknown:
+        raise TypeError(f"paired_compare_many got unknown options {sorted(unknown)}")
+    progress = opts.get("progress")
+    st = _Setup(**{k: opts.get(k) for k in _SETUP_KEYS})
     st.keep = True
-    a, b = st.fake(), st.fake()
+    pre = precomputed or {}
+    a = st.fake()
+    a.precomputed = pre.get("a")
     a.consume(batches_a, st.n, progress, "images of set a")
-    b.consume(batches_b, st.n, progress, "images of set b")
-    if a.n != b.n:
-        raise UserError(f"A paired comparison needs as many images in both sets (same seeds); got {a.n} and {b.n}.")
-    raw, real = _run(st, [a, b])
-    out: dict[str, dict[str, Any]] = {}
-    for name, (ea, eb) in raw.items():
-        va, vb = float(ea["value"]), float(eb["value"])
-        ra, rb = ea.pop("reps"), eb.pop("reps")
-        if "subset_values" in ea:  # KID: the same subsets for both sets, so the difference is paired too
-            diff = float((eb.pop("subset_values") - ea.pop("subset_values")).mean())
-        else:
-            diff = vb - va
-        rd = rb - ra
-        e: dict[str, Any] = {"a": va, "b": vb, "diff": diff, **st.base(a.n, real, name)}
-        for k in ("ci_method", "bootstrap", "subsets", "subset_size", "n_swd", "ns", "metric", "extrapolated"):
-            if k in ea:
-                e[k] = ea[k]
-        if "std" in ea:
-            e["std_a"], e["std_b"] = ea["std"], eb["std"]
-        if "levels" in ea:
-            e["levels_a"], e["levels_b"] = ea["levels"], eb["levels"]
-        has_ci = bool(e.get("ci_method"))
-        e["ci"], e["se"] = _normal_ci(diff, rd, st.confidence) if has_ci else (None, None)
-        e["ci_a"], e["se_a"] = _normal_ci(va, ra, st.confidence) if has_ci else (None, None)
-        e["ci_b"], e["se_b"] = _normal_ci(vb, rb, st.confidence) if has_ci else (None, None)
-        tol = 1e-9 * max(abs(va), abs(vb))  # float round-off (e.g. other batch splits) is not a difference
-        e["significant"] = bool(e["ci"] is not None and (e["ci"][0] > tol or e["ci"][1] < -tol))
-        e["p_b_better"] = float((rd < 0).mean()) if rd.size else None
-        out[name] = e
-    return out
+    sets = [a]
+    for name, batches in others.items():
+        b = st.fake()
+        b.precomputed = pre.get(name)
+        b.consume(batches, st.n, progress, f"images of set {name}")
+        if a.n != b.n:
+            raise UserError(f"A paired comparison needs as many images in both sets (same seeds); got {a.n} and {b.n}.")
+        sets.append(b)
+    raw, real = _run(st, sets)
+    return {name: {metric: _paired_entry(st, a.n, real, metric, entries[0], entries[k + 1]) for metric, entries in raw.items()}
+            for k, name in enumerate(others)}
+
+
+_SETUP_KEYS = ("real", "n", "metrics", "features", "seed", "bootstrap", "confidence", "kid_subsets", "kid_subset_size",
+               "fd_inf", "inception_weights", "real_n", "real_resize", "swd_n", "swd_bootstrap", "cache", "feature_batch",
+               "progress", "real_class")
+
+
+def _paired_entry(st: _Setup, n: int, real: RealStats, name: str, ea: dict[str, Any], eb: dict[str, Any]) -> dict[str, Any]:
+    """One metric of a paired comparison (b - a) from the per-set entries of `_run` (not modified)."""
+    va, vb = float(ea["value"]), float(eb["value"])
+    ra, rb = ea["reps"], eb["reps"]
+    if "subset_values" in ea:  # KID: the same subsets for both sets, so the difference is paired too
+        diff = float((eb["subset_values"] - ea["subset_values"]).mean())
+    else:
+        diff = vb - va
+    rd = rb - ra
+    e: dict[str, Any] = {"a": va, "b": vb, "diff": diff, **st.base(n, real, name)}
+    for k in ("ci_method", "bootstrap", "subsets", "subset_size", "n_swd", "ns", "metric", "extrapolated"):
+        if k in ea:
+            e[k] = ea[k]
+    if "std" in ea:
+        e["std_a"], e["std_b"] = ea["std"], eb["std"]
+    if "levels" in ea:
+        e["levels_a"], e["levels_b"] = ea["levels"], eb["levels"]
+    has_ci = bool(e.get("ci_method"))
+    e["ci"], e["se"] = _normal_ci(diff, rd, st.confidence) if has_ci else (None, None)
+    e["ci_a"], e["se_a"] = _normal_ci(va, ra, st.confidence) if has_ci else (None, None)
+    e["ci_b"], e["se_b"] = _normal_ci(vb, rb, st.confidence) if has_ci else (None, None)
+    tol = 1e-9 * max(abs(va), abs(vb))  # float round-off (e.g. other batch splits) is not a difference
+    e["significant"] = bool(e["ci"] is not None and (e["ci"][0] > tol or e["ci"][1] < -tol))
+    e["p_b_better"] = float((rd < 0).mean()) if rd.size else None
+    return e
 
 
 paired_compare.__doc__ += _OPTS_DOC  # type: ignore[operator]

@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -28,9 +29,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .. import defaults
+from .. import defaults, devices
 from ..errors import UserError
 from ..io import sha256_file
+from ..progress import Progress
 
 #: Version of the preprocessing pipeline; part of every cache key (bump when the pixels fed to a network change).
 PREPROCESS_VERSION = 1
@@ -160,6 +162,19 @@ def _in_format(net: nn.Module, channels_last: bool) -> nn.Module:
     return copy.deepcopy(net).to(memory_format=torch.contiguous_format)
 
 
+_ON_DEVICE: dict[tuple[int, str], nn.Module] = {}
+
+
+def _on_device(net: nn.Module, device: torch.device) -> nn.Module:
+    """The shared CPU network itself, or one cached copy of it per other device (the CPU copy never moves)."""
+    if device.type == "cpu":
+        return net
+    key = (id(net), str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = copy.deepcopy(net).to(device)
+    return _ON_DEVICE[key]
+
+
 # --------------------------------------------------------------------------------------------- base class
 
 
@@ -176,12 +191,14 @@ class Extractor:
     size: tuple[int, int] | None = None
     net: Callable[[torch.Tensor], torch.Tensor]
 
-    def __init__(self, batch: int | None = None, channels_last: bool = True) -> None:
+    def __init__(self, batch: int | None = None, channels_last: bool = True,
+                 device: str | torch.device | None = None) -> None:
         b = defaults.get("metrics", "feature_batch") if batch is None else batch
         if int(b) < 0:
             raise UserError(f"feature_batch must be a positive number of images (or 0 = auto), got {b}.")
         self._batch = int(b)
         self.channels_last = channels_last
+        self.device = devices.resolve(device) if device is not None else devices.current()
 
     @property
     def batch(self) -> int:
@@ -209,17 +226,24 @@ class Extractor:
         """uint8 images -> the float32 NCHW batch the network sees."""
         arr = as_uint8_nhwc(images)
         size = self.size or arr.shape[1:3]
-        x = self._normalise(torch.from_numpy(resize_uint8(arr, size)))
+        x = self._normalise(torch.from_numpy(resize_uint8(arr, size)).to(self.device))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _forward(self, arr: np.ndarray) -> np.ndarray:
+        """Float32 features (n, dim) of one batch, computed on the extractor's device and returned on the CPU."""
+        f = self.net(self.preprocess(arr))
+        return f.reshape(f.shape[0], -1).float().cpu().numpy()
+
     def __call__(self, images: Any) -> np.ndarray:
-        """Features of one array of images, computed `self.batch` images at a time; float32 (N, dim)."""
+        """Features of one array of images, `self.batch` images at a time (halved on GPU OOM); float32 (N, dim)."""
         arr = as_uint8_nhwc(images)
         outs = []
-        with torch.inference_mode():
-            for s in range(0, arr.shape[0], self.batch):
-                f = self.net(self.preprocess(arr[s : s + self.batch]))
-                outs.append(f.reshape(f.shape[0], -1).float().numpy())
+        multi = arr.shape[0] > self.batch  # a bar for whole sets; streams of single batches have their own
+        with torch.inference_mode(), Progress(arr.shape[0], f"features ({self.tag})") if multi else nullcontext() as bar:
+            for f in devices.backoff(lambda s, k: self._forward(arr[s : s + k]), arr.shape[0], self.batch, "features"):
+                outs.append(f)
+                if bar is not None:
+                    bar.update(f.shape[0])
         if not outs:
             return np.zeros((0, self.dim), np.float32)
         return np.concatenate(outs)
@@ -286,12 +310,13 @@ class EffNetLite0(Extractor):
 
     name, tag, dim, size = "effnet-lite0", "effnetl0", 1280, (224, 224)
 
-    def __init__(self, batch: int | None = None, channels_last: bool = True, fold_bn: bool = True, **_: Any) -> None:
-        super().__init__(batch, channels_last)
+    def __init__(self, batch: int | None = None, channels_last: bool = True, fold_bn: bool = True,
+                 device: str | torch.device | None = None, **_: Any) -> None:
+        super().__init__(batch, channels_last, device)
         net, self._sha = _effnet_module(bool(fold_bn))
-        self.net = _in_format(net, channels_last)
-        self._mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1) * 255.0
+        self.net = _on_device(_in_format(net, channels_last), self.device)
+        self._mean = (torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1) * 255.0).to(self.device)
+        self._std = (torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1) * 255.0).to(self.device)
 
     def _weights_id(self) -> dict[str, Any]:
         return {"weights_sha256": self._sha}
@@ -513,11 +538,12 @@ class Inception(Extractor):
     name, tag, dim, size = "inception", "inception", 2048, (299, 299)
 
     def __init__(self, inception_weights: str | os.PathLike | None = None, batch: int | None = None,
-                 channels_last: bool = True, fold_bn: bool = True, **_: Any) -> None:
-        super().__init__(batch, channels_last)
+                 channels_last: bool = True, fold_bn: bool = True, device: str | torch.device | None = None,
+                 **_: Any) -> None:
+        super().__init__(batch, channels_last, device)
         path = inception_weights_path(inception_weights or defaults.get("metrics", "inception_weights"))
         net, self._sha = _inception_module(str(path.resolve()), bool(fold_bn))
-        self.net = _in_format(net, channels_last)
+        self.net = _on_device(_in_format(net, channels_last), self.device)
 
     def _weights_id(self) -> dict[str, Any]:
         return {"weights_sha256": self._sha}
@@ -538,8 +564,9 @@ class TorchScriptFeatures(Extractor):
     name = "torchscript"
 
     def __init__(self, path: str | os.PathLike, batch: int | None = None, channels_last: bool = True,
-                 torchscript_size: int | None = None, torchscript_range: str | None = None, **_: Any) -> None:
-        super().__init__(batch, channels_last)
+                 torchscript_size: int | None = None, torchscript_range: str | None = None,
+                 device: str | torch.device | None = None, **_: Any) -> None:
+        super().__init__(batch, channels_last, device)
         p = Path(path).expanduser()
         if not p.is_file():
             raise UserError(f"TorchScript feature network not found: {p} (use 'torchscript:PATH' with an existing file).")
@@ -559,7 +586,7 @@ class TorchScriptFeatures(Extractor):
         except Exception as e:  # noqa: BLE001 - the user's file
             raise UserError(f"{p} is not a TorchScript file torch.jit.load can read ({type(e).__name__}); "
                             "save your network with torch.jit.script(net).save(path) or torch.jit.trace.") from None
-        self.net = net.eval()
+        self.net = net.eval().to(self.device)
         if self.size is not None:
             self.dim = int(self(np.zeros((1, *self.size, 3), np.uint8)).shape[1])
 

@@ -9,7 +9,9 @@ features themselves (KID) and an SWD sample. Sources:
   to RGB); all images must have one size unless `real_resize` is set (then each is resized to the first
   image's size with PIL bicubic);
 - a .npz (or .npy) uint8 array, NHWC or NCHW (a .npz with several arrays must name it `images`);
-- a statistics .npz written by `save_stats` (or found in the cache): used as is.
+- a statistics .npz written by `save_stats` (or found in the cache): used as is;
+- a StyleGAN `dataset_tool` .zip archive, a pytorch-fid / clean-fid `mu`/`sigma` .npz, and per-class
+  selection (`class_id`) by `dataset.json` labels in a zip or beside a folder: see `formats.py`.
 
 Statistics are cached in `<cache>/metrics/real-<key>.npz`, written atomically, where key is a SHA-256
 of the data's content (pixels of rendered scenes, bytes of every file, bytes of the array) + the
@@ -33,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from .. import defaults
 from ..errors import UserError
 from ..io import atomic_path, sha256_json
+from . import formats
 from .features import Extractor, as_uint8_nhwc
 from .fd import Moments
 from .swd import SWDSet
@@ -164,8 +167,11 @@ def _open_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         raise UserError(f"{path} is not a readable image ({type(e).__name__}); remove it from the reference folder.") from None
 
 
-def _folder_source(folder: Path, n: int | None, resize: bool) -> Source:
+def _folder_source(folder: Path, n: int | None, resize: bool, class_id: int | None = None) -> Source:
     files = _image_files(folder)
+    if class_id is not None:  # dataset.json labels beside the images, keyed by relative path
+        rel = {p.relative_to(folder).as_posix(): p for p in files}
+        files = [rel[r] for r in formats.select_class(list(rel), formats.folder_labels(folder), class_id, str(folder))]
     if n is not None:
         files = files[:n]
     sizes: dict[tuple[int, int], Path] = {}
@@ -194,8 +200,23 @@ def _folder_source(folder: Path, n: int | None, resize: bool) -> Source:
             h.update(hashlib.sha256(p.read_bytes()).digest())
         return h.hexdigest()
 
-    return Source({"kind": "folder", "path": str(folder), "n": len(files), "resized": bool(resize and len(sizes) > 1)},
-                  content, batches, len(files))
+    return Source({"kind": "folder", "path": str(folder), "n": len(files), "resized": bool(resize and len(sizes) > 1),
+                   **({"class": class_id} if class_id is not None else {})}, content, batches, len(files))
+
+
+def _zip_source(path: Path, n: int | None, resize: bool, class_id: int | None) -> Source:
+    z = formats.zip_images(path, n, resize, class_id)
+    describe = {"kind": "zip", "path": str(path), "n": len(z.names), "resized": z.resized,
+                **({"class": class_id} if class_id is not None else {})}
+    return Source(describe, z.content, z.batches, len(z.names))
+
+
+def _mu_sigma_stats(path: Path, extractor: Extractor) -> RealStats:
+    """RealStats holding only the Gaussian of a pytorch-fid / clean-fid file (FD only), in the Inception space."""
+    formats.check_mu_sigma_space(path, extractor.name, extractor.dim)
+    mu, sigma, n = formats.read_mu_sigma(path)
+    fp = {**extractor.fingerprint(), "from": "mu_sigma"}
+    return RealStats(formats.GaussianMoments(mu, sigma, n), None, None, fp, formats.mu_sigma_source(path))
 
 
 def _is_stats_file(path: Path) -> bool:
@@ -293,10 +314,12 @@ def compute_stats(batches: Iterator[np.ndarray], extractor: Extractor, *, featur
 
 def load_real(real: str | os.PathLike | RealStats | None, extractor: Extractor, *, n: int | None = None,
               cache: str | os.PathLike | None = None, swd_n: int | None = None, resize: bool | None = None,
-              use_cache: bool = True, progress: Callable[[str], None] | None = None) -> RealStats:
+              use_cache: bool = True, progress: Callable[[str], None] | None = None,
+              class_id: int | None = None) -> RealStats:
     """Reference statistics for `real` in `extractor`'s feature space, from the cache when possible.
 
     n: how many reference images (default: all of a folder/array; required for the default scenes).
+    class_id: only the images of this class (dataset.json labels of a zip archive or folder).
     swd_n: how many reference images to keep for SWD (default: the `swd_n` option; 0 = none).
     """
     if isinstance(real, RealStats):
@@ -312,18 +335,25 @@ def load_real(real: str | os.PathLike | RealStats | None, extractor: Extractor, 
     else:
         path = Path(real).expanduser()
         if not path.exists():
-            raise UserError(f"Reference data not found: {path} (give an image folder, a .npz/.npy uint8 array or a statistics .npz).")
+            raise UserError(f"Reference data not found: {path} (give an image folder, a .zip archive, a .npz/.npy uint8 array "
+                        "or a statistics .npz).")
+        _check_class(path, class_id)
         if path.is_dir():
-            src = _folder_source(path, n, resize)
+            src = _folder_source(path, n, resize, class_id)
+        elif formats.is_zip_archive(path):
+            src = _zip_source(path, n, resize, class_id)
         elif _is_stats_file(path):
             stats = load_stats(path)
             _check_fingerprint(stats, extractor, path)
             stats.source.setdefault("path", str(path))
             return stats
+        elif formats.is_mu_sigma(path):
+            return _mu_sigma_stats(path, extractor)
         elif path.suffix.lower() in (".npz", ".npy"):
             src = _array_source(path, n)
         else:
-            raise UserError(f"Reference {path} is neither a folder of images, a .npz/.npy array nor a statistics .npz.")
+            raise UserError(f"Reference {path} is neither a folder of images, a .zip archive of images, a .npz/.npy array "
+                        "nor a statistics .npz (artifix's, or pytorch-fid/clean-fid mu/sigma).")
     key = sha256_json({"data": src.content(), "n": src.count, "features": extractor.fingerprint(),
                        "swd": {"n": swd_n, "seed": REAL_PATCH_SEED}, "version": STATS_VERSION})
     path = cache_dir(cache) / "metrics" / f"real-{key[:24]}.npz"
@@ -342,21 +372,39 @@ def load_real(real: str | os.PathLike | RealStats | None, extractor: Extractor, 
     return stats
 
 
-def check_real(real: str | os.PathLike | None, *, n: int | None = None, resize: bool | None = None) -> None:
+def _check_class(path: Path, class_id: int | None) -> None:
+    if class_id is not None and not (path.is_dir() or formats.is_zip_archive(path)):
+        raise UserError(f"--real-class selects images by dataset.json labels, which only a folder or a zip archive has, "
+                        f"not {path}; drop --real-class.")
+
+
+def check_real(real: str | os.PathLike | None, *, n: int | None = None, resize: bool | None = None,
+               features: str | None = None, class_id: int | None = None) -> None:
     """Validate reference data cheaply (UserError) before any sampling or feature extraction.
 
-    A folder's image headers (readable, one size unless `resize`), an array file's zip directory and array
-    header (present, 4-D uint8), or a statistics file's readability; nothing is extracted or written.
+    A folder's or zip archive's image headers (readable, one size unless `resize`; the class's labels when
+    `class_id`), an array file's zip directory and array header (present, 4-D uint8), a statistics file's
+    readability, a mu/sigma file's shapes and, given `features`, its feature space; nothing is extracted or written.
     """
     if real is None or str(real) == "":
         return
     path = Path(real).expanduser()
     if not path.exists():
-        raise UserError(f"Reference data not found: {path} (give an image folder, a .npz/.npy uint8 array or a statistics .npz).")
+        raise UserError(f"Reference data not found: {path} (give an image folder, a .zip archive, a .npz/.npy uint8 array "
+                        "or a statistics .npz).")
+    resize = bool(defaults.get("metrics", "real_resize") if resize is None else resize)
+    _check_class(path, class_id)
     if path.is_dir():
-        _folder_source(path, n, bool(defaults.get("metrics", "real_resize") if resize is None else resize))
+        _folder_source(path, n, resize, class_id)
+    elif formats.is_zip_archive(path):
+        formats.zip_images(path, n, resize, class_id)
     elif _is_stats_file(path):
         load_stats(path)
+    elif formats.is_mu_sigma(path):
+        name = str(features or defaults.get("metrics", "features"))
+        formats.read_mu_sigma(path)
+        if name != formats.MU_SIGMA_SPACE:
+            formats.check_mu_sigma_space(path, name, 0)
     elif path.suffix.lower() in (".npz", ".npy"):
         shape, dtype = _array_header(path)
         if len(shape) != 4:
@@ -364,7 +412,8 @@ def check_real(real: str | os.PathLike | None, *, n: int | None = None, resize: 
         if dtype != np.uint8:
             raise UserError(f"{path} holds {dtype} values; the reference array must be uint8 in [0, 255].")
     else:
-        raise UserError(f"Reference {path} is neither a folder of images, a .npz/.npy array nor a statistics .npz.")
+        raise UserError(f"Reference {path} is neither a folder of images, a .zip archive of images, a .npz/.npy array "
+                        "nor a statistics .npz (artifix's, or pytorch-fid/clean-fid mu/sigma).")
 
 
 def _array_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:

@@ -26,8 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import UserError
+from ..progress import Progress
 
 PATCH = 7
 PATCHES_PER_IMAGE = 128
@@ -54,42 +57,63 @@ def num_levels(h: int, w: int) -> int:
 
 
 _TAPS = (_BINOMIAL / 16.0).astype(np.float32)
+_TAPS_T = torch.from_numpy(_TAPS)
+
+
+def _blur_t(x: torch.Tensor, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
+    """Separable 5x5 binomial blur of (N, C, H, W) float32 with mirror borders (no edge repeat), keeping every
+    `stride`-th output pixel (the taps run only where outputs are kept)."""
+    n, c, h, w = x.shape
+    k = _TAPS_T * gain if gain != 1.0 else _TAPS_T
+    p = F.pad(x.reshape(n * c, 1, h, w), (2, 2, 2, 2), mode="reflect")
+    p = F.conv2d(p, k.view(1, 1, 5, 1), stride=(stride, 1))
+    p = F.conv2d(p, _TAPS_T.view(1, 1, 1, 5), stride=(1, stride))
+    return p.reshape(n, c, p.shape[2], p.shape[3])
 
 
 def _blur(x: np.ndarray, gain: float = 1.0) -> np.ndarray:
     """Separable 5x5 binomial blur of (N, C, H, W) float32 with mirror borders (no edge repeat)."""
-    p = np.pad(x, ((0, 0), (0, 0), (2, 2), (0, 0)), mode="reflect")
-    h = x.shape[2]
-    v = _TAPS[0] * p[:, :, 0:h] + _TAPS[1] * p[:, :, 1 : h + 1] + _TAPS[2] * p[:, :, 2 : h + 2] \
-        + _TAPS[3] * p[:, :, 3 : h + 3] + _TAPS[4] * p[:, :, 4 : h + 4]
-    p = np.pad(v, ((0, 0), (0, 0), (0, 0), (2, 2)), mode="reflect")
-    w = x.shape[3]
-    out = _TAPS[0] * p[..., 0:w] + _TAPS[1] * p[..., 1 : w + 1] + _TAPS[2] * p[..., 2 : w + 2] \
-        + _TAPS[3] * p[..., 3 : w + 3] + _TAPS[4] * p[..., 4 : w + 4]
-    return out * np.float32(gain) if gain != 1.0 else out
+    return _blur_t(torch.from_numpy(np.ascontiguousarray(x, np.float32)), gain).numpy()
+
+
+def _down_t(x: torch.Tensor) -> torch.Tensor:
+    return _blur_t(x, stride=2)
+
+
+def _up_t(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    n, c, h, w = x.shape
+    up = x.new_zeros((n, c, 2 * h, 2 * w))
+    up[:, :, ::2, ::2] = x
+    return _blur_t(up, 4.0)[:, :, : shape[0], : shape[1]]
 
 
 def pyr_down(x: np.ndarray) -> np.ndarray:
     """Blur with the 5x5 binomial filter (mirror borders) and keep every second pixel."""
-    return _blur(x)[:, :, ::2, ::2]
+    return _down_t(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
 
 def pyr_up(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Insert zeros between pixels, blur with 4x the filter, crop to `shape` (h, w)."""
-    n, c, h, w = x.shape
-    up = np.zeros((n, c, 2 * h, 2 * w), np.float32)
-    up[:, :, ::2, ::2] = x
-    return _blur(up, 4.0)[:, :, : shape[0], : shape[1]]
+    return _up_t(torch.from_numpy(np.ascontiguousarray(x, np.float32)), shape).numpy()
+
+
+def _pyramid_t(x: torch.Tensor, levels: int, only: int | None = None) -> list[torch.Tensor | None]:
+    """Laplacian levels of float32 NCHW `x` (torch); with `only`, just that level is computed (others None)."""
+    top = levels if only is None else min(only + 2, levels)
+    gauss = [x]
+    for _ in range(1, top):
+        gauss.append(_down_t(gauss[-1]))
+    want = range(levels) if only is None else [only]
+    out: list[torch.Tensor | None] = [None] * levels
+    for i in want:
+        out[i] = gauss[i] - _up_t(gauss[i + 1], gauss[i].shape[2:]) if i < levels - 1 else gauss[i]
+    return out
 
 
 def laplacian_pyramid(x: np.ndarray, levels: int) -> list[np.ndarray]:
     """Band-pass levels (float32 NCHW) from full resolution down, the last being the low-pass residual."""
-    pyr = [np.asarray(x, np.float32)]
-    for _ in range(1, levels):
-        pyr.append(pyr_down(pyr[-1]))
-    for i in range(levels - 1):
-        pyr[i] = pyr[i] - pyr_up(pyr[i + 1], pyr[i].shape[2:])
-    return pyr
+    with torch.inference_mode():
+        return [t.numpy() for t in _pyramid_t(torch.from_numpy(np.ascontiguousarray(x, np.float32)), levels)]
 
 
 # --------------------------------------------------------------------------------------------- seeded choices
@@ -136,8 +160,9 @@ def descriptors(images: np.ndarray, index: np.ndarray, seed: int, levels: int,
     `index` holds the images' positions in their stream (they seed the patch centres). With `only`,
     just that level is returned (as a one-element list).
     """
-    x = images.transpose(0, 3, 1, 2).astype(np.float32)
-    pyr = laplacian_pyramid(x, levels if only is None else min(only + 2, levels))
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    with torch.inference_mode():
+        pyr = [None if t is None else t.numpy() for t in _pyramid_t(x, levels, only)]
     out = []
     n = images.shape[0]
     off = np.arange(PATCH) - PATCH // 2
@@ -336,7 +361,9 @@ def swd_compare(sets: Sequence[SWDSet], real: SWDSet, seed: int, counts: np.ndar
         raise ValueError(f"counts must have {n} rows (one per SWD image)")
     per_level = np.zeros((len(sets), levels))
     boot = np.zeros((len(sets), B))
+    bar = Progress(levels * (1 + B), "SWD")
     for lvl in range(levels):
+        bar.update()
         dirs = directions(seed, lvl)
         r = real.level(lvl, n)
         r_dp, r_k = _projector(dirs, *channel_stats(*channel_sums(r)))
@@ -361,6 +388,8 @@ def swd_compare(sets: Sequence[SWDSet], real: SWDSet, seed: int, counts: np.ndar
                 dp, kk = _projector(d0, *channel_stats(*sums[k], weights=counts[:, b]))
                 ps = _sorted_projections(desc, dp, kk, reps)
                 boot[k, b] += float(np.abs(ps - first_real).mean(axis=1, dtype=np.float64).mean()) / levels
+            bar.update()
+    bar.close()
     per_level *= 1e3
     boot *= 1e3
     return [{"value": float(per_level[k].mean()), "levels": [float(v) for v in per_level[k]], "n": n,
