@@ -228,12 +228,12 @@ def score_run(ctx: Context, g, layer: str, store, run_id: int, clf=None, use_cac
     o = ctx.opts
     stats = W.unit_stats(g, layer, o["seed"], o["stats_n"], o.get("cache"), use_cache)
     report = W.score_run(g, layer, store, run_id, stats, seed=o["seed"], clf=clf, exact_top=o["exact_top"],
-                   collateral_weight=o["collateral_weight"], rare_rate=o["rare_rate"], say=ctx.say)
+                   collateral_weight=o["collateral_weight"], rare_rate=o["rare_rate"], say=ctx.say, high_q=int(o.get("high_q") or 0))
     return report, stats
 
 
 @command("score", "rank the units of a layer that cause the flagged artifacts (IoU@IQR, AUC, causal effect, priors)",
-         {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": None,
+         {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": None, "select": ["high_q"],
           "classify": ["classifier"], "run": ["out", "cache", "threads"]})
 def cmd_score(ctx: Context) -> dict[str, Any]:
     from .io import write_json_atomic, write_text_atomic
@@ -252,14 +252,18 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
         return None
     top = report.table.head(o["top"])
     rows = top.to_dict("records")
+    captions = ({int(r.unit): f"unit {int(r.unit)}: its top-{o['high_q']} samples' mean p(artifact) {r.high_prob_raw:.2f} "
+                 f"(layer average {report.table.high_prob_raw.mean():.2f})" for r in top.itertuples()}
+                if "high_prob_raw" in top else None)
     with output_folder(out, owns=["unit_scores.csv", "unit_scores.json", "cards"], command="score") as folder:
         write_text_atomic(folder.path / "unit_scores.csv", report.table.to_csv(index=False))
         write_json_atomic(folder.path / "unit_scores.json", {"layer": layer, "components": report.components,
                                                              "units": report.table.to_dict("records")})
-        cards = folder.final(unit_cards(g, stats, [int(u) for u in top.unit], o["seed"], folder.path / "cards"))
+        cards = folder.final(unit_cards(g, stats, [int(u) for u in top.unit], o["seed"], folder.path / "cards",
+                                        captions=captions))
     W.propose_top(store, run_id, report.table, o["top"])
     if not ctx.json:
-        cols = ["rank", "unit"] + [c for c in ("combined", "causal", "iou", "auc", "firing_rate") if c in top]
+        cols = ["rank", "unit"] + [c for c in ("combined", "causal", "iou", "auc", "high", "high_prob_raw", "firing_rate") if c in top]
         ctx.say(top[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         ctx.say(f"scored {len(report.table)} units of {layer} from {report.n_flagged} flagged / {report.n_clean} clean samples "
                 f"({report.n_masks} painted); table in {out}/unit_scores.csv, cards in {out}/cards/")
@@ -388,7 +392,7 @@ def maybe_bundled_review(ctx: Context, g, store, run_id: int, layer: str) -> boo
 @command("repair", "remove the approved units, prove the gain against a random-unit control, write a cleaned generator",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "score": None, "repair": None,
           "classify": ["classifier"], "metrics": ["real", "inception_weights", "confidence"], "dissect": ["segmenter", "segmenter_classes"],
-          "run": ["out", "cache", "threads"]})
+          "select": ["unit_set"], "run": ["out", "cache", "threads"]})
 def cmd_repair(ctx: Context) -> dict[str, Any]:
     from .repair import combine, plan_auto, plan_from_store, repair, sequential_auto
     from .scoring import trace_batches
@@ -398,6 +402,13 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
     g = load(ctx)
     require_hooks(g, "repair")
     primary = default_layer(ctx, g)
+    set_plan = unit_set = None
+    if o.get("unit_set"):  # 'artifix select' chose the units and proposes their layer
+        from .commands_natural import plan_from_set
+
+        set_plan, unit_set = plan_from_set(o["unit_set"], g)
+        ctx.say(f"set selection proposes layer {set_plan.layer} (of {', '.join(r['layer'] for r in unit_set['rows'])}): "
+                f"removing units {set_plan.edits[set_plan.layer]}")
     layers = [l.strip() for l in str(o["layers"]).split(",") if l.strip()] if o["layers"] else [primary]
     for layer in layers:
         get_layer(g.module, layer)
@@ -438,7 +449,9 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
         report, _ = score_run(ctx, g, layer, store, run_id, clf, use_cache=not earlier)
         return [int(u) for u in report.table.unit]
 
-    if o["auto"]:
+    if set_plan is not None:
+        plan = set_plan
+    elif o["auto"]:
         plan = sequential_auto(g, layers, o["k"], ranking, ctx.say) if len(layers) > 1 else plan_auto(ranking(primary), primary, o["k"])
     else:
         plans = []
@@ -448,6 +461,7 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
             plans.append(plan_from_store(st, rid, layer, ranking(layer) if o["sweep"] and layer == layers[0] else None))
         plan = combine(plans)
     flagged, clean = flagged_and_clean(store, run_id)
+    channels = {l: next(iter(trace_batches(g, l, o["seed"], [0])))[1].shape[1] for l in plan.layers}
     high_pool = 4 * n if o["high_pool"] is None else o["high_pool"]
     segmenter = W.segmenter_for(profile, o.get("segmenter"), o.get("segmenter_classes"))
     if measures.sentence():
@@ -457,6 +471,15 @@ def cmd_repair(ctx: Context) -> dict[str, Any]:
                       high_pool=high_pool, optimise=o["optimise_alpha"], run_sweep=o["sweep"], sweep_n=o["sweep_n"],
                       inception_weights=o.get("inception_weights"), segmenter=segmenter, collateral_n=o["collateral_n"],
                       cache=o.get("cache"), say=ctx.say)
+    if unit_set is not None:
+        from .io import write_json_atomic
+
+        from .io import write_text_atomic
+        from .repair import model_card
+
+        manifest["set_selection"] = {k: unit_set.get(k) for k in ("proposed_layer", "rows", "selections", "classifier")}
+        write_json_atomic(out / "manifest.json", manifest)
+        write_text_atomic(out / "MODEL_CARD.md", model_card(manifest))
     ctx.say(f"wrote the cleaned generator, manifest.json, MODEL_CARD.md and report.md to {out}/")
     return manifest
 
@@ -667,7 +690,7 @@ def cmd_stats(ctx: Context) -> dict[str, Any]:
 DASHBOARD_OPTIONS = {"generator": None, "sample": ["seed", "start", "layer"], "labels": None, "score": None,
                      "classify": ["classifier", "review_k"], "repair": ["repair_n", "sweep", "sweep_n", "high_pool"],
                      "metrics": ["real", "inception_weights"], "dissect": ["segmenter", "segmenter_classes", "dissect_n", "ace_units"],
-                     "run": ["out", "cache", "threads"], "dashboard": None}
+                     "run": ["out", "cache", "threads"], "dashboard": None, "ab": ["study", "ab_key"]}
 
 
 @command("dashboard", "start the review dashboard (Streamlit) on the bundled example or your run; localhost only by default",

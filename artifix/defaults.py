@@ -190,6 +190,24 @@ OPTIONS: tuple[Option, ...] = (
            "measure the candidate and write the report without judging it (to store as a baseline report)", _bool, flag=True),
 
 
+    # -- set selection and layer comparison (artifix/selection.py, 'artifix select')
+    Option("select", "select_layers", None, "layers to compare: 'all' (every ReLU layer) or a comma list (default: --layer)"),
+    Option("select", "pool", 16, "candidate units per layer (the best by flagged-vs-clean AUC of the spatial max)", int),
+    Option("select", "max_units", 10, "most units the set selection may choose per layer", int),
+    Option("select", "pair_pool", 8, "when no single unit helps, every pair of this many best candidates is tried", int),
+    Option("select", "select_weight", 1.0, "weight of the clean samples' mean pixel change against the flagged samples' artifact drop", float),
+    Option("select", "select_flagged", 40, "flagged (and as many clean) samples the selection evaluates (0 = all)", int),
+    Option("select", "high_q", 0, "per-unit high-activation score: top-q samples per unit (0 = off; 'artifix score' and 'select')", int),
+    Option("select", "unit_set", None, "repair: remove the unit set (and use the layer) that 'artifix select' wrote to this unit_set.json"),
+    # -- blind A/B preference study (artifix/ab.py, 'artifix ab')
+    Option("ab", "manifest", None, "the repair's manifest.json (its edits and random-unit control)"),
+    Option("ab", "study", "artifix-ab", "the A/B study folder a reviewer sees"),
+    Option("ab", "ab_key", None, "the study's key file (default: <study>-key.json next to the folder)"),
+    Option("ab", "ab_n", 40, "before/after pairs of the repair", int),
+    Option("ab", "ab_control_n", 20, "before/after pairs of the random-unit control, mixed in blind", int),
+    Option("ab", "ab_pool", 1000, "samples from which each edit's high-activation pairs are drawn", int),
+    Option("ab", "ab_seed", 0, "seed of the pair order and sides", int),
+
     # -- dashboard (dashboard/app.py, started by 'artifix dashboard')
     Option("dashboard", "host", "127.0.0.1", "address the dashboard binds to (localhost only by default; 0.0.0.0 exposes it)"),
     Option("dashboard", "port", 8501, "port of the dashboard", int),

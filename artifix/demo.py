@@ -66,6 +66,9 @@ def _run_demo_into(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, Any
     g = load_generator()
     say(f"[1/6] example generator {g.fingerprint}: sampling a grid")
     save_png(out / "samples.png", grid(sample(g, cfg.seed, 0, 64), scale=2))
+    from .demo_natural import natural_story
+
+    natural = natural_story(g, out, say)  # part 1: the example's own defects; the planted story below is part 2
 
     if cfg.planted_units is None:
         pool = low_impact_units(g, PlantedSite(relu=cfg.layer))
@@ -136,9 +139,10 @@ def _run_demo_into(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, Any
         "flagged": len(review.artifact), "clean": len(review.clean), "painted": len(review.masks), "label_counts": counts,
         "ranking_top": ranking[: 2 * k], "recall_at_k": recall, "random_recall_at_k": random_recall, "random_units": random_units,
         "approved": approved, "metrics": metrics, "seconds": round(time.time() - t0, 1),
+        "natural": {k: v for k, v in natural.items() if k != "markdown"},
     }
     write_json_atomic(out / "summary.json", summary)
-    md = ["# artifix demo report", "",
+    md = ["# artifix demo report", "", *natural["markdown"],
           f"Generator: bundled example `{g.fingerprint}` with {k} planted artifact units in `{cfg.layer}`: {list(cfg.planted_units)}.", "",
           "## Samples", "", "Example GAN | with planted artifact units", "---|---", "![](samples.png) | ![](planted_samples.png)", "",
           f"## Review: {len(review.artifact)} flagged (all painted), {len(review.clean)} clean", "",

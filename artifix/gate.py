@@ -3,7 +3,7 @@
 A criterion names a metric, the direction that is better, a threshold, a required confidence and a tier:
 
     [[gate.criteria]]
-    metric = "kid"            # fd | fid | kid | swd | artifact_rate | units_removed
+    metric = "kid"            # fd | fid | kid | swd | artifact_rate | units_removed | preference
     against = "baseline"      # "baseline" (threshold = allowed worsening) or "absolute" (threshold = limit)
     threshold = 0.01          # a number, or "5%" of the baseline's value (against = "baseline" only)
     direction = "lower"       # which way is better (all built-in metrics: lower)
@@ -61,12 +61,12 @@ from .verdict import gate_verdict
 
 FORMAT = "artifix-gate-report"
 FORMAT_VERSION = 1
-GATE_METRICS = ("fd", "fid", "kid", "swd", "artifact_rate", "units_removed")
+GATE_METRICS = ("fd", "fid", "kid", "swd", "artifact_rate", "units_removed", "preference")
 DIRECTIONS = ("lower", "higher")
 TIERS = ("fail", "warn")
 AGAINST = ("baseline", "absolute")
 CRITERION_KEYS = ("name", "metric", "against", "threshold", "direction", "confidence", "tier", "classifier",
-                  "manifest", "tolerance")
+                  "manifest", "tolerance", "ab")
 REPORT_NAME, JUNIT_NAME, SUMMARY_NAME = "gate-report.json", "junit.xml", "summary.md"
 FOREST_NAME = "forest.png"
 _DIST_METRICS = ("fd", "fid", "kid", "swd")
@@ -87,6 +87,7 @@ class Criterion:
     classifier: str | None = None  # artifact_rate
     manifest: str | None = None  # units_removed
     tolerance: float = 1.0  # units_removed: pixel levels (of 255) a change must exceed
+    ab: str | None = None  # preference: an 'artifix ab report --json' result or a manifest.json holding one
 
     @property
     def key(self) -> str:
@@ -95,6 +96,8 @@ class Criterion:
             return f"artifact_rate[{Path(self.classifier or '').as_posix()}]"
         if self.metric == "units_removed":
             return f"units_removed[{Path(self.manifest or '').as_posix()}]"
+        if self.metric == "preference":
+            return f"preference[{Path(self.ab or '').as_posix()}]"
         return self.metric
 
 
@@ -126,21 +129,24 @@ def parse_criteria(raw: Any, confidence: float, classifier: str | None) -> list[
         metric = c.get("metric")
         if metric not in GATE_METRICS:
             raise _bad(where, f"metric must be one of {', '.join(GATE_METRICS)}, got {metric!r}.")
-        direction = c.get("direction", "lower")
+        direction = c.get("direction", "higher" if metric == "preference" else "lower")
         if direction not in DIRECTIONS:
             raise _bad(where, f"direction must be 'lower' or 'higher' (which way is better), got {direction!r}.")
         tier = c.get("tier", "fail")
         if tier not in TIERS:
             raise _bad(where, f"tier must be 'fail' or 'warn', got {tier!r}.")
-        against = c.get("against", "absolute" if metric == "units_removed" else "baseline")
+        against = c.get("against", "absolute" if metric in ("units_removed", "preference") else "baseline")
         if against not in AGAINST:
             raise _bad(where, f"against must be 'baseline' or 'absolute', got {against!r}.")
-        if metric == "units_removed" and against != "absolute":
-            raise _bad(where, "units_removed is judged on the candidate alone; use against = 'absolute' (or leave it out).")
+        if metric in ("units_removed", "preference") and against != "absolute":
+            raise _bad(where, f"{metric} is judged on the candidate alone; use against = 'absolute' (or leave it out).")
+        if (metric == "preference") != ("ab" in c):
+            raise _bad(where, "preference needs ab = 'path/to/ab-result.json' ('artifix ab report --json' or a manifest with it)"
+                       if metric == "preference" else "'ab' only applies to metric = 'preference'.")
         conf = _number(c.get("confidence", confidence), where, "confidence")
         if not 0.0 < conf < 1.0:
             raise _bad(where, f"confidence must be between 0 and 1 (e.g. 0.95), got {conf}.")
-        thr_raw = c.get("threshold", 0.0 if against == "baseline" or metric == "units_removed" else None)
+        thr_raw = c.get("threshold", 0.0 if against == "baseline" or metric == "units_removed" else 0.5 if metric == "preference" else None)
         if thr_raw is None:
             raise _bad(where, f"an absolute criterion needs a threshold (the limit the {metric} must stay within).")
         percent = isinstance(thr_raw, str)
@@ -172,8 +178,9 @@ def parse_criteria(raw: Any, confidence: float, classifier: str | None) -> list[
         tol = _number(c.get("tolerance", 1.0), where, "tolerance")
         if "tolerance" in c and metric != "units_removed":
             raise _bad(where, "'tolerance' only applies to metric = 'units_removed'.")
-        name = c.get("name", metric if metric not in ("artifact_rate", "units_removed") else None)
-        crit = Criterion(str(name or metric), metric, against, thr, percent, direction, conf, tier, clf, mf, tol)
+        name = c.get("name", metric if metric not in ("artifact_rate", "units_removed", "preference") else None)
+        crit = Criterion(str(name or metric), metric, against, thr, percent, direction, conf, tier, clf, mf, tol,
+                         str(c["ab"]) if metric == "preference" else None)
         if name is None:
             crit = replace(crit, name=crit.key)
         out.append(crit)
@@ -270,6 +277,8 @@ def validate(s: GateSettings) -> dict[str, Any]:
             res["classifiers"][c.classifier] = (clf, sha256_file(c.classifier))
         if c.metric == "units_removed" and c.manifest not in res["manifests"]:
             res["manifests"][c.manifest] = read_manifest(c.manifest)
+        if c.metric == "preference":
+            res.setdefault("preferences", {})[c.ab] = read_preference(c.ab)
     if s.baseline_report:
         res["baseline_report"] = read_baseline_report(s.baseline_report, s, res)
     return res
@@ -289,6 +298,21 @@ def read_manifest(path: str) -> dict[str, Any]:
     if not removed:
         raise UserError(f"repair manifest {path} removes no unit fully (alpha 1), so there is nothing to check stays removed.")
     return {"layer": mf.primary, "units": removed.get(mf.primary, []), "removed": removed, "sha256": sha256_file(p)}
+
+
+def read_preference(path: str) -> dict[str, Any]:
+    """The repair's blind A/B result (wins / losses / ties) from an 'ab report' JSON or a manifest holding one."""
+    try:
+        m = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"cannot read the A/B result {path}; write it with 'artifix ab report --json' (or --manifest).") from None
+    r = (m.get("preference") or m) if isinstance(m, dict) else {}
+    rep = r.get("repair") if isinstance(r, dict) else None
+    if not isinstance(rep, dict) or not all(isinstance(rep.get(k), int) for k in ("wins", "losses", "ties")):
+        raise UserError(f"{path} holds no A/B result of the repair (wins, losses, ties); run 'artifix ab report'.")
+    if rep["wins"] + rep["losses"] == 0:
+        raise UserError(f"{path}: no decided A/B pair (every answer was 'same' or none was given), so no win rate to judge.")
+    return {"study": r.get("study"), "repair": rep, "control": r.get("control"), "sha256": sha256_file(path)}
 
 
 def read_baseline_report(path: str, s: GateSettings, res: Mapping[str, Any]) -> dict[str, Any]:
@@ -470,6 +494,12 @@ def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: 
             m["baseline"] = _binomial(int(hb.sum()), len(hb))
             m["diff"] = {"value": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))), "df": len(d) - 1}
         out[key] = m
+    for path, pr in res.get("preferences", {}).items():
+        key = next(c.key for c in s.criteria if c.ab == path)
+        r = pr["repair"]
+        out[key] = {"metric": "preference", "ab": path, "ab_sha256": pr["sha256"], "study": pr["study"], "paired": False,
+                    "ties": r["ties"], "tie_rate": r["ties"] / max(r["wins"] + r["losses"] + r["ties"], 1), "control": pr["control"],
+                    "candidate": _binomial(r["wins"], r["wins"] + r["losses"])}
     for path, mf in res["manifests"].items():
         key = next(c.key for c in s.criteria if c.manifest == path)
         say(f"units removed by {path}: ablating " + "; ".join(f"{l} {u}" for l, u in mf["removed"].items()) + " again on the candidate")

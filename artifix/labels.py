@@ -57,7 +57,7 @@ __all__ = [
 
 LABELS: tuple[str, ...] = ("artifact", "clean", "unsure")
 STATUSES: tuple[str, ...] = ("proposed", "approved", "rejected")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ab_answers table (blind A/B preference answers); older stores gain it on open
 MASK_ENCODING = "packbits-zlib"
 
 _REVIEWER_RE = re.compile(r"\w[\w.@+-]{0,99}")
@@ -151,6 +151,19 @@ audit_t = sa.Table(
     sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id")),
     sa.Column("detail", sa.Text, nullable=False),  # JSON object
     sa.Index("ix_audit_run", "run_id", "id"),
+)
+
+ab_answers_t = sa.Table(  # blind A/B preference study answers (artifix.ab); latest per (study, pair, reviewer) counts
+    "ab_answers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("study", sa.String(64), nullable=False),  # the study's content id (study.json)
+    sa.Column("pair", sa.Integer, nullable=False),
+    sa.Column("answer", sa.String(8), nullable=False),
+    sa.Column("reviewer", sa.String(100), nullable=False),
+    sa.Column("time", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("pair >= 0", name="ab_pair"),
+    sa.CheckConstraint("answer IN ('left', 'right', 'same')", name="ab_answer"),
+    sa.Index("ix_ab_study_pair", "study", "reviewer", "pair", "time", "id"),
 )
 
 _SQLITE_TRIGGERS = (
@@ -533,7 +546,8 @@ class LabelStore:
                     conn.exec_driver_sql(stmt)
                 now = _now_us()
                 conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied=now))
-                self._audit(conn, "artifix", "create_store", None, {"schema_version": SCHEMA_VERSION}, now)
+                self._audit(conn, "artifix", "create_store" if version is None else "migrate_store",
+                            None, {"schema_version": SCHEMA_VERSION, **({} if version is None else {"from": version})}, now)
             elif version > SCHEMA_VERSION:
                 raise UserError(
                     f"the label store {self.location} has schema version {version}, newer than this artifix "
@@ -1008,6 +1022,52 @@ class LabelStore:
                           columns=["id", "time", "actor", "action", "run_id", "detail"])
         df["id"] = df["id"].astype("int64")
         df["run_id"] = df["run_id"].astype("Int64")
+        df["time"] = _time_col(df["time"])
+        return df
+
+    # -- blind A/B preference answers (artifix.ab)
+
+    def add_ab_answers(self, study: str, answers: Mapping[int, str] | Iterable[tuple[int, str]], reviewer: str) -> list[int]:
+        """Record a reviewer's 'left' / 'right' / 'same' answers to pairs of an A/B study in one transaction; returns the ids."""
+        reviewer = _check_reviewer(reviewer)
+        if not isinstance(study, str) or not re.fullmatch(r"[0-9a-f]{8,64}", study):
+            raise UserError(f"A/B study id must be 8-64 hex digits (from study.json), got {study!r}.")
+        pairs = list(answers.items()) if isinstance(answers, Mapping) else [tuple(p) for p in answers]
+        rows = []
+        for p, a in pairs:
+            if a not in ("left", "right", "same"):
+                raise UserError(f"pair {p}: the answer must be 'left', 'right' or 'same', got {a!r}.")
+            rows.append((_as_int(p, "pair number"), a))
+        if any(p < 0 for p, _ in rows):
+            raise UserError("pair numbers start at 0.")
+        if not rows:
+            return []
+
+        def fn(conn: Connection) -> list[int]:
+            now = _now_us()
+            ids = [int(conn.execute(ab_answers_t.insert().values(study=study, pair=p, answer=a, reviewer=reviewer, time=now))
+                       .inserted_primary_key[0]) for p, a in rows]
+            self._audit(conn, reviewer, "ab_answer", None, {"study": study, "pairs": [p for p, _ in rows],
+                                                            "answers": [a for _, a in rows], "ids": ids}, now)
+            return ids
+
+        return self._write(fn)
+
+    def ab_answers(self, study: str, reviewer: str | None = None) -> pd.DataFrame:
+        """The latest answer per (pair, reviewer) of a study: columns pair, answer, reviewer, time."""
+        def fn(conn: Connection) -> list[Any]:
+            t = ab_answers_t
+            rn = sa.func.row_number().over(partition_by=[t.c.pair, t.c.reviewer], order_by=(t.c.time.desc(), t.c.id.desc()))
+            q = sa.select(t.c.pair, t.c.answer, t.c.reviewer, t.c.time, rn.label("rn")).where(t.c.study == study)
+            if reviewer is not None:
+                q = q.where(t.c.reviewer == reviewer)
+            sub = q.subquery()
+            return list(conn.execute(sa.select(sub.c.pair, sub.c.answer, sub.c.reviewer, sub.c.time)
+                                     .where(sub.c.rn == 1).order_by(sub.c.reviewer, sub.c.pair)))
+
+        rows = self._read(fn)
+        df = pd.DataFrame([tuple(r) for r in rows], columns=["pair", "answer", "reviewer", "time"])
+        df["pair"] = df["pair"].astype("int64")
         df["time"] = _time_col(df["time"])
         return df
 

@@ -569,6 +569,14 @@ def model_card(m: dict[str, Any]) -> str:
         lines += [f"Collateral (what else the removed units of `{col['layer']}` draw): each concept's pixels by the segmenter on "
                   f"{col['n']} samples, before and after (negative = the concept grew):", "",
                   table_markdown(rows, ["concept", "pixels before", "pixels after", "removed [CI]"]), ""]
+    ss = m.get("set_selection")
+    if ss:
+        lines += [f"Units chosen by set selection (greedy forward on the joint ablation); proposed layer `{ss['proposed_layer']}`: "
+                  + "; ".join(f"`{r['layer']}` {r['units']} (J {r['objective']:+.4f})" for r in ss["rows"]), ""]
+    if m.get("preference"):
+        from .ab import card_section
+
+        lines += [card_section(m["preference"])]
     sw = m.get("sweep")
     if sw:
         lines += [f"k sweep over `{sw['layer']}` on {sw['n']} samples (stop rule: {sw['criterion']} must drop beyond its paired interval); "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -26,13 +26,25 @@ def unit_card(g: LoadedGenerator, layer: str, seed: int, unit: int, samples: Seq
     return grid(np.stack(tiles), ncol=min(len(tiles), 8), scale=2)
 
 
-def unit_cards(g: LoadedGenerator, stats: UnitStats, units: Sequence[int], seed: int, out_dir: str | Path, k: int = 8) -> list[Path]:
-    """Write `unit_<layer>_<u>.png` for each unit: its k top activating samples, plain and with the map overlaid."""
+def captioned(card: np.ndarray, text: str) -> np.ndarray:
+    """The card with a white strip of text above it (e.g. the unit's high-activation score)."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (card.shape[1], card.shape[0] + 14), (255, 255, 255))
+    im.paste(Image.fromarray(card), (0, 14))
+    ImageDraw.Draw(im).text((2, 1), text, fill=(0, 0, 0))
+    return np.asarray(im)
+
+
+def unit_cards(g: LoadedGenerator, stats: UnitStats, units: Sequence[int], seed: int, out_dir: str | Path, k: int = 8,
+               captions: Mapping[int, str] | None = None) -> list[Path]:
+    """Write `unit_<layer>_<u>.png` for each unit: its k top activating samples, plain and with the map overlaid (+ caption)."""
     idx, _ = stats.top_samples(k)
     paths = []
     for u in units:
         path = Path(out_dir) / f"unit_{stats.layer}_{int(u)}.png"
-        save_png(path, unit_card(g, stats.layer, seed, int(u), idx[int(u)].tolist(), float(stats.max[int(u)])))
+        card = unit_card(g, stats.layer, seed, int(u), idx[int(u)].tolist(), float(stats.max[int(u)]))
+        save_png(path, captioned(card, captions[int(u)]) if captions and int(u) in captions else card)
         paths.append(path)
     return paths
 

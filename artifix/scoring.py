@@ -9,6 +9,8 @@ Components (each reported, all vectorised over units):
 - `causal`: average causal effect of ablating the unit: drop of the artifact score on flagged samples
   minus the collateral change on clean samples (exact ablation for the top candidates of a first-order
   gradient x activation pre-ranking).
+- `high`: GAN Dissection's automatic score, how bad the samples are where the unit fires most (mean artifact
+  probability, or FD to a reference, of its top-q samples against the layer's average; `artifix.highact`).
 - priors for a cold start (no labels): rarely-activated units (Choi et al. 2022).
 Combined ranking: the mean of the available components' percentile ranks, weights in COMBINED_WEIGHTS.
 """
@@ -32,7 +34,7 @@ from .progress import Progress
 from .stats import UnitStats, all_reduce_
 from .trace import Ablation, Trace, ablation, get_layer
 
-COMBINED_WEIGHTS = {"causal": 0.6, "iou": 0.2, "auc": 0.2}  # interventional evidence counts most
+COMBINED_WEIGHTS = {"causal": 0.6, "iou": 0.2, "auc": 0.2, "high": 0.2}  # interventional evidence counts most
 TOP_FRACTIONS = torch.logspace(-3, 0, 25)  # 0.1 % .. 100 %, as GAN Dissection's threshold search
 
 
@@ -320,8 +322,10 @@ class ScoreReport:
 
 def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, flagged: Sequence[int], clean: Sequence[int],
                 masks: dict[int, np.ndarray] | None = None, prob_fn: ProbFn | None = None, score_fn: ScoreFn | None = None,
-                exact_top: int = 20, collateral_weight: float = 2.0, rare_rate: float = 0.3) -> ScoreReport:
-    """Score and rank every unit of `layer` from flags (+ masks) and an optional artifact classifier."""
+                exact_top: int = 20, collateral_weight: float = 2.0, rare_rate: float = 0.3, high_q: int = 0,
+                feature_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+                reference: tuple[np.ndarray, np.ndarray] | None = None) -> ScoreReport:
+    """Score and rank every unit of `layer` from flags (+ masks), an optional artifact classifier and high-activation samples."""
     flagged, clean = [int(i) for i in flagged], [int(i) for i in clean]
     masks = masks or {}
     c = stats.channels
@@ -343,6 +347,12 @@ def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, fla
         res = iou_iqr(acts, m, thr)
         comp["iou"] = res.iou
         extra["iqr"], extra["iou_threshold"] = res.iqr, res.threshold
+    if high_q > 0 and (prob_fn is not None or feature_fn is not None):
+        from .highact import as_components, high_activation
+
+        hc = as_components(high_activation(stats, high_q, lambda ids: images_at(g, seed, ids), prob_fn, feature_fn, reference))
+        comp["high"] = hc.pop("high")
+        extra.update(hc)
     fr = stats.firing_rate().float()
     extra["firing_rate"] = fr
     extra["rarity"] = rarity_prior(fr, stats.max.float(), rare_rate)

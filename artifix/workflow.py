@@ -280,7 +280,7 @@ def unit_stats(g: LoadedGenerator, layer: str, seed: int, n: int, cache: str | N
 
 
 def score_run(g: LoadedGenerator, layer: str, store: Any, run_id: int, stats: Any, *, seed: int, clf: Any = None,
-              exact_top: int = 20, collateral_weight: float = 2.0, rare_rate: float = 0.3, say: Say = _quiet):
+              exact_top: int = 20, collateral_weight: float = 2.0, rare_rate: float = 0.3, say: Say = _quiet, high_q: int = 0):
     """Score every unit of `layer` from the run's flags/masks (and a classifier's pseudo masks, if given)."""
     from . import classifier as C
 
@@ -297,7 +297,7 @@ def score_run(g: LoadedGenerator, layer: str, store: Any, run_id: int, stats: An
     if not flagged and not clean:
         say("no flags yet: ranking units by the cold-start prior (rarely-activated units)")
     return score_units(g, layer, seed, stats, flagged, clean, masks, prob_fn, score_fn,
-                       exact_top=exact_top, collateral_weight=collateral_weight, rare_rate=rare_rate)
+                       exact_top=exact_top, collateral_weight=collateral_weight, rare_rate=rare_rate, high_q=high_q)
 
 
 def propose_top(store: Any, run_id: int, table: Any, top: int, actor: str = "artifix", note: str = "proposed by artifix score") -> list[int]:

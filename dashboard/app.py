@@ -22,10 +22,10 @@ from artifix import serve, session  # noqa: E402
 from artifix.errors import ArtifixError  # noqa: E402
 
 if CHECKOUT:
-    from dashboard import page_approvals, page_paint, page_repair, page_review, page_units  # noqa: E402
+    from dashboard import page_ab, page_approvals, page_paint, page_repair, page_review, page_units  # noqa: E402
     from dashboard.state import open_dash, resolve_settings  # noqa: E402
 else:
-    from artifix.dashboard import page_approvals, page_paint, page_repair, page_review, page_units  # noqa: E402
+    from artifix.dashboard import page_ab, page_approvals, page_paint, page_repair, page_review, page_units  # noqa: E402
     from artifix.dashboard.state import open_dash, resolve_settings  # noqa: E402
 
 PAGES = {
@@ -34,6 +34,7 @@ PAGES = {
     "Approvals": (":material/verified_user:", page_approvals.render),
     "Repair": (":material/build:", page_repair.render),
     "Paint": (":material/brush:", page_paint.render),
+    "A/B": (":material/compare:", page_ab.render),
 }
 
 

@@ -316,3 +316,34 @@ def test_paint_on_a_lower_tile_brings_the_canvas_into_view(server):
         wait_for(in_view, "the canvas scrolled into the viewport", 60)
     finally:
         drv.quit()
+
+
+def test_browser_ab_study_hides_the_key_until_the_end_and_records_every_answer(server):
+    """The A/B page in a real browser: one blind pair at a time, no result until the last answer, every click stored."""
+    from artifix import ab
+
+    url, store, tmp = server
+    rng = np.random.default_rng(1)
+    before = {"repair": rng.integers(0, 60, (2, 8, 8, 3), dtype=np.uint8), "control": rng.integers(0, 60, (1, 8, 8, 3), dtype=np.uint8)}
+    after = {k: (v + 180).astype(np.uint8) for k, v in before.items()}
+    res = ab.export_study(before, after, {"repair": [1, 2], "control": [3]}, tmp / "artifix-ab", seed=5)  # the page's default folder
+    study = ab.load_study(tmp / "artifix-ab")
+    choices = ["right", "same", "left"]
+    drv = browser()
+    try:
+        drv.get(url)
+        label = "//div[contains(@class,'st-key-page')]//label[contains(., 'A/B')]"
+        wait_for(lambda: drv.find_elements(By.XPATH, label), "the page list", STARTUP)
+        wait_for(lambda: idle(drv), "the first page to finish its run", STARTUP)
+        drv.find_element(By.XPATH, label).click()
+        for i, p in enumerate(study["pairs"]):
+            wait_for(lambda: f"Pair {i + 1} of 3" in drv.page_source and idle(drv), f"pair {i + 1}", STARTUP)
+            assert "win rate" not in drv.page_source.lower() and "Done." not in drv.page_source
+            drv.find_element(By.CSS_SELECTOR, f".st-key-ab-{p['pair']}-{choices[i]} button").click()
+        wait_for(lambda: "Done." in drv.page_source and idle(drv), "the result after the last answer", STARTUP)
+        assert "win rate" in drv.page_source.lower()
+    finally:
+        drv.quit()
+    with LabelStore(str(store)) as s:
+        df = s.ab_answers(res["study"])
+    assert dict(zip(df.pair, df.answer)) == {p["pair"]: c for p, c in zip(study["pairs"], choices)}

@@ -73,7 +73,7 @@ def test_sqlite_settings(store, tmp_path):
                for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")}
     assert got == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 10000}
     with store.engine.connect() as c:
-        assert c.execute(sa.text("SELECT version FROM schema_version")).scalars().all() == [1]
+        assert c.execute(sa.text("SELECT version FROM schema_version")).scalars().all() == [2]  # schema 2: the ab_answers table
     with pytest.raises(sa.exc.IntegrityError):  # foreign keys are enforced
         with store.engine.begin() as c:
             c.execute(sa.text("INSERT INTO flags (run_id, sample, label, reviewer, time) VALUES (99, 0, 'clean', 'x', 0)"))
