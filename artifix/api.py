@@ -267,7 +267,7 @@ class Run:
         >>> import artifix as ax
         >>> run = ax.open(ax.bundled_example(), layer="main.8")
         >>> report = run.repair([13, 63], n=16, metrics="swd")
-        >>> report.units, report.manifest["export"]["exact"]
+        >>> report.units, report.manifest["export"].get("exact")
         ([13, 63], True)
         >>> d = report.metric("swd")       # paired change after - before, with its interval
         >>> abs(d["b"] - d["a"] - d["diff"]) < 1e-9

@@ -22,6 +22,7 @@ BARS = True  # False under --json: no bars (human text still on stderr)
 DELAY = 1.0  # seconds of work before a bar appears
 _listeners: list[Callable[["Event"], None]] = []
 _open: list["Progress"] = []
+_MUTED = 0  # > 0 inside `muted()`: no events reach the listeners (the bars still draw)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Progress:
         self._emit(False)
 
     def _emit(self, finished: bool) -> None:
-        if not _listeners:
+        if not _listeners or _MUTED:
             return
         ev = Event(self.desc, self.done, self.total, self.depth, finished)
         for fn in list(_listeners):
@@ -128,3 +129,15 @@ def track(items: Iterable[T], total: int, desc: str = "", weight: Callable[[T], 
             p.update(weight(item))
     finally:
         p.close()
+
+
+@contextmanager
+def muted() -> Iterator[None]:
+    """No progress events reach the listeners inside the block (e.g. in a Streamlit-cached function, whose element
+    calls on a box created outside it cannot be replayed)."""
+    global _MUTED
+    _MUTED += 1
+    try:
+        yield
+    finally:
+        _MUTED -= 1

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from artifix import session
+from artifix import progress, session
 from artifix.cautions import ranking_caution, unit_cautions
 from artifix.images import grid, heat_overlay
 from artifix.unitviz import unit_card
@@ -24,7 +24,7 @@ FIRST_COLUMNS = ["rank", "unit", "status", "combined", "causal", "causal_se", "i
 def _score(fingerprint: str, layer: str, seed: int, labels: str, clf_key: str, settings: tuple, _d: Dash):
     """The score report for one state of the labels (cached by content)."""
     exact_top, collateral_weight, rare_rate = settings
-    with _d.using_g() as g:
+    with _d.using_g() as g, progress.muted():  # a cached function: no live updates of the box outside it
         return session.score_run(g, layer, _d.store, _d.run_id, _d.stats(), seed=seed, clf=_d.classifier(),
                                  exact_top=exact_top, collateral_weight=collateral_weight, rare_rate=rare_rate)
 

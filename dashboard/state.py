@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import streamlit as st
 
-from artifix import config, serve, session, workflow
+from artifix import config, progress, serve, session, workflow
 from artifix.profiles import Profile, profile_for
 from artifix.errors import UserError
 from .progress_ui import stages
@@ -67,7 +67,7 @@ def _store(location: str):
 def _stats(fingerprint: str, layer: str, seed: int, n: int, cache: str, _g: Any):
     from artifix.scoring import cached_stats
 
-    with _lock(fingerprint):
+    with _lock(fingerprint), progress.muted():  # a cached function: no live updates of a box outside it
         return cached_stats(_g, layer, seed, n, cache)
 
 
@@ -85,7 +85,7 @@ def _segmenter(factory: str, path: str, mtime: float, classes: str, _g: Any):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _dissection(fingerprint: str, layer: str, segmenter_key: str, seed: int, n: int, cache: str, _g: Any, _seg: Any):
-    with _lock(fingerprint):
+    with _lock(fingerprint), progress.muted():  # a cached function: no live updates of a box outside it
         return session.layer_dissection(_g, layer, _seg, seed, n, cache)
 
 

@@ -199,7 +199,7 @@ def test_strict_json_turns_nan_and_inf_into_null_with_a_reason(tmp_path):
 def test_library_messages_go_through_logging_and_the_cli_prints_them(caplog, tmp_path):
     from artifix import log, repair
 
-    assert repair.repair.__kwdefaults__["say"] is log.say
+    assert repair.repair_into.__kwdefaults__["say"] is log.say  # repair() is its transaction wrapper
     with caplog.at_level(logging.INFO, logger="artifix"):
         log.say("hello from the library")
     assert [r.getMessage() for r in caplog.records if r.name == "artifix"] == ["hello from the library"]

@@ -73,8 +73,10 @@ def looks_like_network_pickle(path: Path) -> bool:
     return path.suffix == ".pkl"
 
 
-def read_network_pickle(path: Path, code_path: str | None) -> dict[str, Any]:
+def read_network_pickle(path: Path, code_path: str | None, *, trusted: bool) -> dict[str, Any]:
     """Unpickle a network pickle with the user's checkout on sys.path (through its legacy.py when it has one)."""
+    if not trusted:  # a network pickle runs code when read: only with the user's explicit --trust-pickle
+        raise UserError(f"{path} is a network pickle, which runs code when it is read; pass --trust-pickle if you trust it.")
     add_code_path(code_path)
     try:
         with open(path, "rb") as fh:
@@ -121,7 +123,7 @@ class StyleGANAdapter(Adapter):
             raise UserError(f"network pickle {path} does not exist; pass it with --checkpoint.")
         if not spec.trust_pickle:
             raise UserError(NOT_TRUSTED.format(path=path))
-        data = read_network_pickle(path, spec.code_path)
+        data = read_network_pickle(path, spec.code_path, trusted=spec.trust_pickle)
         g = data[_network_key(data, spec.key, path)]
         spec = replace(spec, latent=(int(g.z_dim),), classes=int(getattr(g, "c_dim", 0) or 0), class_mode="onehot",
                        truncation_space="w")
@@ -193,14 +195,14 @@ def export_pickle(adapter: Adapter, g: LoadedGenerator, edits: Edits, out_dir: P
                           input={"path": str(src), "sha256": sha256_file(src)})
     note = f"the edits cannot be baked into weights exactly ({baked.reason}), so "
     if baked.exact:
-        data = read_network_pickle(src, g.spec.code_path)  # a fresh copy: G, D, augment_pipe stay as they were
+        data = read_network_pickle(src, g.spec.code_path, trusted=g.spec.trust_pickle)  # a fresh copy: G, D, augment_pipe stay as they were
         key = _network_key(data, g.spec.key, src)
         data[key] = baked.model
         try:
             with atomic_path(out) as tmp:
                 with open(tmp, "wb") as fh:
                     pickle.dump(data, fh)
-                reread = read_network_pickle(tmp, g.spec.code_path)[key].eval()
+                reread = read_network_pickle(tmp, g.spec.code_path, trusted=g.spec.trust_pickle)[key].eval()
                 diff = verify(g.module, reread, edits, inputs=lat, n=n, call=call)
                 if diff > tolerance:
                     raise _Mismatch(diff)
