@@ -204,12 +204,13 @@ def _paint_panel(d: Dash, batch: list[int], images: np.ndarray) -> None:
 def _scroll_here() -> None:
     """After a click on Paint, scroll the paint panel into view (a lower tile's canvas would be off-screen above)."""
     n = st.session_state.get("scroll_to_paint", 0)
-    if n and st.session_state.get("_scrolled") != n:
-        st.session_state["_scrolled"] = n
+    if n:  # drawn on every rerun with the same content: the frame (and its one scroll) survives later reruns
         from streamlit.components.v1 import html
 
-        html(f"<script>/* {n} */ const p = window.parent.document.querySelector('.st-key-paint-panel');"
-             " if (p) p.scrollIntoView({block: 'start'});</script>", height=0)
+        # repeated for 3 s: the canvas and the tiles' images above it finish their layout after this script runs
+        html(f"<script>/* {n} */ let k = 0; const t = setInterval(() => {{"
+             " const p = window.parent.document.querySelector('.st-key-paint-panel');"
+             " if (p) p.scrollIntoView({block: 'start'}); if (++k >= 15) clearInterval(t); }, 200);</script>", height=0)
 
 
 def undo_last(d: Dash) -> None:

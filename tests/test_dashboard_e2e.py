@@ -303,7 +303,7 @@ def test_paint_on_a_lower_tile_brings_the_canvas_into_view(server):
                 "return Array.from(document.querySelectorAll('*')).find(e => e.shadowRoot && e.shadowRoot.querySelector('canvas.upper-canvas'))")
             return drv.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.top, r.bottom, window.innerHeight]", host)
 
-        top, _, height = canvas_box()
+        top, _, height = wait_for(canvas_box, "the canvas of the first tile", STARTUP)  # a rerun may detach it
         assert top < 0, "the test needs the canvas above the viewport before the click"
         wait_for(lambda: idle(drv), "the page to finish its run", STARTUP)
         wait_for(lambda: drv.find_element(By.CSS_SELECTOR, sel).click() or True, "a click on Paint")  # re-found: a rerun replaces it
