@@ -48,7 +48,10 @@ def _json_list(s: Any) -> Any:
         v = json.loads(s)
     except json.JSONDecodeError as e:
         raise ValueError(f"not JSON: {e.msg} at column {e.colno}") from None
-    return [v] if isinstance(v, dict) else v
+    v = [v] if isinstance(v, dict) else v
+    if not isinstance(v, list) or not all(isinstance(c, dict) for c in v):
+        raise ValueError("expected a JSON list of objects such as '[{\"metric\": \"fd\"}]'")
+    return v
 
 
 OPTIONS: tuple[Option, ...] = (

@@ -52,7 +52,7 @@ def toml_for(section: str, entries: dict[str, str]) -> dict:
 def test_every_option_resolves_flag_over_file_over_default(data):
     """For any option of any section: the CLI value wins, else the file's, else the table's default."""
     opt = data.draw(st.sampled_from(defaults.OPTIONS))
-    assume(opt.name != "kwargs")
+    assume(opt.name not in ("kwargs", "criteria"))  # JSON-valued: their own tests below and in test_gate.py
     (want_file, lit, _) = data.draw(value_for(opt))
     (want_cli, _, cli_s) = data.draw(value_for(opt))
     cfg = toml_for(opt.section, {opt.name: lit})
@@ -286,3 +286,16 @@ def test_quantiles_within_the_sketch_accuracy_bound(acts, qs):
     # relative alpha for |x| >= min_abs; magnitudes below min_abs read as 0 (absolute error < min_abs)
     assert bool(((est - exact).abs() <= alpha * exact.abs() * (1 + 1e-12) + floor).all()), (est, exact)
     assert bool(((est >= flat.min(1).values[:, None]) & (est <= flat.max(1).values[:, None])).all())
+
+
+@pytest.mark.parametrize("text, ok", [('[{"metric": "fd"}]', True), ('{"metric": "swd"}', True), ("0", False), ('"fd"', False),
+                                      ("[1, 2]", False), ("{bad", False)])
+def test_criteria_on_the_command_line_must_be_a_json_list_of_objects(text, ok):
+    if ok:
+        got = config.resolve("gate", {"criteria": text}, {})["criteria"]
+        assert isinstance(got, list) and all(isinstance(c, dict) for c in got)
+    else:
+        with pytest.raises(UserError) as e:
+            config.resolve("gate", {"criteria": text}, {})
+        msg = str(e.value)
+        assert "'criteria'" in msg and "\n" not in msg and msg.endswith(".")
