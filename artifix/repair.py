@@ -270,7 +270,7 @@ def _compare(led: Ledger, ids: Sequence[int], sets: Mapping[str, Mapping[str, Ab
              confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, dict[str, Any]]:
     """Paired metrics of each edited set in `sets` against the unedited one on samples `ids` ({} each when no metric is
     asked): every set rendered and extracted once (the feature ledger), 'before' measured once for all of them."""
-    from .metrics import get_extractor, paired_compare_many
+    from .metrics import get_extractor, needs_features, paired_compare_many
 
     out: dict[str, dict[str, Any]] = {name: {} for name in sets}
     if not metrics:
@@ -279,7 +279,8 @@ def _compare(led: Ledger, ids: Sequence[int], sets: Mapping[str, Mapping[str, Ab
     if inception and "fd" in metrics:
         spaces.append(get_extractor("inception", inception_weights=inception))
     for k, ex in enumerate(spaces):
-        pre = {"a": led.features(None, ids, ex), **{name: led.features(e, ids, ex) for name, e in sets.items()}}
+        pre = ({"a": led.features(None, ids, ex), **{name: led.features(e, ids, ex) for name, e in sets.items()}}
+               if needs_features(metrics if k == 0 else "fd") else None)  # SWD alone reads pixels: no features extracted
         res = paired_compare_many(led.batches(None, ids), {name: led.batches(e, ids) for name, e in sets.items()},
                                   precomputed=pre, n=n, metrics=metrics if k == 0 else "fd", features=ex, real=real, seed=seed,
                                   cache=cache, confidence=confidence)
@@ -347,14 +348,16 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
 
 def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = None, real: Any = None, metrics: str = "fd,swd",
           k_max: int | None = None, cache: str | None = None, say: Say = log.say,
-          confidence: float = intervals.DEFAULT_CONFIDENCE, ledger: Ledger | None = None) -> dict[str, Any]:
+          confidence: float = intervals.DEFAULT_CONFIDENCE, ledger: Ledger | None = None,
+          metric_opts: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Remove the first 1, 2, ... units of the primary layer; stop when the next unit's paired gain is not significant.
 
     The stop rule uses the artifact rate (paired on the same seeds) when a classifier is given, else FD. Each row
     holds the cumulative metrics with intervals and the marginal change of adding that unit; `k_best` is the last k
-    whose unit helped beyond its interval (0 when even the first did not).
+    whose unit helped beyond its interval (0 when even the first did not). `metric_opts` go to the metrics as they
+    are (e.g. swd_n, swd_bootstrap, bootstrap); the defaults table's values otherwise.
     """
-    from .metrics import get_extractor, paired_compare_many
+    from .metrics import get_extractor, needs_features, paired_compare_many
 
     led = ledger or Ledger(g, seed, cache)
     ex = get_extractor(None)
@@ -373,8 +376,9 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
         cur = sub.ablations()
         say(f"sweep k={k}: removing {sub.edits[plan.layer]}")
         cmp = paired_compare_many(led.batches(prev_edits, ids), {"b": led.batches(cur, ids)}, n=n, metrics=metrics, real=real,
-                                  seed=seed, cache=cache, features=ex, confidence=confidence,
-                                  precomputed={"a": led.features(prev_edits, ids, ex), "b": led.features(cur, ids, ex)})["b"] if metrics else {}
+                                  seed=seed, cache=cache, features=ex, confidence=confidence, **dict(metric_opts or {}),
+                                  precomputed={"a": led.features(prev_edits, ids, ex), "b": led.features(cur, ids, ex)}
+                                  if needs_features(metrics) else None)["b"] if metrics else {}
         row: dict[str, Any] = {"k": k, "units": list(sub.edits[plan.layer]), "unit_added": int(order[k - 1])}
         for name, r in cmp.items():
             key = name.split("_")[0]

@@ -107,3 +107,18 @@ def test_default_extractor_end_to_end(fake, tmp_path):
     res = compute_metrics([fake[:6]], cache=tmp_path, metrics="fd,kid", bootstrap=5, kid_subsets=3)
     assert set(res) == {"fd_effnetl0_6", "kid_effnetl0_6"}
     assert res["fd_effnetl0_6"]["value"] > 0 and res["fd_effnetl0_6"]["features"] == "effnetl0"
+
+
+def test_swd_alone_runs_no_network_on_the_generated_images(fake, tmp_path):
+    """SWD reads pixels: asked alone, the generated sets are never passed through the feature network."""
+    ext = PixelFeatures()
+    opts = {**OPTS, "metrics": "swd"}
+    compute_metrics(_batches(fake, 16), features=ext, cache=tmp_path, **opts)  # the reference is extracted (and cached) once
+    seen = ext.seen
+    one = compute_metrics(_batches(fake, 16), features=ext, cache=tmp_path, **opts)
+    two = paired_compare(_batches(fake, 16), [_noisy(fake, 30)], features=ext, cache=tmp_path, **opts)
+    assert ext.seen == seen  # neither run extracted a feature of a generated image
+    assert set(one) == {"swd_40"} and two["swd_40"]["diff"] > 0
+    full = compute_metrics(_batches(fake, 16), features=ext, cache=tmp_path, **OPTS)
+    assert full["swd_40"]["value"] == pytest.approx(one["swd_40"]["value"])  # same SWD with or without FD/KID beside it
+    assert ext.seen == seen + len(fake)  # FD/KID do extract the generated images

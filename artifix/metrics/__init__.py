@@ -7,7 +7,7 @@ Public API (what the CLI calls):
 Building blocks: `Moments`, `frechet_distance` (fd), `kid.kid`, `swd.swd` (the submodules `fd`, `kid`, `swd`).
 """
 
-from .compare import compute_metrics, format_n, metric_name, paired_compare, paired_compare_many, parse_metrics
+from .compare import compute_metrics, format_n, metric_name, paired_compare, paired_compare_many, parse_metrics, needs_features
 from .fd import FDReference, Moments, fd_features, frechet_distance, trace_sqrt_product
 from .features import EXTRACTORS, Extractor, extractor_names, get_extractor
 from .kid import mmd2_unbiased
@@ -15,7 +15,7 @@ from .reference import RealStats, compute_stats, load_real, load_stats, save_sta
 from .swd import SWDSet, swd_compare
 
 __all__ = [
-    "compute_metrics", "paired_compare", "paired_compare_many", "parse_metrics", "format_n", "metric_name",
+    "compute_metrics", "paired_compare", "paired_compare_many", "parse_metrics", "needs_features", "format_n", "metric_name",
     "Moments", "FDReference", "frechet_distance", "fd_features", "trace_sqrt_product",
     "EXTRACTORS", "Extractor", "extractor_names", "get_extractor",
     "mmd2_unbiased", "SWDSet", "swd_compare",

@@ -58,6 +58,11 @@ def parse_metrics(metrics: str | Sequence[str] | None) -> list[str]:
     return [m for m in METRICS if m in chosen]
 
 
+def needs_features(metrics: str | Sequence[str] | None) -> bool:
+    """Whether any of these metrics reads network features (FD, KID); SWD reads pixels only."""
+    return bool(set(parse_metrics(metrics)) & {"fd", "kid"}) if metrics else False
+
+
 def format_n(n: int) -> str:
     """Sample count as it appears in metric names: 500, 2k, 1.5k, 10k, 50k, 2048."""
     if n >= 1000 and n % 1000 == 0:
@@ -83,8 +88,10 @@ def metric_name(metric: str, tag: str, n: int | str) -> str:
 class FakeSamples:
     """What the metrics need from one stream of generated images, collected in one pass."""
 
-    def __init__(self, extractor: Extractor, keep_features: bool, swd_n: int, seed: int) -> None:
+    def __init__(self, extractor: Extractor, keep_features: bool, swd_n: int, seed: int, need_features: bool = True) -> None:
         self.extractor = extractor
+        self.need_features = need_features  # False when only SWD is asked: it reads pixels, so no network runs
+        self._n = 0
         self.moments: Moments | None = None
         self._feats: list[np.ndarray] = []
         self.keep = keep_features
@@ -93,14 +100,17 @@ class FakeSamples:
 
     @property
     def n(self) -> int:
-        return 0 if self.moments is None else self.moments.n
+        return self._n
 
     @property
     def features(self) -> np.ndarray:
         return np.concatenate(self._feats) if self._feats else np.zeros((0, self.extractor.dim), np.float32)
 
     def _add_features(self, b: np.ndarray) -> None:
-        """Extract one batch's features into the float64 moments (and the kept rows when needed)."""
+        """Extract one batch's features into the float64 moments (and the kept rows when needed); count it."""
+        if not self.need_features:
+            self._n += len(b)
+            return
         if self.precomputed is not None:
             f = np.asarray(self.precomputed[self.n:self.n + len(b)])
             if f.shape[0] != len(b):
@@ -110,6 +120,7 @@ class FakeSamples:
         if self.moments is None:
             self.moments = Moments(f.shape[1])
         self.moments.update(f)
+        self._n += len(b)
         if self.keep:
             self._feats.append(f.astype(np.float32))
 
@@ -151,16 +162,18 @@ class FakeSamples:
         Feature moments are float64 sums and add exactly as a single pass would (up to the order of
         additions); features (KID, bootstrap, FD-inf) and the first swd_n images (SWD) are gathered.
         """
-        dim = next((d for d in dist.all_gather_objects(None if self.moments is None else self.moments.dim) if d is not None), None)
-        if dim is None:
+        counts = dist.all_gather_objects(self.n)
+        if not sum(counts):
             raise UserError(f"Metrics need at least 2 {label}, got 0.")
-        m = self.moments or Moments(dim)
-        total = Moments(dim)
-        total.n = int(dist.all_reduce_sum(np.array([m.n], np.int64))[0])
-        total.sum = dist.all_reduce_sum(m.sum)
-        total.outer = dist.all_reduce_sum(m.outer)
-        counts = dist.all_gather_objects(m.n)
         offset = sum(counts[: dist.rank()])
+        total = None
+        if self.need_features:
+            dim = next(d for d in dist.all_gather_objects(None if self.moments is None else self.moments.dim) if d is not None)
+            m = self.moments or Moments(dim)
+            total = Moments(dim)
+            total.n = int(dist.all_reduce_sum(np.array([m.n], np.int64))[0])
+            total.sum = dist.all_reduce_sum(m.sum)
+            total.outer = dist.all_reduce_sum(m.outer)
         feats = dist.gather_rows(self.features) if self.keep else None
         swd_part = None
         if self.swd is not None:
@@ -169,8 +182,8 @@ class FakeSamples:
             swd_part = dist.gather_objects(imgs)
         if not dist.is_main():
             return None
-        out = FakeSamples(self.extractor, self.keep, 0, 0)
-        out.moments = total
+        out = FakeSamples(self.extractor, self.keep, 0, 0, self.need_features)
+        out.moments, out._n = total, sum(counts)
         if feats is not None:
             out._feats = [feats]
         if self.swd is not None:
@@ -242,7 +255,7 @@ class _Setup:
         self.keep = "kid" in self.metrics or self.bootstrap > 0 or self.fd_inf
 
     def fake(self) -> FakeSamples:
-        return FakeSamples(self.extractor, self.keep, self.swd_n, self.seed)
+        return FakeSamples(self.extractor, self.keep, self.swd_n, self.seed, needs_features(self.metrics))
 
     def reference(self, n_fake: int) -> RealStats:
         real_n = _opt(self.real_n, "real_n")
