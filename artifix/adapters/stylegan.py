@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import RuntimeFailure, UserError
-from ..export import TOLERANCE, ExportResult, hooked_torchscript, verify
+from ..repair.export import ExportResult
+from ..repair.verification import TOLERANCE, hooked_torchscript, verify
 from ..generator import GeneratorSpec, LoadedGenerator, latents
 from ..io import atomic_path, sha256_file, write_json_atomic
 from .base import Adapter, Edits, add_code_path, bake_with_rules, finish, named, scale_rows
