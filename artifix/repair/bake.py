@@ -14,7 +14,7 @@ from torch import nn
 
 from ..trace import get_layer
 from .edits import Inputs, _normalize_edits
-from .rules import _plan_and_apply, _Probe, _probe, _Refused
+from .rules import Applied, _Probe, _probe, apply_rules
 
 
 @dataclass
@@ -60,20 +60,17 @@ class BakeResult:
         return {"exact": self.exact, "reason": self.reason, "layers": [lb.to_json() for lb in self.layers]}
 
 
-
 def _bake_layer(model: nn.Module, layer: str, units: tuple[int, ...], alpha: tuple[float, ...],
                 probe: _Probe | None) -> LayerBake:
     """Bake one layer's edit into `model` in place, or leave it untouched and say why not."""
-    hooked = get_layer(model, layer)
-    try:
-        method, edited, path = _plan_and_apply(model, layer, hooked, units, alpha, probe)
-        return LayerBake(layer, units, alpha, True, method, tuple(edited), tuple(path))
-    except _Refused as e:
-        return LayerBake(layer, units, alpha, False, "refused", reason=str(e))
+    out = apply_rules(model, layer, get_layer(model, layer), units, alpha, probe)
+    if isinstance(out, Applied):
+        return LayerBake(layer, units, alpha, True, out.method, tuple(out.edited), tuple(out.path))
+    return LayerBake(layer, units, alpha, False, "refused", reason=out.reason)
 
 
 def bake_edits(model: nn.Module, edits: Mapping[str, Any], example: Inputs | None = None) -> BakeResult:
-    """Bake several layers' ablations into one deep copy of `model` (see the module docstring for the rules)."""
+    """Bake several layers' ablations into one deep copy of `model` (the rules: see rules.py)."""
     norm = _normalize_edits(edits)
     for layer in norm:
         get_layer(model, layer)

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import copy
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property, partial
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import nn
@@ -80,137 +81,255 @@ def _probe(model: nn.Module, example: Inputs, names: Sequence[str]) -> _Probe:
     return _Probe(shapes, calls)
 
 
-class _Refused(Exception):
-    """A layer's edit cannot be baked exactly; the message says why."""
+# ------------------------------------------------------------------------------------------ outcomes and facts
 
 
+@dataclass(frozen=True)
+class Applied:
+    """A rule baked the edit: its method, the tensors it changed, the modules between the layer and them."""
 
-def _plan_and_apply(model: nn.Module, layer: str, hooked: nn.Module, units: tuple[int, ...], alpha: tuple[float, ...],
-                    probe: _Probe | None) -> tuple[str, list[str], list[str]]:
-    """Find an exact rule for one layer, check the units, apply it; raises _Refused with every rule's reason."""
-    modules = dict(model.named_modules())
+    method: str
+    edited: list[str]
+    path: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A rule cannot bake the edit, and why; `final`: no later rule may be tried either."""
+
+    reason: str
+    final: bool = False
+
+
+Outcome = Union[Applied, Refused]
+
+
+@dataclass
+class _Chain:
+    """The outermost plain Sequential holding the layer: its leaves in call order, the layer's place, its channels."""
+
+    root: str
+    label: str
+    leaves: list[tuple[str, nn.Module]]
+    at: int
+    channels: int | None  # from the probe, else from the nearest shaped module at or behind the layer
+
+
+@dataclass
+class _Site:
+    """One layer's edit and what the model shows about it: the facts every rule reads."""
+
+    model: nn.Module
+    layer: str
+    hooked: nn.Module
+    units: tuple[int, ...]
+    alpha: tuple[float, ...]
+    probe: _Probe | None
+    modules: dict[str, nn.Module]
+    mult: Counter  # id(module) -> times the module tree holds it
+    owners: dict[int, set[int]]  # id(tensor) -> ids of the modules holding it
+    rank: int | None = None  # the layer output's number of dims (from the probe)
+    chans: int | None = None  # and its channels
+    eff_name: str = ""  # the module whose output is the layer's (a plain Sequential's last leaf)
+    eff: nn.Module | None = None
+    wrapper_why: str = ""  # why a Sequential layer's last leaf does not stand for the whole layer
+
+    def calls(self, name: str) -> int | None:
+        """How often the probe forward called module `name` (None without a probe)."""
+        return None if self.probe is None else self.probe.calls[name]
+
+    def unit_check(self, c: int | None) -> str:
+        """Why a module of `c` channels cannot take the edit ('' when it can); a UserError for units out of range."""
+        if c is None:
+            return ""
+        if self.chans is not None and c != self.chans:
+            return f"the layer has {self.chans} channels but the module absorbing the edit expects {c}"
+        bad = [u for u in self.units if u >= c]
+        if bad:
+            raise UserError(f"unit {bad[0]} is out of range: layer {self.layer!r} has {c} units (0..{c - 1}).")
+        return ""
+
+    def scale(self, c: int) -> torch.Tensor:
+        """The per-channel scale s (1 - alpha at the units, 1 elsewhere) for `c` channels."""
+        s = torch.ones(c, dtype=torch.float64)
+        s[list(self.units)] = torch.tensor([1.0 - a for a in self.alpha], dtype=torch.float64)
+        return s
+
+    def editable(self, m: nn.Module, n: str, shared_ok: bool = False) -> str:
+        """Why the weights of `m` cannot take the edit ('' when they can)."""
+        why = _untouchable(m)
+        if why:
+            return f"module {n} cannot be edited: {why}"
+        if not shared_ok and self.mult[id(m)] != 1:
+            return f"module {n} is used more than once in the model, so editing it changes its other uses too"
+        for pname in ("weight", "bias"):
+            t = getattr(m, pname, None)
+            if isinstance(t, torch.Tensor) and self.owners[id(t)] != {id(m)}:
+                return f"{n}.{pname} is shared with another module (tied weights)"
+        return ""
+
+    def absorber(self, chain: _Chain, m: nn.Module, n: str) -> str:
+        """Why module `n` of the Sequential cannot absorb the scale ('' when it can)."""
+        why = self.editable(m, n)
+        if not why and self.probe is not None and self.calls(n) != self.calls(chain.root):
+            why = f"module {n} is called outside {chain.label}"
+        return why
+
+    def apply(self, method: str, name: str, c: int | None, rewrite: Callable[[torch.Tensor], list[str]],
+              path: Sequence[str] = ()) -> Outcome:
+        """Check the units against `c` channels and rewrite module `name`'s weights with the scale."""
+        why = self.unit_check(c)
+        if why:
+            return Refused(why, final=True)
+        with torch.no_grad():
+            names = rewrite(self.scale(c))  # type: ignore[arg-type]
+        return Applied(method, [f"{name}.{p}" for p in names], list(path))
+
+    @cached_property
+    def why_own(self) -> str:
+        """Why the layer's own output weights cannot take the edit ('' when they can)."""
+        return (self.wrapper_why or _scalable_output(self.eff, self.rank)
+                or self.editable(self.eff, self.eff_name, shared_ok=self.eff is self.hooked))
+
+    @cached_property
+    def chain(self) -> _Chain | Refused:
+        """The plain Sequential whose fixed data flow rules 2 and 3 follow, or a final refusal."""
+        root: str | None = None
+        cur = self.eff_name
+        while True:  # climb to the outermost plain Sequential holding the layer
+            parent = cur.rpartition(".")[0]
+            if not _is_sequential(self.modules[parent] if parent else self.model):
+                break
+            root = parent
+            if not parent:
+                break
+            cur = parent
+        eff_name, calls = self.eff_name, self.calls
+        if root is None:
+            owner = eff_name.rpartition(".")[0]
+            owner_m = self.modules[owner] if owner else self.model
+            return Refused(f"{self.why_own}; and its output goes into the custom forward() of {type(owner_m).__name__} "
+                           f"{owner or '(the generator)'}, which may add, concatenate or reuse it, so no weight change is "
+                           "provably equal to the edit", final=True)
+        label = f"Sequential {root or '(the generator)'}"
+        leaves = list(_leaves(root, self.modules[root] if root else self.model))
+        idx = [i for i, (n, _) in enumerate(leaves) if n == eff_name]
+        if self.mult[id(self.hooked)] != 1 or self.mult[id(self.eff)] != 1 or len(idx) != 1:
+            return Refused(f"module {eff_name} is used more than once in the model, so its hook edits every use", final=True)
+        if self.probe is not None and not calls(self.layer) == calls(eff_name) == calls(root):
+            return Refused(f"module {eff_name} is called {calls(eff_name)} times per forward but {label} "
+                           f"{calls(root)} times: the forward uses it outside the Sequential too", final=True)
+        struct_c = _out_channels(self.eff) if _stock(self.eff, _SHAPED) else None
+        if struct_c is None:  # the channel count of the nearest shaped module behind commuting ones
+            for n, m in reversed(leaves[:idx[0]]):
+                if not _stock(m, _PASS_CHANNEL):
+                    struct_c = _out_channels(m) if _stock(m, _SHAPED) else None
+                    break
+        return _Chain(root, label, leaves, idx[0], self.chans if self.chans is not None else struct_c)
+
+
+def _site(model: nn.Module, layer: str, hooked: nn.Module, units: tuple[int, ...], alpha: tuple[float, ...],
+          probe: _Probe | None) -> _Site | Refused:
+    """The facts about one layer, or a refusal when its output (probed) or its structure rules out every rule."""
     mult = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     owners: dict[int, set[int]] = defaultdict(set)
     for m in model.modules():
         for t in list(m._parameters.values()) + list(m._buffers.values()):
             if t is not None:
                 owners[id(t)].add(id(m))
-
-    def calls(name: str) -> int | None:
-        return None if probe is None else probe.calls[name]
-
-    # what one forward pass shows about the layer's output
-    rank = chans = None
-    if probe is not None:
+    site = _Site(model, layer, hooked, units, alpha, probe, dict(model.named_modules()), mult, owners)
+    if probe is not None:  # what one forward pass shows about the layer's output
         if layer not in probe.shapes:
             raise UserError(f"layer {layer!r} does not run in the generator's forward pass, so editing it has no effect.")
         shape = probe.shapes[layer]
         if shape is None or len(shape) < 2:
-            raise _Refused(f"the layer's output is {'not a tensor' if shape is None else 'a 1-D tensor'}, so it has no channel dim")
-        rank, chans = len(shape), shape[1]
-
-    def check_units(c: int | None) -> None:
-        if c is None:
-            return
-        if chans is not None and c != chans:
-            raise _Refused(f"the layer has {chans} channels but the module absorbing the edit expects {c}")
-        bad = [u for u in units if u >= c]
-        if bad:
-            raise UserError(f"unit {bad[0]} is out of range: layer {layer!r} has {c} units (0..{c - 1}).")
-
-    def scale(c: int) -> torch.Tensor:
-        s = torch.ones(c, dtype=torch.float64)
-        s[list(units)] = torch.tensor([1.0 - a for a in alpha], dtype=torch.float64)
-        return s
-
-    def editable(m: nn.Module, n: str, shared_ok: bool = False) -> str:
-        """Why the weights of `m` cannot take the edit ('' when they can)."""
-        why = _untouchable(m)
-        if why:
-            return f"module {n} cannot be edited: {why}"
-        if not shared_ok and mult[id(m)] != 1:
-            return f"module {n} is used more than once in the model, so editing it changes its other uses too"
-        for pname in ("weight", "bias"):
-            t = getattr(m, pname, None)
-            if isinstance(t, torch.Tensor) and owners[id(t)] != {id(m)}:
-                return f"{n}.{pname} is shared with another module (tied weights)"
-        return ""
-
-    if chans is not None:
-        check_units(chans)
-
-    # a plain Sequential's output is its last module's output
-    eff_name, eff = layer, hooked
+            return Refused(f"the layer's output is {'not a tensor' if shape is None else 'a 1-D tensor'}, so it has no channel dim")
+        site.rank, site.chans = len(shape), shape[1]
+        site.unit_check(site.chans)  # the channel count is the layer's own: only units out of range can fail
+    eff_name, eff = layer, hooked  # a plain Sequential's output is its last module's output
     while _is_sequential(eff):
         if len(eff) == 0:
-            raise _Refused("the layer is an empty Sequential")
+            return Refused("the layer is an empty Sequential")
         last = list(eff._modules)[-1]
         eff_name, eff = f"{eff_name}.{last}", eff._modules[last]
-    wrapper_why = ""
+    site.eff_name, site.eff = eff_name, eff
     if eff is not hooked:
-        wrapper_why = _untouchable(hooked) and f"module {layer} carries hooks or parametrizations"
-        if not wrapper_why and (mult[id(eff)] != 1 or probe is not None and calls(eff_name) != calls(layer)):
-            wrapper_why = f"module {eff_name} also runs outside {layer}"
+        site.wrapper_why = _untouchable(hooked) and f"module {layer} carries hooks or parametrizations"
+        if not site.wrapper_why and (mult[id(eff)] != 1 or probe is not None and site.calls(eff_name) != site.calls(layer)):
+            site.wrapper_why = f"module {eff_name} also runs outside {layer}"
+    return site
 
-    # rule 1: the layer's own per-channel output weights; exact on every call, whatever reads the output
-    why1 = wrapper_why or _scalable_output(eff, rank) or editable(eff, eff_name, shared_ok=eff is hooked)
-    if not why1:
-        c = _out_channels(eff)
-        check_units(c)
-        with torch.no_grad():
-            names = _scale_output(eff, scale(c))  # type: ignore[arg-type]
-        return "scale-output", [f"{eff_name}.{p}" for p in names], []
 
-    # rules 2 and 3 need the data flow, which a plain Sequential fixes
-    root: str | None = None
-    cur = eff_name
-    while True:  # climb to the outermost plain Sequential holding the layer
-        parent = cur.rpartition(".")[0]
-        if not _is_sequential(modules[parent] if parent else model):
-            break
-        root = parent
-        if not parent:
-            break
-        cur = parent
-    if root is None:
-        owner = eff_name.rpartition(".")[0]
-        owner_m = modules[owner] if owner else model
-        raise _Refused(f"{why1}; and its output goes into the custom forward() of {type(owner_m).__name__} "
-                       f"{owner or '(the generator)'}, which may add, concatenate or reuse it, so no weight change is "
-                       "provably equal to the edit")
-    root_m = modules[root] if root else model
-    root_label = f"Sequential {root or '(the generator)'}"
-    leaves = list(_leaves(root, root_m))
-    idx = [i for i, (n, _) in enumerate(leaves) if n == eff_name]
-    if mult[id(hooked)] != 1 or mult[id(eff)] != 1 or len(idx) != 1:
-        raise _Refused(f"module {eff_name} is used more than once in the model, so its hook edits every use")
-    if probe is not None and not calls(layer) == calls(eff_name) == calls(root):
-        raise _Refused(f"module {eff_name} is called {calls(eff_name)} times per forward but {root_label} "
-                       f"{calls(root)} times: the forward uses it outside the Sequential too")
-    i0 = idx[0]
-    struct_c = _out_channels(eff) if _stock(eff, _SHAPED) else None
-    if struct_c is None:  # the channel count of the nearest shaped module behind commuting ones
-        for n, m in reversed(leaves[:i0]):
-            if not _stock(m, _PASS_CHANNEL):
-                struct_c = _out_channels(m) if _stock(m, _SHAPED) else None
-                break
-    c_known = chans if chans is not None else struct_c
+# ------------------------------------------------------------------------------------------ the rules
 
-    def absorber(m: nn.Module, n: str) -> str:
-        why = editable(m, n)
-        if not why and probe is not None and calls(n) != calls(root):
-            why = f"module {n} is called outside {root_label}"
-        return why
 
-    # rule 2: forward through commuting modules to a consumer that absorbs the scale
+def rule_own_output(site: _Site) -> Outcome:
+    """Rule 1, scale-output: the layer's own per-channel output weights; exact on every call, whatever reads the output."""
+    if site.why_own:
+        return Refused(site.why_own)
+    return site.apply("scale-output", site.eff_name, _out_channels(site.eff), partial(_scale_output, site.eff))
+
+
+def _into_conv(site: _Site, chain: _Chain, n: str, m: nn.Module, flat: bool, passed: list[str]) -> Outcome | None:
+    """A Conv / ConvTranspose consumer (groups=1) scales the weights that read channel u (None: not a conv)."""
+    if flat or not _stock(m, _CONV + _CONVT):
+        return None
+    why = f"consumer {n} ({type(m).__name__}) has groups={m.groups}" if m.groups != 1 else site.absorber(chain, m, n)
+    if why:
+        return Refused(why)
+    return site.apply("scale-input", n, m.in_channels, partial(_scale_input, m, cols=1), passed)
+
+
+def _into_linear(site: _Site, chain: _Chain, n: str, m: nn.Module, flat: bool, passed: list[str]) -> Outcome | None:
+    """A Linear consumer scales the columns of channel u, after Flatten or on a 2-D output (None: not a Linear)."""
+    if not _stock(m, (nn.Linear,)):
+        return None
+    c_known, rank = chain.channels, site.rank
+    if flat and c_known is None:
+        why = f"the channel count before Flatten is unknown, so the columns of {n} cannot be assigned; pass example inputs"
+    elif flat and m.in_features % c_known:
+        why = f"{n} has {m.in_features} inputs, not a multiple of the layer's {c_known} channels"
+    elif not flat and rank is None:
+        why = f"consumer {n} is a Linear; pass example inputs to check the layer's output is 2-D"
+    elif not flat and rank != 2:
+        why = f"consumer {n} is a Linear acting on the last dim of a {rank}-D output, not on the channels"
+    else:
+        why = site.absorber(chain, m, n)
+    if why:
+        return Refused(why)
+    c, cols = (c_known, m.in_features // c_known) if flat else (m.in_features, 1)
+    return site.apply("scale-input", n, c, partial(_scale_input, m, cols=cols), passed)
+
+
+def _into_batchnorm(site: _Site, chain: _Chain, n: str, m: nn.Module, flat: bool, passed: list[str]) -> Outcome | None:
+    """An eval-mode BatchNorm with running statistics folds the scale into its affine weights (None: not a BN)."""
+    if flat or not _stock(m, _BN):
+        return None
+    if m.training or not m.track_running_stats or m.running_mean is None:
+        why = f"BatchNorm {n} normalises with batch statistics (training mode or no running stats); put G in eval mode"
+    elif m.weight is None or m.bias is None:
+        why = f"BatchNorm {n} has no affine weight and bias to absorb the edit"
+    else:
+        why = site.absorber(chain, m, n)
+    if why:
+        return Refused(why)
+    return site.apply("fold-batchnorm", n, m.num_features, partial(_fold_batchnorm, m), passed)
+
+
+_CONSUMERS = (_into_conv, _into_linear, _into_batchnorm)
+
+
+def rule_forward(site: _Site) -> Outcome:
+    """Rule 2, scale-input / fold-batchnorm: forward through commuting modules to a consumer that absorbs the scale."""
+    chain = site.chain
+    if isinstance(chain, Refused):
+        return chain
     passed: list[str] = []
     flat = False
-    why2 = ""
-    for n, m in leaves[i0 + 1:]:
+    for n, m in chain.leaves[chain.at + 1:]:
         why = _untouchable(m)
         if why:
-            why2 = f"module {n} on the way cannot be passed: {why}"
-            break
+            return Refused(f"module {n} on the way cannot be passed: {why}")
         if _stock(m, _PASS_ELEMENTWISE if flat else _PASS_CHANNEL):
             passed.append(n)
             continue
@@ -218,74 +337,53 @@ def _plan_and_apply(model: nn.Module, layer: str, hooked: nn.Module, units: tupl
             flat = True
             passed.append(n)
             continue
-        tname = type(m).__name__
-        if not flat and _stock(m, _CONV + _CONVT):
-            why2 = f"consumer {n} ({tname}) has groups={m.groups}" if m.groups != 1 else absorber(m, n)
-            if why2:
-                break
-            check_units(m.in_channels)
-            with torch.no_grad():
-                names = _scale_input(m, scale(m.in_channels), 1)
-            return "scale-input", [f"{n}.{p}" for p in names], passed
-        if _stock(m, (nn.Linear,)):
-            if flat and c_known is None:
-                why2 = f"the channel count before Flatten is unknown, so the columns of {n} cannot be assigned; pass example inputs"
-            elif flat and m.in_features % c_known:
-                why2 = f"{n} has {m.in_features} inputs, not a multiple of the layer's {c_known} channels"
-            elif not flat and rank is None:
-                why2 = f"consumer {n} is a Linear; pass example inputs to check the layer's output is 2-D"
-            elif not flat and rank != 2:
-                why2 = f"consumer {n} is a Linear acting on the last dim of a {rank}-D output, not on the channels"
-            else:
-                why2 = absorber(m, n)
-            if why2:
-                break
-            c, cols = (c_known, m.in_features // c_known) if flat else (m.in_features, 1)
-            check_units(c)
-            with torch.no_grad():
-                names = _scale_input(m, scale(c), cols)
-            return "scale-input", [f"{n}.{p}" for p in names], passed
-        if not flat and _stock(m, _BN):
-            if m.training or not m.track_running_stats or m.running_mean is None:
-                why2 = f"BatchNorm {n} normalises with batch statistics (training mode or no running stats); put G in eval mode"
-            elif m.weight is None or m.bias is None:
-                why2 = f"BatchNorm {n} has no affine weight and bias to absorb the edit"
-            else:
-                why2 = absorber(m, n)
-            if why2:
-                break
-            check_units(m.num_features)
-            with torch.no_grad():
-                names = _fold_batchnorm(m, scale(m.num_features))
-            return "fold-batchnorm", [f"{n}.{p}" for p in names], passed
-        why2 = f"{n} ({tname}) neither commutes with scaling a channel nor has weights that can absorb it"
-        break
-    else:
-        why2 = f"the output reaches the end of {root_label} and goes into custom code or the generator's output"
+        for consumer in _CONSUMERS:
+            out = consumer(site, chain, n, m, flat, passed)
+            if out is not None:
+                return out
+        return Refused(f"{n} ({type(m).__name__}) neither commutes with scaling a channel nor has weights that can absorb it")
+    return Refused(f"the output reaches the end of {chain.label} and goes into custom code or the generator's output")
 
-    # rule 3: backward through commuting modules (the layer included) to a producer
+
+def rule_backward(site: _Site) -> Outcome:
+    """Rule 3, scale-output-behind: backward from a commuting layer through commuting modules to a producer of rule 1."""
+    chain = site.chain
+    if isinstance(chain, Refused):
+        return chain
+    if not _stock(site.eff, _PASS_CHANNEL):
+        return Refused(f"the layer ({type(site.eff).__name__}) does not commute with scaling a channel")
+    if _untouchable(site.eff) or site.wrapper_why:
+        return Refused(site.wrapper_why or f"module {site.eff_name} cannot be passed: {_untouchable(site.eff)}")
     behind: list[str] = []
-    if not _stock(eff, _PASS_CHANNEL):
-        why3 = f"the layer ({type(eff).__name__}) does not commute with scaling a channel"
-    elif _untouchable(eff) or wrapper_why:
-        why3 = wrapper_why or f"module {eff_name} cannot be passed: {_untouchable(eff)}"
-    else:
-        why3 = "no module with per-channel weights behind it"
-        for n, m in reversed(leaves[:i0]):
-            why = _untouchable(m)
-            if why:
-                why3 = f"module {n} behind it cannot be passed: {why}"
-                break
-            if _stock(m, _PASS_CHANNEL):
-                behind.append(n)
-                continue
-            why3 = _scalable_output(m, rank) or absorber(m, n)
-            if why3:
-                why3 = f"{n} behind it: {why3}"
-                break
-            c = _out_channels(m)
-            check_units(c)
-            with torch.no_grad():
-                names = _scale_output(m, scale(c))  # type: ignore[arg-type]
-            return "scale-output-behind", [f"{n}.{p}" for p in names], list(reversed(behind))
-    raise _Refused(f"own weights: {why1}; forward: {why2}; backward: {why3}")
+    for n, m in reversed(chain.leaves[:chain.at]):
+        why = _untouchable(m)
+        if why:
+            return Refused(f"module {n} behind it cannot be passed: {why}")
+        if _stock(m, _PASS_CHANNEL):
+            behind.append(n)
+            continue
+        why = _scalable_output(m, site.rank) or site.absorber(chain, m, n)
+        if why:
+            return Refused(f"{n} behind it: {why}")
+        return site.apply("scale-output-behind", n, _out_channels(m), partial(_scale_output, m), list(reversed(behind)))
+    return Refused("no module with per-channel weights behind it")
+
+
+Rule = Callable[[_Site], Outcome]
+# The rules in the order they are tried, each with the label its reason carries when every rule refuses.
+RULES: list[tuple[str, Rule]] = [("own weights", rule_own_output), ("forward", rule_forward), ("backward", rule_backward)]
+
+
+def apply_rules(model: nn.Module, layer: str, hooked: nn.Module, units: tuple[int, ...], alpha: tuple[float, ...],
+                probe: _Probe | None) -> Outcome:
+    """Bake one layer's edit into `model` in place with the first rule that applies; else refused with every rule's reason."""
+    site = _site(model, layer, hooked, units, alpha, probe)
+    if isinstance(site, Refused):
+        return site
+    reasons: list[str] = []
+    for label, rule in RULES:
+        out = rule(site)
+        if isinstance(out, Applied) or out.final:
+            return out
+        reasons.append(f"{label}: {out.reason}")
+    return Refused("; ".join(reasons))
