@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..generator import COMMON_KEYS, LoadedGenerator, extract_state_dict, finger
 from ..io import atomic_path, sha256_file, write_json_atomic
 from .bake import bake_edits
 from .edits import Call, _as_args, _normalize_edits
-from .verification import TOLERANCE, VERIFY_N, hooked_torchscript, verify
+from .verification import TOLERANCE, VERIFY_N, save_hooked_torchscript, verify
 
 
 @dataclass
@@ -114,6 +113,35 @@ def _save_safetensors(sd: Mapping[str, torch.Tensor], path: Path, metadata: dict
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(tmp), metadata=metadata)
 
 
+@dataclass
+class _Job:
+    """One export: the generator, its normalised edits, where the files go, and how the check calls G."""
+
+    g: LoadedGenerator
+    norm: Mapping[str, tuple[tuple[int, ...], tuple[float, ...]]]
+    out_dir: Path
+    src_path: Path | None  # the checkpoint whose layout the cleaned one keeps
+    seed: int
+    n: int
+    tolerance: float
+    call: Call | None
+    allow: tuple[Any, ...]  # the adapter's safe globals for reading pickled checkpoints
+
+    @property
+    def stem(self) -> str:
+        """The file stem of what is written."""
+        return self.src_path.stem if self.src_path else "generator"
+
+    @property
+    def ckpt_path(self) -> Path:
+        """Where the cleaned checkpoint goes (the input's file name)."""
+        return self.out_dir / (self.src_path.name if self.src_path else "generator.pt")
+
+    def lat(self, idx: range) -> tuple[Any, ...]:
+        """The seeded latents of samples `idx`."""
+        return latents(self.g.spec, self.seed, idx)
+
+
 def export_cleaned(g: LoadedGenerator, edits: Mapping[str, Any], out_dir: str | Path,
                    checkpoint_layout_from: str | Path | None = None, *, seed: int = 0, n: int = VERIFY_N,
                    tolerance: float = TOLERANCE) -> ExportResult:
@@ -135,106 +163,105 @@ def export_cleaned(g: LoadedGenerator, edits: Mapping[str, Any], out_dir: str | 
     src_path = Path(src) if src else None
     if src_path is not None and not src_path.is_file():
         raise UserError(f"checkpoint {src_path} does not exist; pass the checkpoint the generator was loaded from.")
-
-    def lat(idx: range) -> tuple[Any, ...]:
-        return latents(g.spec, seed, idx)
-
-    example = _as_args(lat(range(8)))
+    job = _Job(g, norm, out_dir, src_path, seed, n, tolerance, call, allow)
+    example = _as_args(job.lat(range(8)))
     baked = bake(g.module, norm, example)
     layers = {lb.layer: lb.to_json() for lb in baked.layers}
-    stem = src_path.stem if src_path else "generator"
     result = ExportResult(str(out_dir), False, math.inf, tolerance, n, seed, "", layers,
                           fingerprint_before=g.fingerprint)
     if src_path is not None:
         result.input = {"path": str(src_path), "sha256": sha256_file(src_path)}
-
-    ckpt_path = out_dir / (src_path.name if src_path else "generator.pt")
-    if src_path is not None and ckpt_path.resolve() == src_path.resolve():
+    if src_path is not None and job.ckpt_path.resolve() == src_path.resolve():
         raise UserError(f"exporting into {out_dir} would overwrite the original checkpoint {src_path}; choose another folder.")
-
-    note = ""
     if baked.exact:
         assert baked.model is not None
-        # the cleaned checkpoint in the input's layout, built in memory first
-        if src_path is None:
-            obj: Any = OrderedDict((k, v.detach().cpu().clone()) for k, v in baked.model.state_dict().items())
-            where: tuple[str, ...] = ()
-            result.layout = "state_dict (no input checkpoint)"
-            meta = None
-        else:
-            original = read_checkpoint(src_path, g.spec.trust_pickle, allow)
-            extract_state_dict(original, g.spec.key, str(src_path))  # same lookup and errors as loading
-            where = _locate(original, g.spec.key)
-            old = _get(original, where)
-            meta = None
-            if src_path.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(src_path), framework="pt") as fh:
-                    meta = fh.metadata()
-            if not _same_weights(old.state_dict() if isinstance(old, nn.Module) else old, g.module):
-                raise UserError(f"the generator weights in {src_path} differ from the loaded generator's; pass the "
-                                "checkpoint the generator was loaded from as checkpoint_layout_from.")
-            if isinstance(old, nn.Module):
-                obj = _set(original, where, baked.model)
-                result.layout = "pickled module" + (f" at {'.'.join(where)}" if where else "")
-            else:
-                obj = _set(original, where, _replace_sd(old, baked.model, str(src_path)))
-                kind = "safetensors" if src_path.suffix == ".safetensors" else "state_dict"
-                result.layout = kind + (f" at {'.'.join(where)}" if where else "")
-        # verify exactly what will be stored (dtype included)
-        stored = _get(obj, where)
-        if isinstance(stored, nn.Module):
-            candidate = stored
-        else:
-            candidate = copy.deepcopy(g.module)
-            load_into(candidate, extract_state_dict(stored, None, str(ckpt_path)), str(ckpt_path))  # type: ignore[arg-type]
-        candidate.eval()
-        diff = verify(g.module, candidate, norm, inputs=lat, n=n, call=call)
-        result.max_abs_diff = diff
-        if diff <= tolerance:
-            result.exact = True
-            result.fingerprint_after = fingerprint(candidate, g.spec)
-            if ckpt_path.suffix == ".safetensors":
-                _save_safetensors(obj, ckpt_path, meta)
-                sft_path = ckpt_path
-            else:
-                with atomic_path(ckpt_path) as tmp:
-                    torch.save(obj, tmp)
-                sft_path = out_dir / f"{stem}.safetensors"
-                _save_safetensors(candidate.state_dict(), sft_path)
-            _check_written(ckpt_path, sft_path, candidate, g.spec.trust_pickle, allow)
-            result.files["checkpoint"] = {"path": str(ckpt_path), "sha256": sha256_file(ckpt_path)}
-            result.files["safetensors"] = {"path": str(sft_path), "sha256": sha256_file(sft_path)}
-            methods = ", ".join(f"{k}: {v['method']}" for k, v in layers.items())
-            result.note = (f"all edits are baked into the weights ({methods}); "
-                           f"max |cleaned - hooked| = {diff:.3g} over {n} latents (seed {seed}).")
-        else:
-            note = (f"the edits were baked into the weights, but the stored weights differ from the hooked generator by "
-                    f"up to {diff:.3g} (> {tolerance:g}; e.g. a low-precision checkpoint dtype), so ")
+        note = _write_baked(job, baked.model, result)
     else:
         note = f"the edits cannot be baked into weights exactly ({baked.reason}), so "
-
     if not result.exact:
-        ts_path = out_dir / f"{stem}.torchscript.pt"
-        scripted = hooked_torchscript(g.module, norm, example, call)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            with atomic_path(ts_path) as tmp:
-                torch.jit.save(scripted, str(tmp))
-            loaded = torch.jit.load(str(ts_path), map_location="cpu")
-        diff = verify(g.module, loaded, norm, inputs=lat, n=n, call=call)
-        if diff > tolerance:
-            raise RuntimeFailure(f"the TorchScript export differs from the hooked generator by {diff:.3g} (> {tolerance:g}); "
-                                 f"{ts_path} should not be used.")
-        result.max_abs_diff = diff
-        result.layout = "torchscript"
-        result.files["torchscript"] = {"path": str(ts_path), "sha256": sha256_file(ts_path)}
-        result.note = (note + f"no weights checkpoint was written: {ts_path.name} is a TorchScript module that applies "
-                       f"the ablation inside its forward (load it with torch.jit.load); max |torchscript - hooked| = "
-                       f"{diff:.3g} over {n} latents (seed {seed}).")
+        _write_torchscript(job, example, result, note)
     write_json_atomic(out_dir / "export.json", result.to_json())
     return result
+
+
+def _in_layout(job: _Job, model: nn.Module, result: ExportResult) -> tuple[Any, tuple[str, ...], dict[str, str] | None]:
+    """The cleaned checkpoint in the input's layout, built in memory: (object, where G sits, safetensors metadata)."""
+    src_path = job.src_path
+    if src_path is None:
+        result.layout = "state_dict (no input checkpoint)"
+        return OrderedDict((k, v.detach().cpu().clone()) for k, v in model.state_dict().items()), (), None
+    original = read_checkpoint(src_path, job.g.spec.trust_pickle, job.allow)
+    extract_state_dict(original, job.g.spec.key, str(src_path))  # same lookup and errors as loading
+    where = _locate(original, job.g.spec.key)
+    old = _get(original, where)
+    meta = None
+    if src_path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(src_path), framework="pt") as fh:
+            meta = fh.metadata()
+    if not _same_weights(old.state_dict() if isinstance(old, nn.Module) else old, job.g.module):
+        raise UserError(f"the generator weights in {src_path} differ from the loaded generator's; pass the "
+                        "checkpoint the generator was loaded from as checkpoint_layout_from.")
+    at = f" at {'.'.join(where)}" if where else ""
+    if isinstance(old, nn.Module):
+        obj = _set(original, where, model)
+        result.layout = "pickled module" + at
+    else:
+        obj = _set(original, where, _replace_sd(old, model, str(src_path)))
+        result.layout = ("safetensors" if src_path.suffix == ".safetensors" else "state_dict") + at
+    return obj, where, meta
+
+
+def _write_baked(job: _Job, model: nn.Module, result: ExportResult) -> str:
+    """Verify exactly what will be stored (dtype included) and write it; returns why not ('' when written)."""
+    obj, where, meta = _in_layout(job, model, result)
+    stored = _get(obj, where)
+    ckpt_path = job.ckpt_path
+    if isinstance(stored, nn.Module):
+        candidate = stored
+    else:
+        candidate = copy.deepcopy(job.g.module)
+        load_into(candidate, extract_state_dict(stored, None, str(ckpt_path)), str(ckpt_path))  # type: ignore[arg-type]
+    candidate.eval()
+    diff = verify(job.g.module, candidate, job.norm, inputs=job.lat, n=job.n, call=job.call)
+    result.max_abs_diff = diff
+    if diff > job.tolerance:
+        return (f"the edits were baked into the weights, but the stored weights differ from the hooked generator by "
+                f"up to {diff:.3g} (> {job.tolerance:g}; e.g. a low-precision checkpoint dtype), so ")
+    result.exact = True
+    result.fingerprint_after = fingerprint(candidate, job.g.spec)
+    if ckpt_path.suffix == ".safetensors":
+        _save_safetensors(obj, ckpt_path, meta)
+        sft_path = ckpt_path
+    else:
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(obj, tmp)
+        sft_path = job.out_dir / f"{job.stem}.safetensors"
+        _save_safetensors(candidate.state_dict(), sft_path)
+    _check_written(ckpt_path, sft_path, candidate, job.g.spec.trust_pickle, job.allow)
+    result.files["checkpoint"] = {"path": str(ckpt_path), "sha256": sha256_file(ckpt_path)}
+    result.files["safetensors"] = {"path": str(sft_path), "sha256": sha256_file(sft_path)}
+    methods = ", ".join(f"{k}: {v['method']}" for k, v in result.layers.items())
+    result.note = (f"all edits are baked into the weights ({methods}); "
+                   f"max |cleaned - hooked| = {diff:.3g} over {job.n} latents (seed {job.seed}).")
+    return ""
+
+
+def _write_torchscript(job: _Job, example: tuple[Any, ...], result: ExportResult, note: str) -> None:
+    """The fallback: a verified TorchScript module that runs the hook edit inside its forward."""
+    ts_path = job.out_dir / f"{job.stem}.torchscript.pt"
+    loaded = save_hooked_torchscript(job.g.module, job.norm, example, job.call, ts_path)
+    diff = verify(job.g.module, loaded, job.norm, inputs=job.lat, n=job.n, call=job.call)
+    if diff > job.tolerance:
+        raise RuntimeFailure(f"the TorchScript export differs from the hooked generator by {diff:.3g} (> {job.tolerance:g}); "
+                             f"{ts_path} should not be used.")
+    result.max_abs_diff = diff
+    result.layout = "torchscript"
+    result.files["torchscript"] = {"path": str(ts_path), "sha256": sha256_file(ts_path)}
+    result.note = (note + f"no weights checkpoint was written: {ts_path.name} is a TorchScript module that applies "
+                   f"the ablation inside its forward (load it with torch.jit.load); max |torchscript - hooked| = "
+                   f"{diff:.3g} over {job.n} latents (seed {job.seed}).")
 
 
 def _check_written(ckpt_path: Path, sft_path: Path, model: nn.Module, trust_pickle: bool, allow: tuple = ()) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import RuntimeFailure
+from ..io import atomic_path
 from ..trace import Ablation, Trace
 from .edits import Call, Inputs, _as_args, _call, _edit_fns, _normalize_edits
 
@@ -79,3 +81,14 @@ def hooked_torchscript(model: nn.Module, edits: Mapping[str, Any], example: Inpu
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 marks TorchScript deprecated; still supported
         return torch.jit.trace(wrapper, _as_args(example), check_trace=False)
+
+
+def save_hooked_torchscript(model: nn.Module, edits: Mapping[str, Any], example: Inputs, call: Call | None,
+                            path: Path) -> torch.jit.ScriptModule:
+    """Write `hooked_torchscript` of the model to `path` atomically and load it back (on the CPU) to be checked."""
+    scripted = hooked_torchscript(model, edits, example, call)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with atomic_path(path) as tmp:
+            torch.jit.save(scripted, str(tmp))
+        return torch.jit.load(str(path), map_location="cpu")
