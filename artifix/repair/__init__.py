@@ -12,8 +12,9 @@ The data flow, one module a step:
         bake.py         all layers baked into one copy of G
         verification.py the copy checked against the hooked original; the TorchScript fallback
     measurement.py  the proof: paired before/after metrics, artifact rates, pixel change
+    manifest.py     the manifest (what was removed, the export, the proof, the verdict) and its files
     card.py         the manifest as a Markdown model card, with forest and k-sweep plots
-    run.py          `repair`: all of the above into one output folder with the manifest, as one transaction
+    run.py          `repair`: all of the above into one output folder, as one transaction
 """
 
 from __future__ import annotations

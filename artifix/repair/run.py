@@ -1,5 +1,5 @@
 """The repair end to end: remove the plan's units, write the verified cleaned generator, measure it, and write
-the manifest, model card and report next to it, as one transaction (`repair`)."""
+the manifest, model card and report next to it (`manifest.py`), as one transaction (`repair`)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .. import __version__, intervals, log
+from .. import intervals, log
 from ..errors import UserError
 from ..generator import LoadedGenerator
 from ..images import grid, save_png
-from ..io import check_output_folder, output_folder, write_json_atomic, write_text_atomic
+from ..io import check_output_folder, output_folder
 from ..ledger import Ledger
-from ..provenance import provenance
 from ..trace import Trace
-from ..verdict import repair_verdict
-from .card import model_card, report_pictures
 from .export import export_cleaned
 from .ksweep import sweep
+from .manifest import build_manifest, write_manifest
 from .measurement import measure
 from .plan import RepairPlan, Say, _edits, optimise_alpha, random_control
 
@@ -62,20 +60,10 @@ def repair_into(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, se
     if run_sweep:
         sweep_res = sweep(g, plan, seed, sweep_n or n, clf, real, metrics="fd,swd" if metrics else "", cache=cache, say=say,
                           confidence=confidence, ledger=led)
-        k = max(sweep_res["k_best"], 1)
-        if k < len(plan.edits[plan.layer]):
-            dropped = plan.edits[plan.layer][k:]
-            say(f"the sweep keeps the first {k} units of {plan.layer}; not removing {dropped}")
-            plan = plan.prefix(k)
+        plan = _keep_swept(plan, sweep_res, say)
     history: list[dict[str, float]] = []
     if optimise:
-        if clf is None:
-            raise UserError("--optimise-alpha needs the artifact classifier; train one with 'artifix classify train'.")
-        from ..classifier import differentiable_score
-
-        alphas, history = optimise_alpha(g, plan, differentiable_score(clf, g.spec.range, logit=True), seed, list(flagged), say=say)
-        plan = RepairPlan(plan.edits, plan.source, plan.approvals, alphas)
-        say("optimised alphas: " + "; ".join(f"{l}: " + ", ".join(f"{u}={a:.2f}" for u, a in zip(plan.edits[l], plan.alpha(l))) for l in plan.layers))
+        plan, history = _optimised(g, plan, clf, seed, flagged, say)
     control = random_control(plan, channels, seed)
     say(f"removing {plan.n_units} units ({plan.source}): " + "; ".join(f"{l}: {u}" for l, u in plan.edits.items())
         + "; random control: " + "; ".join(f"{l}: {u}" for l, u in control.items()))
@@ -86,34 +74,53 @@ def repair_into(g: LoadedGenerator, plan: RepairPlan, out_dir: str | Path, *, se
                       cache=cache, say=say, confidence=confidence, ledger=led)
     collateral = None
     if segmenter is not None and collateral_n > 0:
-        from ..dissect import concept_collateral
+        collateral = _collateral(g, plan, segmenter, seed, collateral_n, confidence, say)
+    _before_after(led, plan, control, flagged, clean, out)
+    manifest = build_manifest(g, plan, control, exported, results, collateral=collateral, history=history, sweep=sweep_res,
+                              skipped=skipped, confidence=confidence, started=t0, real=real, clf=clf, flagged=flagged, clean=clean)
+    write_manifest(manifest, out)
+    return manifest
 
-        say(f"collateral: what else the removed units draw (segmenter, {collateral_n} samples)")
-        with Trace(g.module, edit={l: a for l, a in plan.ablations().items() if l != plan.layer}) if len(plan.layers) > 1 else nullcontext():
-            collateral = {"layer": plan.layer, "n": collateral_n,
-                          "concepts": concept_collateral(g, plan.layer, plan.edits[plan.layer], segmenter, seed, collateral_n,
-                                                         confidence=confidence)}
+
+def _keep_swept(plan: RepairPlan, sweep_res: Mapping[str, Any], say: Say) -> RepairPlan:
+    """The plan cut to the sweep's k_best units of its primary layer (at least one)."""
+    k = max(sweep_res["k_best"], 1)
+    if k < len(plan.edits[plan.layer]):
+        dropped = plan.edits[plan.layer][k:]
+        say(f"the sweep keeps the first {k} units of {plan.layer}; not removing {dropped}")
+        plan = plan.prefix(k)
+    return plan
+
+
+def _optimised(g: LoadedGenerator, plan: RepairPlan, clf: Any, seed: int, flagged: Sequence[int],
+               say: Say) -> tuple[RepairPlan, list[dict[str, float]]]:
+    """The plan with per-unit alphas optimised against the classifier on the flagged samples, and the steps' history."""
+    if clf is None:
+        raise UserError("--optimise-alpha needs the artifact classifier; train one with 'artifix classify train'.")
+    from ..classifier import differentiable_score
+
+    alphas, history = optimise_alpha(g, plan, differentiable_score(clf, g.spec.range, logit=True), seed, list(flagged), say=say)
+    plan = RepairPlan(plan.edits, plan.source, plan.approvals, alphas)
+    say("optimised alphas: " + "; ".join(f"{l}: " + ", ".join(f"{u}={a:.2f}" for u, a in zip(plan.edits[l], plan.alpha(l))) for l in plan.layers))
+    return plan, history
+
+
+def _collateral(g: LoadedGenerator, plan: RepairPlan, segmenter: Any, seed: int, n: int, confidence: float,
+                say: Say) -> dict[str, Any]:
+    """What else the primary layer's removed units draw: each concept's pixels by the segmenter, before and after."""
+    from ..dissect import concept_collateral
+
+    say(f"collateral: what else the removed units draw (segmenter, {n} samples)")
+    with Trace(g.module, edit={l: a for l, a in plan.ablations().items() if l != plan.layer}) if len(plan.layers) > 1 else nullcontext():
+        return {"layer": plan.layer, "n": n,
+                "concepts": concept_collateral(g, plan.layer, plan.edits[plan.layer], segmenter, seed, n, confidence=confidence)}
+
+
+def _before_after(led: Ledger, plan: RepairPlan, control: Mapping[str, Sequence[int]], flagged: Sequence[int],
+                  clean: Sequence[int], out: Path) -> None:
+    """before_after_{flagged,clean}.png: rows before, repaired, random control, for up to 8 samples of each."""
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]
     for name, ids in (("flagged", ids_f), ("clean", ids_c)):
         if ids:
             rows = [led.images(e, ids) for e in (None, plan.ablations(), _edits(control))]
             save_png(out / f"before_after_{name}.png", grid(np.concatenate(rows), ncol=len(ids), scale=2))
-    manifest = {
-        "artifix_version": __version__, "source": exported.input, "fingerprint_before": g.fingerprint,
-        "fingerprint_after": exported.fingerprint_after, "layer": plan.layer, "units": plan.units, "alphas": plan.alpha(plan.layer),
-        "layers": plan.layers, "edits": plan.to_json(), "selection": plan.source, "approvals": plan.approvals,
-        "random_control": control, "random_control_units": control[plan.layer], "export": exported.to_json(),
-        "metrics": results, "collateral": collateral, "alpha_optimisation": history or None, "sweep": sweep_res,
-        "skipped_measures": list(skipped), "confidence": float(confidence), "seconds": round(time.time() - t0, 1),
-        "provenance": provenance(real=real, metrics=results["repair"], clf=clf, flagged=flagged, clean=clean,
-                                 device=str(next(g.module.parameters()).device) if any(True for _ in g.module.parameters()) else "cpu"),
-    }
-    manifest["verdict"] = repair_verdict(manifest).to_json()
-    write_json_atomic(out / "manifest.json", manifest)
-    forest_md, sweep_md = report_pictures(manifest, out)
-    card = model_card(manifest) + forest_md
-    write_text_atomic(out / "MODEL_CARD.md", card)
-    write_text_atomic(out / "report.md", card + sweep_md +
-                      "\n## Before / after\n\nRows: before; approved units removed; "
-                      "random-unit control.\n\n![flagged](before_after_flagged.png)\n\n![clean](before_after_clean.png)\n")
-    return manifest
