@@ -120,7 +120,7 @@ def _w_reference_stats(path, v):
 
 
 def _w_safetensors(path, v):
-    from artifix.export import _save_safetensors
+    from artifix.repair.export import _save_safetensors
 
     _save_safetensors({"w": torch.full((1000,), float(v))}, Path(path))
 
@@ -174,7 +174,7 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(name, tmp_
 
 def test_cleaned_generator_export_interrupted_keeps_the_previous_export(tmp_path, monkeypatch, tiny_ckpt):
     """The cleaned checkpoint (torch.save in the input's layout) and its safetensors copy, through export_cleaned."""
-    from artifix.export import export_cleaned
+    from artifix.repair.export import export_cleaned
     from artifix.generator import load_generator, spec_from_options
 
     g = load_generator(spec_from_options({"generator": f"{GENS}:tiny_dcgan", "checkpoint": str(tiny_ckpt), "latent": "16,1,1"}))

@@ -9,7 +9,9 @@ from torch import nn
 
 from artifix.errors import UserError
 from artifix.example import Generator
-from artifix.export import bake_ablation, bake_edits, export_cleaned, verify
+from artifix.repair.bake import bake_ablation, bake_edits
+from artifix.repair.export import export_cleaned
+from artifix.repair.verification import verify
 from artifix.generator import GeneratorSpec, LoadedGenerator, latents, load_generator, spec_from_options
 from artifix.io import sha256_file
 from artifix.trace import Trace, ablation

@@ -66,7 +66,7 @@ def proj(tmp_path_factory, one_torch_thread):
     from safetensors.torch import save_file
 
     from artifix.classifier import train_classifier
-    from artifix.export import export_cleaned
+    from artifix.repair.export import export_cleaned
     from artifix.planted import plant_defects, simulate_reviewer
 
     d = tmp_path_factory.mktemp("gate")

@@ -93,7 +93,7 @@ def test_checkpoint_pickle_refused_unless_trusted(tmp_path, tiny_ckpt):
 
 def test_export_reads_the_source_checkpoint_safely(tmp_path, tiny_ckpt):
     """export_cleaned re-reads the input checkpoint for its layout: the same refusal applies there."""
-    from artifix.export import export_cleaned
+    from artifix.repair.export import export_cleaned
     from artifix.generator import load_generator, spec_from_options
 
     g = load_generator(spec_from_options({"generator": f"{GENS}:tiny_dcgan", "checkpoint": str(tiny_ckpt), "latent": "16,1,1"}))

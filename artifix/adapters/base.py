@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..export import BakeResult, LayerBake, bake_edits
+from ..repair.bake import BakeResult, LayerBake, bake_edits
 from ..generator import GeneratorSpec, LoadedGenerator, extract_state_dict, fingerprint, latents, read_checkpoint
 
 Edits = Mapping[str, tuple[tuple[int, ...], tuple[float, ...]]]  # {layer: (units, alphas)} as export normalises them
@@ -32,7 +32,7 @@ class Adapter:
 
     name: str = ""
     hookable: bool = True  # False: hooks cannot enter the module (TorchScript), so scoring and repair refuse
-    own_format: bool = False  # True: `export` writes the family's own file format instead of export.export_cleaned's
+    own_format: bool = False  # True: `export` writes the family's own file format instead of repair.export_cleaned's
     safe_globals: tuple[Any, ...] = ()  # classes torch.load(weights_only=True) may rebuild for this family's checkpoints
 
     def detect(self, spec: GeneratorSpec) -> bool:
@@ -102,7 +102,7 @@ def scale_rows(fc: nn.Module, s: torch.Tensor) -> list[str]:
 
 def bake_with_rules(module: nn.Module, edits: Edits, rule: Rule,
                     fallback: Callable[[nn.Module, Edits, Any], BakeResult] | None = None, example: Any = None) -> BakeResult:
-    """Bake each layer with the family's `rule` (in a deep copy); layers it declines go to `fallback` (export's generic rules)."""
+    """Bake each layer with the family's `rule` (in a deep copy); layers it declines go to `fallback` (repair/rules.py's generic rules)."""
     import copy
 
     work = copy.deepcopy(module)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..export import bake_edits
+from ..repair.bake import bake_edits
 from ..generator import GeneratorSpec, LoadedGenerator, extract_state_dict, load_into, read_checkpoint
 from .base import Adapter, Edits, bake_with_rules, finish, named, state_dict_keys
 

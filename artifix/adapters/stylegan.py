@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import RuntimeFailure, UserError
-from ..export import TOLERANCE, ExportResult, hooked_torchscript, verify
+from ..repair.export import ExportResult
+from ..repair.verification import TOLERANCE, save_hooked_torchscript, verify
 from ..generator import GeneratorSpec, LoadedGenerator, latents
 from ..io import atomic_path, sha256_file, write_json_atomic
 from .base import Adapter, Edits, add_code_path, bake_with_rules, finish, named, scale_rows
@@ -232,16 +233,9 @@ class _Mismatch(Exception):
 def _torchscript_fallback(adapter: Adapter, g: LoadedGenerator, edits: Edits, out_dir: Path, stem: str, result: ExportResult,
                           note: str, call: Any, lat: Any) -> None:
     """A verified TorchScript module running the hooks inside its forward, when the weights cannot hold the edit."""
-    import warnings
-
     ts_path = out_dir / f"{stem}.torchscript.pt"
     example = tuple(a for a in lat(range(1)) if a is not None)  # batch 1: a traced grouped modconv fixes the batch size
-    scripted = hooked_torchscript(g.module, edits, example, call)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with atomic_path(ts_path) as tmp:
-            torch.jit.save(scripted, str(tmp))
-        loaded = torch.jit.load(str(ts_path), map_location="cpu")
+    loaded = save_hooked_torchscript(g.module, edits, example, call, ts_path)
     diff = verify(g.module, loaded, edits, inputs=lat, n=result.verify_n, batch=1, call=lambda m, a: m(*a) if m is loaded else call(m, a))
     if diff > result.tolerance:
         raise RuntimeFailure(f"the TorchScript export differs from the hooked generator by {diff:.3g}; {ts_path} should not be used.")
