@@ -47,7 +47,7 @@ MUTANTS = [
  ("np.load allow_pickle=False", "artifix/metrics/reference.py",
   "            arr = np.load(path, mmap_mode=\"r\", allow_pickle=False)\n            return", "            arr = np.load(path, mmap_mode=\"r\", allow_pickle=True)\n            return",
   ["tests/test_safe_loading.py", "-k", "audit"]),
- ("import validated before writing (one transaction)", "artifix/labels.py",
+ ("import validated before writing (one transaction)", "artifix/labels/store.py",
   "                row, mask_rel = self._parse_flag(run, rec, reviewer, where)",
   "                try:\n                    row, mask_rel = self._parse_flag(run, rec, reviewer, where)\n                except UserError:\n                    break",
   ["tests/test_properties.py", "-k", "invalid_row"]),
@@ -57,7 +57,7 @@ MUTANTS = [
  ("temporary removed when a write fails", "artifix/io.py",
   "        tmp_path.unlink(missing_ok=True)\n        raise\n", "        raise\n",
   ["tests/test_atomic_writes.py", "-k", "interrupted and not label and not cleaned"]),
- ("import mask paths kept inside the flags folder", "artifix/labels.py",
+ ("import mask paths kept inside the flags folder", "artifix/labels/store.py",
   '    if not rel or "\\x00" in rel:', '    return root / rel\n    if not rel or "\\x00" in rel:',
   ["tests/test_bad_inputs.py", "-k", "import"]),
 ]

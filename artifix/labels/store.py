@@ -47,8 +47,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from .errors import RuntimeFailure, UserError
-from .io import fsync_dir, sha256_file, write_bytes_atomic, write_text_atomic
+from ..errors import RuntimeFailure, UserError
+from ..io import fsync_dir, sha256_file, write_bytes_atomic, write_text_atomic
 
 __all__ = [
     "LABELS", "STATUSES", "SCHEMA_VERSION", "LabelStore", "Run", "ApprovedUnit",
