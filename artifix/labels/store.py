@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import random
 import re
@@ -34,11 +33,9 @@ import shutil
 import sqlite3
 import tempfile
 import time
-import zlib
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -49,23 +46,20 @@ from sqlalchemy.pool import StaticPool
 
 from ..errors import RuntimeFailure, UserError
 from ..io import fsync_dir, sha256_file, write_bytes_atomic, write_text_atomic
+from .values import (LABELS, MASK_ENCODING, MAX_TIME_US, STATUSES, ApprovedUnit, Run, as_int, check_label, check_reviewer,
+                     check_sample, decode_mask, dumps, encode_mask, format_time, jsonable, now_us, parse_time, time_col,
+                     to_datetime)
 
 __all__ = [
     "LABELS", "STATUSES", "SCHEMA_VERSION", "LabelStore", "Run", "ApprovedUnit",
     "encode_mask", "decode_mask", "format_time", "parse_time",
 ]
 
-LABELS: tuple[str, ...] = ("artifact", "clean", "unsure")
-STATUSES: tuple[str, ...] = ("proposed", "approved", "rejected")
 SCHEMA_VERSION = 2  # 2: the ab_answers table (blind A/B preference answers); older stores gain it on open
-MASK_ENCODING = "packbits-zlib"
 
-_REVIEWER_RE = re.compile(r"\w[\w.@+-]{0,99}")
 _MASK_NAME_RE = re.compile(r"([0-9]+)(?:_(.+))?\.[pP][nN][gG]")
 _FLAG_COLUMNS = ("sample", "label", "reviewer", "time", "mask")
 _EXPORT_ENTRIES = {"flags.csv", "flags.json", "masks"}
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MAX_TIME_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc) - _EPOCH) // timedelta(microseconds=1)
 _INT64 = 2**63
 _PG_LOCK_KEY = 0x4152_5446  # advisory lock taken while creating the schema on PostgreSQL
 
@@ -183,31 +177,7 @@ _PG_TRIGGERS = (
     "FOR EACH STATEMENT EXECUTE FUNCTION artifix_audit_append_only()",
 )
 
-# ------------------------------------------------------------------------------------------ values
-
-
-@dataclass(frozen=True)
-class Run:
-    """One registered sampling run: generator fingerprint, layers, seed, sample count and image size."""
-
-    id: int
-    fingerprint: str
-    layers: tuple[str, ...]
-    seed: int
-    n: int
-    image_size: tuple[int, int] | None
-    created: datetime
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-class ApprovedUnit(NamedTuple):
-    """A unit whose latest decision is 'approved'."""
-
-    layer: str
-    unit: int
-    reviewer: str
-    time: datetime
-    note: str
+# ------------------------------------------------------------------------------------------ import rows
 
 
 @dataclass
@@ -226,118 +196,6 @@ class _MaskItem:
     bits: np.ndarray
     source: Path
     where: str
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def format_time(us: int) -> str:
-    """ISO 8601 UTC text of a time in integer microseconds since the epoch, e.g. '2024-05-01T12:00:00.000000Z'."""
-    return (_EPOCH + timedelta(microseconds=int(us))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(value: Any) -> int:
-    """Integer microseconds since the epoch from ISO 8601 text (naive = UTC), a datetime, or epoch seconds; ValueError if neither."""
-    if isinstance(value, bool):
-        raise ValueError("a boolean is not a time")
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, (int, float, np.integer, np.floating)):
-        if not math.isfinite(float(value)):
-            raise ValueError("not a finite number")
-        return int(round(float(value) * 1_000_000)) if not isinstance(value, (int, np.integer)) else int(value) * 1_000_000
-    else:
-        s = str(value).strip()
-        if re.fullmatch(r"[+-]?[0-9]+", s):
-            return int(s) * 1_000_000
-        if re.fullmatch(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)", s):
-            whole, _, frac = s.lstrip("+-").partition(".")
-            sign = -1 if s.startswith("-") else 1
-            frac6 = (frac + "000000")[:6]
-            us = int(whole or 0) * 1_000_000 + int(frac6 or 0)
-            if len(frac) > 6 and frac[6] >= "5":
-                us += 1
-            return sign * us
-        if s.endswith(("z", "Z")):
-            s = s[:-1] + "+00:00"
-        dt = datetime.fromisoformat(s)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return (dt - _EPOCH) // timedelta(microseconds=1)
-
-
-def _to_datetime(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(us))
-
-
-def _time_col(col: pd.Series) -> pd.Series:
-    return pd.to_datetime(col.astype("int64"), unit="us", utc=True)
-
-
-def encode_mask(mask: np.ndarray) -> bytes:
-    """Compress a boolean HxW mask (packed bits, zlib)."""
-    return zlib.compress(np.packbits(np.asarray(mask, dtype=bool), axis=None).tobytes(), 6)
-
-
-def decode_mask(data: bytes, height: int, width: int) -> np.ndarray:
-    """Inverse of `encode_mask`: a boolean (height, width) array."""
-    try:
-        packed = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
-    except zlib.error as exc:  # pragma: no cover - only on a corrupted database
-        raise RuntimeFailure(f"a stored mask cannot be decompressed ({exc}); the label store is damaged.") from exc
-    if packed.size * 8 < height * width:  # pragma: no cover - only on a corrupted database
-        raise RuntimeFailure("a stored mask is shorter than its size says; the label store is damaged.")
-    return np.unpackbits(packed, count=height * width).reshape(height, width).astype(bool)
-
-
-def _jsonable(obj: Any, what: str) -> Any:
-    """A JSON-safe copy of `obj`: numpy scalars/arrays become Python values, non-finite floats become None."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist(), what)
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v, what) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v, what) for v in obj]
-    raise UserError(f"{what} holds a {type(obj).__name__}, which cannot be stored as JSON; pass numbers, strings, lists or dicts.")
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, allow_nan=False, separators=(",", ":"))
-
-
-def _check_reviewer(name: Any, what: str = "reviewer name") -> str:
-    if not isinstance(name, str) or not _REVIEWER_RE.fullmatch(name):
-        raise UserError(
-            f"{what} {name!r} is not valid; use 1-100 letters, digits or . _ @ + - starting with a letter or digit "
-            "(e.g. 'jane.doe')."
-        )
-    return name
-
-
-def _check_label(label: Any, where: str = "") -> str:
-    lab = label.strip().lower() if isinstance(label, str) else label
-    if lab not in LABELS:
-        raise UserError(f"{where}label {label!r} is not one of {', '.join(LABELS)}; use one of those.")
-    return lab
-
-
-def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise UserError(f"{what} must be an integer, not {value!r}.")
-    try:
-        return int(value.__index__())
-    except (AttributeError, TypeError):
-        raise UserError(f"{what} must be an integer, not {value!r}.") from None
 
 
 def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
@@ -544,7 +402,7 @@ class LabelStore:
                 metadata.create_all(conn)
                 for stmt in _PG_TRIGGERS if conn.dialect.name == "postgresql" else _SQLITE_TRIGGERS:
                     conn.exec_driver_sql(stmt)
-                now = _now_us()
+                now = now_us()
                 conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied=now))
                 self._audit(conn, "artifix", "create_store" if version is None else "migrate_store",
                             None, {"schema_version": SCHEMA_VERSION, **({} if version is None else {"from": version})}, now)
@@ -565,8 +423,8 @@ class LabelStore:
     def _audit(conn: Connection, actor: str, action: str, run_id: int | None, detail: Mapping[str, Any],
                now: int | None = None) -> None:
         conn.execute(audit_t.insert().values(
-            time=_now_us() if now is None else now, actor=actor, action=action, run_id=run_id,
-            detail=_dumps(_jsonable(dict(detail), "audit detail"))))
+            time=now_us() if now is None else now, actor=actor, action=action, run_id=run_id,
+            detail=dumps(jsonable(dict(detail), "audit detail"))))
 
     # -- runs
 
@@ -574,12 +432,12 @@ class LabelStore:
     def _row_to_run(row: Any) -> Run:
         size = None if row.height is None else (int(row.height), int(row.width))
         return Run(id=int(row.id), fingerprint=row.fingerprint, layers=tuple(json.loads(row.layers)),
-                   seed=int(row.seed), n=int(row.n), image_size=size, created=_to_datetime(row.created),
+                   seed=int(row.seed), n=int(row.n), image_size=size, created=to_datetime(row.created),
                    meta=json.loads(row.meta))
 
     @staticmethod
     def _get_run(conn: Connection, run_id: Any) -> Run:
-        rid = _as_int(run_id, "run id")
+        rid = as_int(run_id, "run id")
         row = conn.execute(sa.select(runs_t).where(runs_t.c.id == rid)).first()
         if row is None:
             raise UserError(f"run {rid} is not in the label store; use the id of a registered run (see runs()).")
@@ -590,7 +448,7 @@ class LabelStore:
         """The key that identifies a run: sha256 of (fingerprint, sorted set of layers, seed)."""
         import hashlib
 
-        payload = _dumps({"fingerprint": fingerprint, "layers": sorted(set(layers)), "seed": int(seed)})
+        payload = dumps({"fingerprint": fingerprint, "layers": sorted(set(layers)), "seed": int(seed)})
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def register_run(self, fingerprint: str, layers: str | Iterable[str], seed: int, n: int,
@@ -603,29 +461,29 @@ class LabelStore:
         if not layer_list or not all(isinstance(x, str) and x and len(x) <= 300 for x in layer_list):
             raise UserError("layers must be a non-empty list of dotted module names, e.g. ['net.4'].")
         layer_list = list(dict.fromkeys(layer_list))
-        seed = _as_int(seed, "seed")
+        seed = as_int(seed, "seed")
         if not -_INT64 <= seed < _INT64:
             raise UserError(f"seed {seed} does not fit in 64 bits; use a smaller seed.")
-        n = _as_int(n, "sample count n")
+        n = as_int(n, "sample count n")
         if not 1 <= n < 2**31:
             raise UserError(f"sample count n={n} must be between 1 and 2^31-1.")
         size = None
         if image_size is not None:
             try:
-                size = (_as_int(image_size[0], "image height"), _as_int(image_size[1], "image width"))
+                size = (as_int(image_size[0], "image height"), as_int(image_size[1], "image width"))
             except (TypeError, IndexError):
                 raise UserError(f"image_size {image_size!r} must be (height, width).") from None
             if len(image_size) != 2 or min(size) < 1:
                 raise UserError(f"image_size {image_size!r} must be (height, width) with both at least 1.")
         if meta is not None and not isinstance(meta, Mapping):
             raise UserError(f"run meta must be a dict, not {type(meta).__name__}.")
-        meta_json = _dumps(_jsonable(dict(meta or {}), "run meta"))
-        actor = _check_reviewer(actor, "actor name")
+        meta_json = dumps(jsonable(dict(meta or {}), "run meta"))
+        actor = check_reviewer(actor, "actor name")
         key = self.run_key(fingerprint, layer_list, seed)
 
         def fn(conn: Connection) -> int:
             row = conn.execute(sa.select(runs_t).where(runs_t.c.run_key == key)).first()
-            now = _now_us()
+            now = now_us()
             if row is None:
                 rid = conn.execute(runs_t.insert().values(
                     run_key=key, fingerprint=fingerprint, layers=json.dumps(layer_list), seed=seed, n=n,
@@ -665,7 +523,7 @@ class LabelStore:
     def find_run(self, fingerprint: str, layers: str | Iterable[str], seed: int) -> Run | None:
         """The run registered for (fingerprint, layers, seed), or None."""
         layer_list = [layers] if isinstance(layers, str) else list(layers)
-        key = self.run_key(fingerprint, layer_list, _as_int(seed, "seed"))
+        key = self.run_key(fingerprint, layer_list, as_int(seed, "seed"))
 
         def fn(conn: Connection) -> Run | None:
             row = conn.execute(sa.select(runs_t).where(runs_t.c.run_key == key)).first()
@@ -679,31 +537,24 @@ class LabelStore:
 
     # -- flags
 
-    @staticmethod
-    def _check_sample(run: Run, sample: Any, where: str = "") -> int:
-        s = _as_int(sample, f"{where}sample index")
-        if not 0 <= s < run.n:
-            raise UserError(f"{where}sample index {s} is outside run {run.id}'s samples 0..{run.n - 1}; use an index in that range.")
-        return s
-
     def set_flag(self, run_id: int, sample: int, label: str, reviewer: str) -> int:
         """Record that `reviewer` labelled `sample` as artifact/clean/unsure; returns the flag event id."""
         return self.set_flags(run_id, [(sample, label)], reviewer)[0]
 
     def set_flags(self, run_id: int, items: Mapping[int, str] | Iterable[tuple[int, str]], reviewer: str) -> list[int]:
         """Record several (sample, label) flags by one reviewer in one transaction; returns the event ids."""
-        reviewer = _check_reviewer(reviewer)
+        reviewer = check_reviewer(reviewer)
         pairs = list(items.items()) if isinstance(items, Mapping) else [tuple(p) for p in items]
         if any(len(p) != 2 for p in pairs):
             raise UserError("flags must be given as (sample, label) pairs or a {sample: label} mapping.")
-        labels = [_check_label(lab) for _, lab in pairs]
+        labels = [check_label(lab) for _, lab in pairs]
         if not pairs:
             return []
 
         def fn(conn: Connection) -> list[int]:
             run = self._get_run(conn, run_id)
-            samples = [self._check_sample(run, s) for s, _ in pairs]
-            now = _now_us()
+            samples = [check_sample(run, s) for s, _ in pairs]
+            now = now_us()
             ids = []
             for s, lab in zip(samples, labels):
                 fid = conn.execute(flags_t.insert().values(
@@ -730,7 +581,7 @@ class LabelStore:
         df = pd.DataFrame([tuple(getattr(r, c) for c in cols) for r in rows], columns=cols)
         for c in ("id", "sample") if with_id else ("sample",):
             df[c] = df[c].astype("int64")
-        df["time"] = _time_col(df["time"])
+        df["time"] = time_col(df["time"])
         return df
 
     def flags(self, run_id: int) -> pd.DataFrame:
@@ -765,7 +616,7 @@ class LabelStore:
         """The current label of one sample, or None if nobody flagged it."""
         def fn(conn: Connection) -> str | None:
             run = self._get_run(conn, run_id)
-            s = self._check_sample(run, sample)
+            s = check_sample(run, sample)
             return conn.execute(sa.select(flags_t.c.label).where(self._kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == s)))
                                 .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
 
@@ -790,7 +641,7 @@ class LabelStore:
     def undo_last_flag(self, run_id: int, reviewer: str) -> dict[str, Any] | None:
         """Undo `reviewer`'s latest flag that is not undone yet (an 'undo_flag' audit event); the sample's label reverts to
         what it was before (another earlier flag, or none). Returns the audit detail, or None when there is nothing to undo."""
-        reviewer = _check_reviewer(reviewer)
+        reviewer = check_reviewer(reviewer)
 
         def fn(conn: Connection) -> dict[str, Any] | None:
             run = self._get_run(conn, run_id)
@@ -843,13 +694,13 @@ class LabelStore:
 
         With `flag_artifact`, the painted-sample rule (`_flag_painted`) applies in the same transaction.
         """
-        reviewer = _check_reviewer(reviewer)
+        reviewer = check_reviewer(reviewer)
 
         def fn(conn: Connection) -> int:
             run = self._get_run(conn, run_id)
-            s = self._check_sample(run, sample)
+            s = check_sample(run, sample)
             arr = self._check_mask(run, mask)
-            now = _now_us()
+            now = now_us()
             pixels = int(arr.sum())
             mid = conn.execute(masks_t.insert().values(
                 run_id=run.id, sample=s, reviewer=reviewer, height=arr.shape[0], width=arr.shape[1],
@@ -865,7 +716,7 @@ class LabelStore:
         run = self._get_run(conn, run_id)
         conds = []
         if sample is not None:
-            conds.append(masks_t.c.sample == self._check_sample(run, sample))
+            conds.append(masks_t.c.sample == check_sample(run, sample))
         if reviewer is not None:
             conds.append(masks_t.c.reviewer == reviewer)
         sub = self._latest(masks_t, run.id, [masks_t.c.sample, masks_t.c.reviewer], sa.and_(*conds) if conds else None)
@@ -898,7 +749,7 @@ class LabelStore:
         df = pd.DataFrame([(r.id, r.sample, r.reviewer, r.pixels, r.time) for r in rows],
                           columns=["id", "sample", "reviewer", "pixels", "time"])
         df = df.astype({"id": "int64", "sample": "int64", "pixels": "int64"})
-        df["time"] = _time_col(df["time"])
+        df["time"] = time_col(df["time"])
         return df
 
     # -- unit decisions
@@ -907,7 +758,7 @@ class LabelStore:
     def _check_unit(run: Run, layer: Any, unit: Any) -> tuple[str, int]:
         if layer not in run.layers:
             raise UserError(f"layer {layer!r} is not one of run {run.id}'s layers ({', '.join(run.layers)}); use one of those.")
-        u = _as_int(unit, "unit")
+        u = as_int(unit, "unit")
         if u < 0:
             raise UserError(f"unit {u} is negative; units are channel indices starting at 0.")
         return layer, u
@@ -920,7 +771,7 @@ class LabelStore:
     def propose_units(self, run_id: int, units: Iterable[tuple[str, int] | tuple[str, int, Mapping[str, Any] | None]],
                       reviewer: str, note: str = "") -> list[int]:
         """Propose several (layer, unit[, scores]) removals in one transaction; returns the event ids."""
-        reviewer = _check_reviewer(reviewer)
+        reviewer = check_reviewer(reviewer)
         items = []
         for u in units:
             if len(u) not in (2, 3):
@@ -928,7 +779,7 @@ class LabelStore:
             sc = u[2] if len(u) == 3 else None
             if sc is not None and not isinstance(sc, Mapping):
                 raise UserError(f"scores must be a dict of name -> value, not {type(sc).__name__}.")
-            items.append((u[0], u[1], None if sc is None else _dumps(_jsonable(dict(sc), "scores"))))
+            items.append((u[0], u[1], None if sc is None else dumps(jsonable(dict(sc), "scores"))))
         if not items:
             return []
         return self._write(lambda conn: self._add_decisions(conn, run_id, items, "proposed", reviewer, note, "propose_unit"))
@@ -936,7 +787,7 @@ class LabelStore:
     def decide_unit(self, run_id: int, layer: str, unit: int, status: str, reviewer: str, note: str = "",
                     approvers: set[str] | None = None) -> int:
         """Approve or reject removing (layer, unit); if `approvers` is given, `reviewer` must be in it."""
-        reviewer = _check_reviewer(reviewer)
+        reviewer = check_reviewer(reviewer)
         if status not in ("approved", "rejected"):
             raise UserError(f"decision {status!r} is not 'approved' or 'rejected'; use propose_unit to propose a unit.")
         if approvers is not None and reviewer not in approvers:
@@ -951,7 +802,7 @@ class LabelStore:
             raise UserError("the note must be text.")
         run = self._get_run(conn, run_id)
         checked = [self._check_unit(run, layer, unit) + (sc,) for layer, unit, sc in items]
-        now = _now_us()
+        now = now_us()
         ids = []
         for layer, u, sc in checked:
             did = conn.execute(units_t.insert().values(
@@ -996,7 +847,7 @@ class LabelStore:
             df["id"] = df["id"].astype("int64")
         df["scores"] = pd.Series([None if m["scores"] is None else json.loads(m["scores"]) for m in maps],
                                  index=df.index, dtype=object)
-        df["time"] = _time_col(df["time"])
+        df["time"] = time_col(df["time"])
         return df
 
     def approved_units(self, run_id: int) -> list[ApprovedUnit]:
@@ -1004,7 +855,7 @@ class LabelStore:
         latest: dict[tuple[str, int], Any] = {}
         for r in self._decision_rows(run_id):
             latest[(r.layer, r.unit)] = r
-        return [ApprovedUnit(r.layer, int(r.unit), r.reviewer, _to_datetime(r.time), r.note)
+        return [ApprovedUnit(r.layer, int(r.unit), r.reviewer, to_datetime(r.time), r.note)
                 for k, r in sorted(latest.items()) if r.status == "approved"]
 
     # -- audit and counts
@@ -1022,14 +873,14 @@ class LabelStore:
                           columns=["id", "time", "actor", "action", "run_id", "detail"])
         df["id"] = df["id"].astype("int64")
         df["run_id"] = df["run_id"].astype("Int64")
-        df["time"] = _time_col(df["time"])
+        df["time"] = time_col(df["time"])
         return df
 
     # -- blind A/B preference answers (artifix.ab)
 
     def add_ab_answers(self, study: str, answers: Mapping[int, str] | Iterable[tuple[int, str]], reviewer: str) -> list[int]:
         """Record a reviewer's 'left' / 'right' / 'same' answers to pairs of an A/B study in one transaction; returns the ids."""
-        reviewer = _check_reviewer(reviewer)
+        reviewer = check_reviewer(reviewer)
         if not isinstance(study, str) or not re.fullmatch(r"[0-9a-f]{8,64}", study):
             raise UserError(f"A/B study id must be 8-64 hex digits (from study.json), got {study!r}.")
         pairs = list(answers.items()) if isinstance(answers, Mapping) else [tuple(p) for p in answers]
@@ -1037,14 +888,14 @@ class LabelStore:
         for p, a in pairs:
             if a not in ("left", "right", "same"):
                 raise UserError(f"pair {p}: the answer must be 'left', 'right' or 'same', got {a!r}.")
-            rows.append((_as_int(p, "pair number"), a))
+            rows.append((as_int(p, "pair number"), a))
         if any(p < 0 for p, _ in rows):
             raise UserError("pair numbers start at 0.")
         if not rows:
             return []
 
         def fn(conn: Connection) -> list[int]:
-            now = _now_us()
+            now = now_us()
             ids = [int(conn.execute(ab_answers_t.insert().values(study=study, pair=p, answer=a, reviewer=reviewer, time=now))
                        .inserted_primary_key[0]) for p, a in rows]
             self._audit(conn, reviewer, "ab_answer", None, {"study": study, "pairs": [p for p, _ in rows],
@@ -1068,7 +919,7 @@ class LabelStore:
         rows = self._read(fn)
         df = pd.DataFrame([tuple(r) for r in rows], columns=["pair", "answer", "reviewer", "time"])
         df["pair"] = df["pair"].astype("int64")
-        df["time"] = _time_col(df["time"])
+        df["time"] = time_col(df["time"])
         return df
 
     def counts(self, run_id: int) -> dict[str, int]:
@@ -1159,8 +1010,8 @@ class LabelStore:
     def import_labels(self, run_id: int, path: str | os.PathLike, reviewer: str = "import",
                       masks: str | os.PathLike | None = None, actor: str | None = None) -> dict[str, Any]:
         """Validate, then write in one transaction, flags (CSV/JSON) and PNG masks from a file or export folder."""
-        reviewer = _check_reviewer(reviewer, "default reviewer name")
-        actor = _check_reviewer(actor or reviewer, "actor name")
+        reviewer = check_reviewer(reviewer, "default reviewer name")
+        actor = check_reviewer(actor or reviewer, "actor name")
         run = self.get_run(run_id)
         path = Path(path).expanduser()
         flags_file: Path | None
@@ -1227,7 +1078,7 @@ class LabelStore:
 
         def fn(conn: Connection) -> dict[str, Any]:
             self._get_run(conn, run.id)  # still there
-            now = _now_us()
+            now = now_us()
             timed = {(r.sample, r.reviewer, r.time) for r in rows if r.time is not None}
             existing: set[tuple[int, str, str, int]] = set()
             if timed:
@@ -1282,23 +1133,23 @@ class LabelStore:
             s = int(st)
         elif s is None or isinstance(s, bool) or not isinstance(s, int):
             raise UserError(f"{pre}sample {s!r} is not an integer index; write the sample number, e.g. 12.")
-        sample = self._check_sample(run, s, pre)
+        sample = check_sample(run, s, pre)
         label = rec.get("label")
         if label is None or (isinstance(label, str) and not label.strip()):
             raise UserError(f"{pre}the label is missing; write one of {', '.join(LABELS)}.")
-        label = _check_label(label, pre)
+        label = check_label(label, pre)
         rv = rec.get("reviewer")
         if rv is None or (isinstance(rv, str) and not rv.strip()):
             rv = default_reviewer
         elif isinstance(rv, str):
             rv = rv.strip()
-        rv = _check_reviewer(rv, f"{pre}reviewer name")
+        rv = check_reviewer(rv, f"{pre}reviewer name")
         t = rec.get("time")
         us = None
         if t is not None and not (isinstance(t, str) and not t.strip()):
             try:
                 us = parse_time(t)
-                if not 0 <= us <= _MAX_TIME_US:
+                if not 0 <= us <= MAX_TIME_US:
                     raise ValueError("out of range")
             except (ValueError, TypeError, OverflowError):
                 raise UserError(f"{pre}time {t!r} is not an ISO 8601 time or epoch seconds; "
@@ -1324,8 +1175,8 @@ class LabelStore:
             m = _MASK_NAME_RE.fullmatch(name)
             if m is None:
                 raise UserError(f"{where} is not named <sample>[_<reviewer>].png; rename it (e.g. 12_alice.png) or remove it.")
-            sample = self._check_sample(run, int(m.group(1)), f"{where}: ")
-            rv = _check_reviewer(m.group(2), f"{where}: reviewer name") if m.group(2) is not None else default_reviewer
+            sample = check_sample(run, int(m.group(1)), f"{where}: ")
+            rv = check_reviewer(m.group(2), f"{where}: reviewer name") if m.group(2) is not None else default_reviewer
             size = self._need_size(run, where)
             out.append(_MaskItem(sample, rv, _read_png_mask(p, size, where), p.resolve(), where))
         return out
