@@ -27,25 +27,22 @@ import csv
 import io
 import json
 import os
-import random
 import re
 import shutil
-import sqlite3
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection
 
-from ..errors import RuntimeFailure, UserError
+from ..errors import UserError
 from ..io import fsync_dir, sha256_file, write_bytes_atomic, write_text_atomic
+from .engine import StoreEngine
+from .schema import SCHEMA_VERSION, ab_answers_t, audit_t, flags_t, masks_t, runs_t, units_t
 from .values import (LABELS, MASK_ENCODING, MAX_TIME_US, STATUSES, ApprovedUnit, Run, as_int, check_label, check_reviewer,
                      check_sample, decode_mask, dumps, encode_mask, format_time, jsonable, now_us, parse_time, time_col,
                      to_datetime)
@@ -55,127 +52,10 @@ __all__ = [
     "encode_mask", "decode_mask", "format_time", "parse_time",
 ]
 
-SCHEMA_VERSION = 2  # 2: the ab_answers table (blind A/B preference answers); older stores gain it on open
-
 _MASK_NAME_RE = re.compile(r"([0-9]+)(?:_(.+))?\.[pP][nN][gG]")
 _FLAG_COLUMNS = ("sample", "label", "reviewer", "time", "mask")
 _EXPORT_ENTRIES = {"flags.csv", "flags.json", "masks"}
 _INT64 = 2**63
-_PG_LOCK_KEY = 0x4152_5446  # advisory lock taken while creating the schema on PostgreSQL
-
-T = TypeVar("T")
-
-# ------------------------------------------------------------------------------------------ schema
-
-metadata = sa.MetaData()
-
-schema_version = sa.Table(
-    "schema_version", metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("applied", sa.BigInteger, nullable=False),
-)
-
-runs_t = sa.Table(
-    "runs", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("run_key", sa.String(64), nullable=False, unique=True),  # sha256 of (fingerprint, layer set, seed)
-    sa.Column("fingerprint", sa.String(200), nullable=False),
-    sa.Column("layers", sa.Text, nullable=False),  # JSON list, in the order first registered
-    sa.Column("seed", sa.BigInteger, nullable=False),
-    sa.Column("n", sa.Integer, nullable=False),
-    sa.Column("height", sa.Integer),
-    sa.Column("width", sa.Integer),
-    sa.Column("created", sa.BigInteger, nullable=False),
-    sa.Column("meta", sa.Text, nullable=False),
-    sa.CheckConstraint("n >= 1", name="runs_n_positive"),
-    sa.CheckConstraint("(height IS NULL AND width IS NULL) OR (height >= 1 AND width >= 1)", name="runs_size"),
-)
-
-flags_t = sa.Table(
-    "flags", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),
-    sa.Column("sample", sa.Integer, nullable=False),
-    sa.Column("label", sa.String(16), nullable=False),
-    sa.Column("reviewer", sa.String(100), nullable=False),
-    sa.Column("time", sa.BigInteger, nullable=False),
-    sa.CheckConstraint("sample >= 0", name="flags_sample"),
-    sa.CheckConstraint("label IN ('artifact', 'clean', 'unsure')", name="flags_label"),
-    sa.Index("ix_flags_run_sample", "run_id", "sample", "time", "id"),
-)
-
-masks_t = sa.Table(
-    "masks", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),
-    sa.Column("sample", sa.Integer, nullable=False),
-    sa.Column("reviewer", sa.String(100), nullable=False),
-    sa.Column("height", sa.Integer, nullable=False),
-    sa.Column("width", sa.Integer, nullable=False),
-    sa.Column("encoding", sa.String(32), nullable=False),
-    sa.Column("pixels", sa.Integer, nullable=False),  # number of marked pixels
-    sa.Column("data", sa.LargeBinary, nullable=False),
-    sa.Column("time", sa.BigInteger, nullable=False),
-    sa.CheckConstraint("sample >= 0", name="masks_sample"),
-    sa.Index("ix_masks_run_sample", "run_id", "sample", "reviewer", "time", "id"),
-)
-
-units_t = sa.Table(
-    "unit_decisions", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),
-    sa.Column("layer", sa.String(300), nullable=False),
-    sa.Column("unit", sa.Integer, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("reviewer", sa.String(100), nullable=False),
-    sa.Column("note", sa.Text, nullable=False),
-    sa.Column("scores", sa.Text),  # JSON object or NULL
-    sa.Column("time", sa.BigInteger, nullable=False),
-    sa.CheckConstraint("unit >= 0", name="units_unit"),
-    sa.CheckConstraint("status IN ('proposed', 'approved', 'rejected')", name="units_status"),
-    sa.Index("ix_units_run_unit", "run_id", "layer", "unit", "time", "id"),
-)
-
-audit_t = sa.Table(
-    "audit", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("time", sa.BigInteger, nullable=False),
-    sa.Column("actor", sa.String(100), nullable=False),
-    sa.Column("action", sa.String(40), nullable=False),
-    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id")),
-    sa.Column("detail", sa.Text, nullable=False),  # JSON object
-    sa.Index("ix_audit_run", "run_id", "id"),
-)
-
-ab_answers_t = sa.Table(  # blind A/B preference study answers (artifix.ab); latest per (study, pair, reviewer) counts
-    "ab_answers", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("study", sa.String(64), nullable=False),  # the study's content id (study.json)
-    sa.Column("pair", sa.Integer, nullable=False),
-    sa.Column("answer", sa.String(8), nullable=False),
-    sa.Column("reviewer", sa.String(100), nullable=False),
-    sa.Column("time", sa.BigInteger, nullable=False),
-    sa.CheckConstraint("pair >= 0", name="ab_pair"),
-    sa.CheckConstraint("answer IN ('left', 'right', 'same')", name="ab_answer"),
-    sa.Index("ix_ab_study_pair", "study", "reviewer", "pair", "time", "id"),
-)
-
-_SQLITE_TRIGGERS = (
-    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
-    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
-    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-)
-_PG_TRIGGERS = (
-    "CREATE OR REPLACE FUNCTION artifix_audit_append_only() RETURNS trigger AS $$ "
-    "BEGIN RAISE EXCEPTION 'the audit log is append-only'; END; $$ LANGUAGE plpgsql",
-    "DROP TRIGGER IF EXISTS audit_no_change ON audit",
-    "CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit "
-    "FOR EACH ROW EXECUTE FUNCTION artifix_audit_append_only()",
-    "DROP TRIGGER IF EXISTS audit_no_truncate ON audit",
-    "CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit "
-    "FOR EACH STATEMENT EXECUTE FUNCTION artifix_audit_append_only()",
-)
 
 # ------------------------------------------------------------------------------------------ import rows
 
@@ -196,15 +76,6 @@ class _MaskItem:
     bits: np.ndarray
     source: Path
     where: str
-
-
-def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
-    orig = getattr(exc, "orig", None)
-    msg = str(orig or exc).lower()
-    if isinstance(orig, sqlite3.OperationalError):
-        return "locked" in msg or "busy" in msg
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    return code in ("40001", "40P01", "55P03")  # serialization failure, deadlock, lock not available
 
 
 def _safe_child(root: Path, rel: str, where: str) -> Path:
@@ -251,180 +122,8 @@ def _read_png_mask(path: Path, size: tuple[int, int], where: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ the store
 
 
-class LabelStore:
+class LabelStore(StoreEngine):
     """Reviewers' flags, masks and unit decisions for runs, in a SQLite file or any SQLAlchemy database."""
-
-    def __init__(self, location: str | os.PathLike = "labels.db", *, busy_timeout: float = 10.0,
-                 lock_timeout: float = 120.0, echo: bool = False) -> None:
-        """Open (creating if missing) the store at a SQLite file path, ':memory:', or a SQLAlchemy URL."""
-        self.lock_timeout = float(lock_timeout)
-        self.lock_retries = 0  # how often a transaction was retried because the database was locked
-        self._pid = os.getpid()
-        url, self.location = self._resolve(location)
-        self.url: URL = url
-        self.is_sqlite = url.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": not self.is_sqlite}
-        memory = self.is_sqlite and url.database in (None, "", ":memory:")
-        if memory:
-            kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
-        elif self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": busy_timeout}
-        try:
-            self._engine: Engine = sa.create_engine(url, **kwargs)
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-            raise UserError(f"cannot open label store {self.location!r} ({exc}); "
-                            "give a SQLite file path or a valid SQLAlchemy URL.") from None
-        if self.is_sqlite:
-            self._setup_sqlite(self._engine, int(busy_timeout * 1000), wal=not memory)
-        try:
-            self._init_schema()
-        except sa.exc.DatabaseError as exc:
-            self._engine.dispose()
-            if self.is_sqlite and "not a database" in str(exc.orig):
-                raise UserError(f"{self.location} is not a SQLite database; give a new file name or an artifix label store.") from None
-            raise
-
-    # -- connection handling
-
-    @staticmethod
-    def _resolve(location: str | os.PathLike) -> tuple[URL, str]:
-        if isinstance(location, URL):
-            return location, location.render_as_string(hide_password=True)
-        s = os.fspath(location)
-        if s == ":memory:":
-            return make_url("sqlite://"), ":memory:"
-        if "://" in s:
-            try:
-                url = make_url(s)
-            except sa.exc.ArgumentError:
-                raise UserError(f"{s!r} is not a valid database URL; "
-                                "use e.g. 'postgresql+psycopg://user@host/db' or a file path.") from None
-            return url, url.render_as_string(hide_password=True)
-        path = Path(s).expanduser().absolute()
-        if path.is_dir():
-            raise UserError(f"{path} is a folder; give the label store's file name, e.g. {path / 'labels.db'}.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return URL.create("sqlite", database=str(path)), str(path)
-
-    @staticmethod
-    def _setup_sqlite(engine: Engine, busy_ms: int, wal: bool) -> None:
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
-            cur = dbapi_conn.cursor()
-            try:
-                cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-                cur.execute("PRAGMA foreign_keys = ON")
-                if wal:
-                    cur.execute("PRAGMA journal_mode = WAL")
-                cur.execute("PRAGMA synchronous = FULL")
-            finally:
-                cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            # Writers take the write lock at BEGIN, where the busy timeout can wait for it. A deferred
-            # transaction that reads first and writes later fails at once (SQLITE_BUSY_SNAPSHOT in WAL)
-            # when another writer committed in between, which no busy timeout can help.
-            immediate = conn.get_execution_options().get("artifix_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    def _check_pid(self) -> None:
-        if os.getpid() != self._pid:  # forked: never reuse the parent's connections
-            self._engine.dispose(close=False)
-            self._pid = os.getpid()
-
-    def _transact(self, fn: Callable[[Connection], T], write: bool) -> T:
-        self._check_pid()
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.005
-        while True:
-            try:
-                with self._engine.connect() as conn:
-                    if write:
-                        conn.execution_options(artifix_write=True)
-                    with conn.begin():
-                        return fn(conn)
-            except sa.exc.DBAPIError as exc:
-                if not _is_retryable(exc):
-                    raise
-                if time.monotonic() > deadline:
-                    raise RuntimeFailure(
-                        f"the label store {self.location} stayed locked by another process for over "
-                        f"{self.lock_timeout:.0f} s; close the other writer or try again."
-                    ) from exc
-                self.lock_retries += 1
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 0.25)
-
-    def _read(self, fn: Callable[[Connection], T]) -> T:
-        return self._transact(fn, write=False)
-
-    def _write(self, fn: Callable[[Connection], T]) -> T:
-        return self._transact(fn, write=True)
-
-    @property
-    def engine(self) -> Engine:
-        """The SQLAlchemy engine (for read-only queries by other tools; write through the methods)."""
-        self._check_pid()
-        return self._engine
-
-    def close(self) -> None:
-        """Close all pooled connections."""
-        self._engine.dispose()
-
-    def __enter__(self) -> "LabelStore":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"LabelStore({self.location!r})"
-
-    # -- schema
-
-    def _init_schema(self) -> None:
-        def current(conn: Connection) -> int | None:
-            if not sa.inspect(conn).has_table("schema_version"):
-                return None
-            return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
-
-        found = self._read(current)
-        if found == SCHEMA_VERSION:
-            return
-
-        def create(conn: Connection) -> None:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-            version = current(conn)
-            if version is None or version < SCHEMA_VERSION:
-                metadata.create_all(conn)
-                for stmt in _PG_TRIGGERS if conn.dialect.name == "postgresql" else _SQLITE_TRIGGERS:
-                    conn.exec_driver_sql(stmt)
-                now = now_us()
-                conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied=now))
-                self._audit(conn, "artifix", "create_store" if version is None else "migrate_store",
-                            None, {"schema_version": SCHEMA_VERSION, **({} if version is None else {"from": version})}, now)
-            elif version > SCHEMA_VERSION:
-                raise UserError(
-                    f"the label store {self.location} has schema version {version}, newer than this artifix "
-                    f"understands ({SCHEMA_VERSION}); upgrade artifix."
-                )
-
-        if found is not None and found > SCHEMA_VERSION:
-            raise UserError(
-                f"the label store {self.location} has schema version {found}, newer than this artifix "
-                f"understands ({SCHEMA_VERSION}); upgrade artifix."
-            )
-        self._write(create)
-
-    @staticmethod
-    def _audit(conn: Connection, actor: str, action: str, run_id: int | None, detail: Mapping[str, Any],
-               now: int | None = None) -> None:
-        conn.execute(audit_t.insert().values(
-            time=now_us() if now is None else now, actor=actor, action=action, run_id=run_id,
-            detail=dumps(jsonable(dict(detail), "audit detail"))))
 
     # -- runs
 
