@@ -42,6 +42,7 @@ from sqlalchemy.engine import Connection
 from ..errors import UserError
 from ..io import fsync_dir, sha256_file, write_bytes_atomic, write_text_atomic
 from .engine import StoreEngine
+from .queries import flag_painted, kept, latest, latest_masks, load_run, row_to_run
 from .schema import SCHEMA_VERSION, ab_answers_t, audit_t, flags_t, masks_t, runs_t, units_t
 from .values import (LABELS, MASK_ENCODING, MAX_TIME_US, STATUSES, ApprovedUnit, Run, as_int, check_label, check_reviewer,
                      check_sample, decode_mask, dumps, encode_mask, format_time, jsonable, now_us, parse_time, time_col,
@@ -128,21 +129,6 @@ class LabelStore(StoreEngine):
     # -- runs
 
     @staticmethod
-    def _row_to_run(row: Any) -> Run:
-        size = None if row.height is None else (int(row.height), int(row.width))
-        return Run(id=int(row.id), fingerprint=row.fingerprint, layers=tuple(json.loads(row.layers)),
-                   seed=int(row.seed), n=int(row.n), image_size=size, created=to_datetime(row.created),
-                   meta=json.loads(row.meta))
-
-    @staticmethod
-    def _get_run(conn: Connection, run_id: Any) -> Run:
-        rid = as_int(run_id, "run id")
-        row = conn.execute(sa.select(runs_t).where(runs_t.c.id == rid)).first()
-        if row is None:
-            raise UserError(f"run {rid} is not in the label store; use the id of a registered run (see runs()).")
-        return LabelStore._row_to_run(row)
-
-    @staticmethod
     def run_key(fingerprint: str, layers: Iterable[str], seed: int) -> str:
         """The key that identifies a run: sha256 of (fingerprint, sorted set of layers, seed)."""
         import hashlib
@@ -192,7 +178,7 @@ class LabelStore(StoreEngine):
                     "fingerprint": fingerprint, "layers": layer_list, "seed": seed, "n": n,
                     "image_size": list(size) if size else None}, now)
                 return int(rid)
-            run = self._row_to_run(row)
+            run = row_to_run(row)
             changes: dict[str, Any] = {}
             if size is not None and run.image_size is not None and size != run.image_size:
                 raise UserError(
@@ -217,7 +203,7 @@ class LabelStore(StoreEngine):
 
     def get_run(self, run_id: int) -> Run:
         """The run with this id (UserError if there is none)."""
-        return self._read(lambda conn: self._get_run(conn, run_id))
+        return self._read(lambda conn: load_run(conn, run_id))
 
     def find_run(self, fingerprint: str, layers: str | Iterable[str], seed: int) -> Run | None:
         """The run registered for (fingerprint, layers, seed), or None."""
@@ -226,13 +212,13 @@ class LabelStore(StoreEngine):
 
         def fn(conn: Connection) -> Run | None:
             row = conn.execute(sa.select(runs_t).where(runs_t.c.run_key == key)).first()
-            return None if row is None else self._row_to_run(row)
+            return None if row is None else row_to_run(row)
 
         return self._read(fn)
 
     def runs(self) -> list[Run]:
         """All runs, oldest first."""
-        return self._read(lambda conn: [self._row_to_run(r) for r in conn.execute(sa.select(runs_t).order_by(runs_t.c.id))])
+        return self._read(lambda conn: [row_to_run(r) for r in conn.execute(sa.select(runs_t).order_by(runs_t.c.id))])
 
     # -- flags
 
@@ -251,7 +237,7 @@ class LabelStore(StoreEngine):
             return []
 
         def fn(conn: Connection) -> list[int]:
-            run = self._get_run(conn, run_id)
+            run = load_run(conn, run_id)
             samples = [check_sample(run, s) for s, _ in pairs]
             now = now_us()
             ids = []
@@ -267,14 +253,6 @@ class LabelStore(StoreEngine):
         return self._write(fn)
 
     @staticmethod
-    def _latest(table: sa.Table, run_id: int, partition: list[sa.ColumnElement], where: Any = None) -> sa.Subquery:
-        rn = sa.func.row_number().over(partition_by=partition, order_by=(table.c.time.desc(), table.c.id.desc()))
-        q = sa.select(table, rn.label("rn")).where(table.c.run_id == run_id)
-        if where is not None:
-            q = q.where(where)
-        return q.subquery()
-
-    @staticmethod
     def _flag_frame(rows: list[Any], with_id: bool = False) -> pd.DataFrame:
         cols = (["id"] if with_id else []) + ["sample", "label", "reviewer", "time"]
         df = pd.DataFrame([tuple(getattr(r, c) for c in cols) for r in rows], columns=cols)
@@ -286,8 +264,8 @@ class LabelStore(StoreEngine):
     def flags(self, run_id: int) -> pd.DataFrame:
         """Current label per sample (latest event by (time, id) over all reviewers): sample, label, reviewer, time."""
         def fn(conn: Connection) -> list[Any]:
-            run = self._get_run(conn, run_id)
-            sub = self._latest(flags_t, run.id, [flags_t.c.sample], self._kept(conn, run.id))
+            run = load_run(conn, run_id)
+            sub = latest(flags_t, run.id, [flags_t.c.sample], kept(conn, run.id))
             return list(conn.execute(sa.select(sub).where(sub.c.rn == 1).order_by(sub.c.sample)))
 
         return self._flag_frame(self._read(fn))
@@ -295,9 +273,9 @@ class LabelStore(StoreEngine):
     def reviewer_flags(self, run_id: int, reviewer: str | None = None) -> pd.DataFrame:
         """Each reviewer's latest label per sample (optionally one reviewer's): sample, label, reviewer, time."""
         def fn(conn: Connection) -> list[Any]:
-            run = self._get_run(conn, run_id)
-            where = self._kept(conn, run.id, None if reviewer is None else flags_t.c.reviewer == reviewer)
-            sub = self._latest(flags_t, run.id, [flags_t.c.sample, flags_t.c.reviewer], where)
+            run = load_run(conn, run_id)
+            where = kept(conn, run.id, None if reviewer is None else flags_t.c.reviewer == reviewer)
+            sub = latest(flags_t, run.id, [flags_t.c.sample, flags_t.c.reviewer], where)
             return list(conn.execute(sa.select(sub).where(sub.c.rn == 1).order_by(sub.c.sample, sub.c.reviewer)))
 
         return self._flag_frame(self._read(fn))
@@ -305,7 +283,7 @@ class LabelStore(StoreEngine):
     def flag_history(self, run_id: int) -> pd.DataFrame:
         """Every flag event of the run in the order it takes effect: id, sample, label, reviewer, time."""
         def fn(conn: Connection) -> list[Any]:
-            run = self._get_run(conn, run_id)
+            run = load_run(conn, run_id)
             return list(conn.execute(sa.select(flags_t).where(flags_t.c.run_id == run.id)
                                      .order_by(flags_t.c.time, flags_t.c.id)))
 
@@ -314,28 +292,14 @@ class LabelStore(StoreEngine):
     def label(self, run_id: int, sample: int) -> str | None:
         """The current label of one sample, or None if nobody flagged it."""
         def fn(conn: Connection) -> str | None:
-            run = self._get_run(conn, run_id)
+            run = load_run(conn, run_id)
             s = check_sample(run, sample)
-            return conn.execute(sa.select(flags_t.c.label).where(self._kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == s)))
+            return conn.execute(sa.select(flags_t.c.label).where(kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == s)))
                                 .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
 
         return self._read(fn)
 
     # -- undo (an undo is a new audit event; no flag is ever deleted or changed)
-
-    @staticmethod
-    def _undone_ids(conn: Connection, run_id: int) -> list[int]:
-        rows = conn.execute(sa.select(audit_t.c.detail).where(audit_t.c.run_id == run_id, audit_t.c.action == "undo_flag"))
-        return [int(json.loads(r.detail)["flag_id"]) for r in rows]
-
-    @classmethod
-    def _kept(cls, conn: Connection, run_id: int, where: Any = None) -> Any:
-        """`where`, and: the flag event was not undone."""
-        undone = cls._undone_ids(conn, run_id)
-        if not undone:
-            return where
-        keep = flags_t.c.id.notin_(undone)
-        return keep if where is None else sa.and_(where, keep)
 
     def undo_last_flag(self, run_id: int, reviewer: str) -> dict[str, Any] | None:
         """Undo `reviewer`'s latest flag that is not undone yet (an 'undo_flag' audit event); the sample's label reverts to
@@ -343,13 +307,13 @@ class LabelStore(StoreEngine):
         reviewer = check_reviewer(reviewer)
 
         def fn(conn: Connection) -> dict[str, Any] | None:
-            run = self._get_run(conn, run_id)
-            row = conn.execute(sa.select(flags_t).where(self._kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id,
+            run = load_run(conn, run_id)
+            row = conn.execute(sa.select(flags_t).where(kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id,
                                                                                           flags_t.c.reviewer == reviewer)))
                                .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).first()
             if row is None:
                 return None
-            keep = self._kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == row.sample, flags_t.c.id != row.id))
+            keep = kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == row.sample, flags_t.c.id != row.id))
             restored = conn.execute(sa.select(flags_t.c.label).where(keep)
                                     .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
             detail = {"flag_id": int(row.id), "sample": int(row.sample), "undone_label": row.label, "restored_label": restored}
@@ -376,27 +340,15 @@ class LabelStore(StoreEngine):
             arr = arr != 0
         return arr
 
-    @staticmethod
-    def _flag_painted(conn: Connection, run_id: int, samples: Iterable[int], reviewer: str, now: int) -> int:
-        """The painted-sample rule: a painted sample whose current label is not 'artifact' is flagged 'artifact' (same transaction)."""
-        added = 0
-        for s in sorted(set(int(x) for x in samples)):
-            cur = conn.execute(sa.select(flags_t.c.label).where(flags_t.c.run_id == run_id, flags_t.c.sample == s)
-                               .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
-            if cur != "artifact":
-                conn.execute(flags_t.insert().values(run_id=run_id, sample=s, label="artifact", reviewer=reviewer, time=now))
-                added += 1
-        return added
-
     def set_mask(self, run_id: int, sample: int, reviewer: str, mask: np.ndarray, flag_artifact: bool = False) -> int:
         """Store `reviewer`'s artifact mask (boolean HxW, nonzero = artifact) for `sample`; returns its id.
 
-        With `flag_artifact`, the painted-sample rule (`_flag_painted`) applies in the same transaction.
+        With `flag_artifact`, the painted-sample rule (`queries.flag_painted`) applies in the same transaction.
         """
         reviewer = check_reviewer(reviewer)
 
         def fn(conn: Connection) -> int:
-            run = self._get_run(conn, run_id)
+            run = load_run(conn, run_id)
             s = check_sample(run, sample)
             arr = self._check_mask(run, mask)
             now = now_us()
@@ -404,26 +356,15 @@ class LabelStore(StoreEngine):
             mid = conn.execute(masks_t.insert().values(
                 run_id=run.id, sample=s, reviewer=reviewer, height=arr.shape[0], width=arr.shape[1],
                 encoding=MASK_ENCODING, pixels=pixels, data=encode_mask(arr), time=now)).inserted_primary_key[0]
-            flagged = self._flag_painted(conn, run.id, [s], reviewer, now) if flag_artifact and pixels else 0
+            flagged = flag_painted(conn, run.id, [s], reviewer, now) if flag_artifact and pixels else 0
             self._audit(conn, reviewer, "set_mask", run.id, {"sample": s, "mask_id": int(mid), "pixels": pixels, "flagged": flagged}, now)
             return int(mid)
 
         return self._write(fn)
 
-    def _latest_masks(self, conn: Connection, run_id: int, sample: int | None = None,
-                      reviewer: str | None = None) -> list[Any]:
-        run = self._get_run(conn, run_id)
-        conds = []
-        if sample is not None:
-            conds.append(masks_t.c.sample == check_sample(run, sample))
-        if reviewer is not None:
-            conds.append(masks_t.c.reviewer == reviewer)
-        sub = self._latest(masks_t, run.id, [masks_t.c.sample, masks_t.c.reviewer], sa.and_(*conds) if conds else None)
-        return list(conn.execute(sa.select(sub).where(sub.c.rn == 1).order_by(sub.c.sample, sub.c.reviewer)))
-
     def mask(self, run_id: int, sample: int, reviewer: str | None = None) -> np.ndarray | None:
         """`reviewer`'s latest mask of `sample`, or (reviewer None) the union of all reviewers' latest; None if none."""
-        rows = self._read(lambda conn: self._latest_masks(conn, run_id, sample, reviewer))
+        rows = self._read(lambda conn: latest_masks(conn, run_id, sample, reviewer))
         if not rows:
             return None
         out = decode_mask(rows[0].data, rows[0].height, rows[0].width)
@@ -434,7 +375,7 @@ class LabelStore(StoreEngine):
     def masks(self, run_id: int, reviewer: str | None = None) -> dict[int, np.ndarray]:
         """{sample: mask} for every masked sample: union of reviewers' latest masks, or one reviewer's."""
         out: dict[int, np.ndarray] = {}
-        for r in self._read(lambda conn: self._latest_masks(conn, run_id, None, reviewer)):
+        for r in self._read(lambda conn: latest_masks(conn, run_id, None, reviewer)):
             m = decode_mask(r.data, r.height, r.width)
             if r.sample in out:
                 out[r.sample] |= m
@@ -444,7 +385,7 @@ class LabelStore(StoreEngine):
 
     def mask_records(self, run_id: int) -> pd.DataFrame:
         """Latest mask per (sample, reviewer) without pixels: id, sample, reviewer, pixels, time."""
-        rows = self._read(lambda conn: self._latest_masks(conn, run_id))
+        rows = self._read(lambda conn: latest_masks(conn, run_id))
         df = pd.DataFrame([(r.id, r.sample, r.reviewer, r.pixels, r.time) for r in rows],
                           columns=["id", "sample", "reviewer", "pixels", "time"])
         df = df.astype({"id": "int64", "sample": "int64", "pixels": "int64"})
@@ -499,7 +440,7 @@ class LabelStore(StoreEngine):
                        reviewer: str, note: str, action: str) -> list[int]:
         if not isinstance(note, str):
             raise UserError("the note must be text.")
-        run = self._get_run(conn, run_id)
+        run = load_run(conn, run_id)
         checked = [self._check_unit(run, layer, unit) + (sc,) for layer, unit, sc in items]
         now = now_us()
         ids = []
@@ -514,7 +455,7 @@ class LabelStore(StoreEngine):
 
     def _decision_rows(self, run_id: int) -> list[Any]:
         def fn(conn: Connection) -> list[Any]:
-            run = self._get_run(conn, run_id)
+            run = load_run(conn, run_id)
             return list(conn.execute(sa.select(units_t).where(units_t.c.run_id == run.id)
                                      .order_by(units_t.c.time, units_t.c.id)))
 
@@ -564,7 +505,7 @@ class LabelStore(StoreEngine):
         def fn(conn: Connection) -> list[Any]:
             q = sa.select(audit_t).order_by(audit_t.c.id)
             if run_id is not None:
-                q = q.where(audit_t.c.run_id == self._get_run(conn, run_id).id)
+                q = q.where(audit_t.c.run_id == load_run(conn, run_id).id)
             return list(conn.execute(q))
 
         rows = self._read(fn)
@@ -648,10 +589,10 @@ class LabelStore(StoreEngine):
     def export_labels(self, run_id: int, folder: str | os.PathLike) -> Path:
         """Write flags.csv, flags.json and masks/<sample>_<reviewer>.png for a run into `folder`, atomically."""
         def fn(conn: Connection) -> tuple[Run, list[Any], list[Any]]:
-            run = self._get_run(conn, run_id)
-            hist = list(conn.execute(sa.select(flags_t).where(self._kept(conn, run.id, flags_t.c.run_id == run.id))
+            run = load_run(conn, run_id)
+            hist = list(conn.execute(sa.select(flags_t).where(kept(conn, run.id, flags_t.c.run_id == run.id))
                                      .order_by(flags_t.c.sample, flags_t.c.time, flags_t.c.id)))
-            return run, hist, self._latest_masks(conn, run.id)
+            return run, hist, latest_masks(conn, run.id)
 
         run, hist, mask_rows = self._read(fn)
         folder = Path(folder).expanduser().absolute()
@@ -776,7 +717,7 @@ class LabelStore(StoreEngine):
         source = str(path.absolute())
 
         def fn(conn: Connection) -> dict[str, Any]:
-            self._get_run(conn, run.id)  # still there
+            load_run(conn, run.id)  # still there
             now = now_us()
             timed = {(r.sample, r.reviewer, r.time) for r in rows if r.time is not None}
             existing: set[tuple[int, str, str, int]] = set()
@@ -792,7 +733,7 @@ class LabelStore(StoreEngine):
                 conn.execute(flags_t.insert(), new_flags)
             new_masks = []
             if items:
-                latest = {(m.sample, m.reviewer): m for m in self._latest_masks(conn, run.id)}
+                latest = {(m.sample, m.reviewer): m for m in latest_masks(conn, run.id)}
                 for key in sorted(items):
                     it = items[key]
                     old = latest.get(key)
@@ -805,7 +746,7 @@ class LabelStore(StoreEngine):
                 if new_masks:
                     conn.execute(masks_t.insert(), new_masks)
             labelled = {r.sample for r in rows}  # an explicit label in the same import wins over the painted-sample rule
-            painted = sum(self._flag_painted(conn, run.id, [m["sample"]], m["reviewer"], now)
+            painted = sum(flag_painted(conn, run.id, [m["sample"]], m["reviewer"], now)
                           for m in new_masks if m["pixels"] and m["sample"] not in labelled)
             summary = {"source": source, "flags_file": str(flags_file) if flags_file else None, "flags_sha256": flags_sha,
                        "masks_folder": str(mask_dir) if mask_dir else None,
