@@ -1,19 +1,20 @@
 """Reads on one open connection that the store and the import share: a run by id, latest events, undone flags, latest
-masks, and the painted-sample rule (the one write here, always inside the caller's transaction)."""
+masks, the painted-sample rule (the one write here, always inside the caller's transaction) and a new mask row's values."""
 
 from __future__ import annotations
 
 import json
 from typing import Any, Iterable
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import UserError
 from .schema import audit_t, flags_t, masks_t, runs_t
-from .values import Run, as_int, check_sample, to_datetime
+from .values import MASK_ENCODING, Run, as_int, check_sample, encode_mask, to_datetime
 
-__all__ = ["row_to_run", "load_run", "latest", "kept", "flag_painted", "latest_masks"]
+__all__ = ["row_to_run", "load_run", "latest", "kept", "flag_painted", "mask_values", "latest_masks"]
 
 
 def row_to_run(row: Any) -> Run:
@@ -69,6 +70,12 @@ def flag_painted(conn: Connection, run_id: int, samples: Iterable[int], reviewer
             conn.execute(flags_t.insert().values(run_id=run_id, sample=s, label="artifact", reviewer=reviewer, time=now))
             added += 1
     return added
+
+
+def mask_values(run_id: int, sample: int, reviewer: str, bits: np.ndarray, now: int) -> dict[str, Any]:
+    """The column values of a new row of the masks table for a boolean HxW mask."""
+    return {"run_id": run_id, "sample": sample, "reviewer": reviewer, "height": bits.shape[0], "width": bits.shape[1],
+            "encoding": MASK_ENCODING, "pixels": int(bits.sum()), "data": encode_mask(bits), "time": now}
 
 
 def latest_masks(conn: Connection, run_id: int, sample: int | None = None, reviewer: str | None = None) -> list[Any]:
