@@ -193,17 +193,18 @@ class StoreEngine:
                 self._audit(conn, "artifix", "create_store" if version is None else "migrate_store",
                             None, {"schema_version": SCHEMA_VERSION, **({} if version is None else {"from": version})}, now)
             elif version > SCHEMA_VERSION:
-                raise UserError(
-                    f"the label store {self.location} has schema version {version}, newer than this artifix "
-                    f"understands ({SCHEMA_VERSION}); upgrade artifix."
-                )
+                raise self._too_new(version)
 
         if found is not None and found > SCHEMA_VERSION:
-            raise UserError(
-                f"the label store {self.location} has schema version {found}, newer than this artifix "
-                f"understands ({SCHEMA_VERSION}); upgrade artifix."
-            )
+            raise self._too_new(found)
         self._write(create)
+
+    def _too_new(self, version: int) -> UserError:
+        """The error for a store whose schema is newer than this artifix understands."""
+        return UserError(
+            f"the label store {self.location} has schema version {version}, newer than this artifix "
+            f"understands ({SCHEMA_VERSION}); upgrade artifix."
+        )
 
     @staticmethod
     def _audit(conn: Connection, actor: str, action: str, run_id: int | None, detail: Mapping[str, Any],
