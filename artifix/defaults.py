@@ -143,7 +143,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("run", "threads", 0, "torch CPU threads (0 = torch's default)", int),
     Option("run", "device", None, "compute device: auto (CUDA when available; under torchrun the rank's LOCAL_RANK GPU), "
            "cpu, cuda, cuda:N or mps (default: $ARTIFIX_DEVICE, else auto)"),
-    # -- artifact classifier (artifix/classifier.py)
+    # -- artifact classifier (artifix/classifier/)
     Option("classify", "classifier", "artifix-classifier.pt", "the artifact classifier file written by 'classify train'"),
     Option("classify", "backbone", "effnet-lite0", "classifier backbone with a spatial feature grid (for localisation maps)"),
     Option("classify", "cv_folds", 5, "outer cross-validation folds (clipped to the smaller class count)", int),
