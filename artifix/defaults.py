@@ -178,7 +178,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dissect", "region", None, "paint: the region 'x0,y0,x1,y1' in image pixels (default: the whole image)"),
     Option("dissect", "mode", "add", "paint: 'add' or 'remove'", choices=("add", "remove")),
     Option("dissect", "index", 0, "paint: index of the sample to paint", int),
-    # -- release gate (artifix/gate.py)
+    # -- release gate (artifix/gate/)
     Option("gate", "criteria", None,
            "gate criteria: [[gate.criteria]] tables in artifix.toml, or a JSON list of objects on the command line", _json_list),
     Option("gate", "baseline", None, "baseline release checkpoint, sampled on the same seeds as the candidate (paired comparison)"),
