@@ -45,7 +45,7 @@ class FeatureSet:
 
 def _check_images(images: Any, what: str = "images") -> np.ndarray:
     """Images (uint8, NHWC or NCHW, numpy or torch) as a uint8 RGB NHWC array; anything else is a UserError."""
-    from ..metrics.features import as_uint8_nhwc
+    from ..metrics.extractor import as_uint8_nhwc
 
     return as_uint8_nhwc(images, what)
 
@@ -88,7 +88,7 @@ def _feature_batch() -> int:
 
 
 class _Backbone:
-    """A feature extractor from artifix.metrics.features plus a forward hook that captures its last spatial grid."""
+    """A feature extractor from artifix.metrics (`get_extractor`) plus a forward hook that captures its last spatial grid."""
 
     def __init__(self, name: str):
         from ..metrics.features import get_extractor

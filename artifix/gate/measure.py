@@ -23,7 +23,7 @@ def _feature_tap(inner: Any, limit: int) -> Any:
     The metrics consume the generated images before the reference, so the rows kept are the generated
     images' features, which the artifact classifier then reuses instead of running the backbone again.
     """
-    from ..metrics.features import Extractor
+    from ..metrics.extractor import Extractor
 
     class FeatureTap(Extractor):
         def __init__(self) -> None:
