@@ -8,10 +8,10 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MUTANTS = [
- ("flags import validated in a scratch store", "artifix/commands.py",
+ ("flags import validated in a scratch store", "artifix/commands/review.py",
   "        check_import(ctx, g, layer, path)  # before", "        pass  # check_import(ctx, g, layer, path)  # before",
   ["tests/test_bad_inputs.py", "-k", "import"]),
- ("reference checked before sampling", "artifix/commands.py",
+ ("reference checked before sampling", "artifix/commands/repairing.py",
   "    check_real(o[\"real\"], n=o.get(\"real_n\"), resize=o.get(\"real_resize\"))", "    pass",
   ["tests/test_bad_inputs.py", "-k", "reference"]),
  ("weights_only=True for checkpoints", "artifix/generator.py",
@@ -26,7 +26,7 @@ MUTANTS = [
  ("sweep of killed writers' temporaries", "artifix/io.py",
   "    _sweep_stale(path)\n", "",
   ["tests/test_atomic_writes.py", "-k", "killed"]),
- ("classifier flags checked before the store is touched", "artifix/commands.py",
+ ("classifier flags checked before the store is touched", "artifix/commands/review.py",
   'missing=W.not_enough_labels(f"the label store {o[\'store\']}", 0, 0) if action == "train" else None)', 'missing=None)',
   ["tests/test_bad_inputs.py", "-k", "classifier"]),
  ("empty-message exceptions in the checkpoint reader", "artifix/generator.py",

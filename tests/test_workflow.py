@@ -87,7 +87,7 @@ def test_bundled_review_compares_the_seed(tmp_path):
 
 def test_units_rule_is_one_everywhere():
     assert workflow.parse_units("3, 17") == [3, 17] and session.paint_units("3 17") == [3, 17]
-    from artifix.commands import parse_units
+    from artifix.commands.common import parse_units
 
     for bad, why in (("3,-1", "non-negative"), ("3,3", "distinct"), ("a", "integers")):
         for fn in (workflow.parse_units, parse_units, session.paint_units):
@@ -114,7 +114,7 @@ def test_painted_mask_flags_artifact_in_the_same_transaction(store, tmp_path):
 
 
 def test_region_outline_is_shared():
-    from artifix.commands import parse_region
+    from artifix.commands.dissection import parse_region
 
     img = np.zeros((8, 8, 3), np.uint8)
     mask = parse_region("2,2,6,6", (8, 8))
