@@ -86,20 +86,25 @@ def validate(s: GateSettings) -> dict[str, Any]:
     return res
 
 
-def read_manifest(path: str) -> dict[str, Any]:
-    """Fully removed units of every layer of a repair's manifest.json (`results.RepairManifest`); a UserError when unusable."""
+def _read_json(path: str, what: str, missing: str) -> Any:
+    """The JSON in the file `path`; a UserError naming `what` when it is missing (`missing` says what to do) or not JSON."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"repair manifest {path} does not exist; point 'manifest' at the manifest.json that 'artifix repair' wrote.")
+        raise UserError(f"{what} {path} does not exist; {missing}")
     try:
-        m = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"repair manifest {path} is not valid JSON ({e}).") from None
+        raise UserError(f"{what} {path} is not valid JSON ({e}).") from None
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """Fully removed units of every layer of a repair's manifest.json (`results.RepairManifest`); a UserError when unusable."""
+    m = _read_json(path, "repair manifest", "point 'manifest' at the manifest.json that 'artifix repair' wrote.")
     mf = RepairManifest.from_json(m, f"repair manifest {path}")
     removed = mf.removed
     if not removed:
         raise UserError(f"repair manifest {path} removes no unit fully (alpha 1), so there is nothing to check stays removed.")
-    return {"layer": mf.primary, "units": removed.get(mf.primary, []), "removed": removed, "sha256": sha256_file(p)}
+    return {"layer": mf.primary, "units": removed.get(mf.primary, []), "removed": removed, "sha256": sha256_file(Path(path))}
 
 
 def read_preference(path: str) -> dict[str, Any]:
@@ -119,13 +124,7 @@ def read_preference(path: str) -> dict[str, Any]:
 
 def read_baseline_report(path: str, s: GateSettings, res: Mapping[str, Any]) -> dict[str, Any]:
     """A stored gate report whose protocol matches this run and which measured every metric the criteria compare."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"baseline report {path} does not exist; check --baseline-report.")
-    try:
-        rep = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"baseline report {path} is not valid JSON ({e}).") from None
+    rep = _read_json(path, "baseline report", "check --baseline-report.")
     if not isinstance(rep, dict) or rep.get("format") != FORMAT or not isinstance(rep.get("measurements"), dict):
         raise UserError(f"baseline report {path} is not an artifix gate report; write one with 'artifix gate --measure-only'.")
     if rep.get("version") != FORMAT_VERSION:
