@@ -15,7 +15,7 @@ from .trace import Trace, ablation
 
 
 def _flags(ctx: Context, g, layer: str):
-    from .commands import flagged_and_clean, open_run
+    from .commands.common import flagged_and_clean, open_run
 
     store, run_id = open_run(ctx, g, layer, missing=(f"the label store {ctx.opts['store']} has no flags for this generator, layer "
                                                      "and seed; import them with 'artifix flags import'."))
@@ -46,7 +46,7 @@ def _select_extra(p) -> None:
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "select": ["select_layers", "pool", "max_units",
           "pair_pool", "select_weight", "select_flagged"], "classify": ["classifier"], "run": ["out", "cache", "threads"]}, _select_extra)
 def cmd_select(ctx: Context) -> dict[str, Any]:
-    from .commands import default_layer, load, load_classifier
+    from .commands.common import default_layer, load, load_classifier
     from .io import write_json_atomic
     from .selection import candidate_layers, compare_layers, select_set
 
@@ -75,7 +75,7 @@ def cmd_select(ctx: Context) -> dict[str, Any]:
               "layer": best, "units": res["selections"][best]["units"] if best else []}
     write_json_atomic(out / "unit_set.json", result)
     if best:
-        from .commands import open_run
+        from .commands.common import open_run
 
         st, rid = open_run(ctx, g, best)
         st.propose_units(rid, [(best, int(u)) for u in result["units"]], "artifix", note="set selection (artifix select)")
@@ -154,7 +154,7 @@ def ab_export(g, m: dict[str, Any], seed: int, folder: str | Path, key: str | Pa
           "ab": ["manifest", "study", "ab_key", "ab_n", "ab_control_n", "ab_pool", "ab_seed"], "run": ["threads"]}, _ab_extra)
 def cmd_ab(ctx: Context) -> dict[str, Any]:
     from . import ab
-    from .commands import load, reviewer
+    from .commands.common import load, reviewer
     from .labels import LabelStore
 
     o = ctx.opts

@@ -146,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("run", "threads", 0, "torch CPU threads (0 = torch's default)", int),
     Option("run", "device", None, "compute device: auto (CUDA when available; under torchrun the rank's LOCAL_RANK GPU), "
            "cpu, cuda, cuda:N or mps (default: $ARTIFIX_DEVICE, else auto)"),
-    # -- artifact classifier (artifix/classifier.py)
+    # -- artifact classifier (artifix/classifier/)
     Option("classify", "classifier", "artifix-classifier.pt", "the artifact classifier file written by 'classify train'"),
     Option("classify", "backbone", "effnet-lite0", "classifier backbone with a spatial feature grid (for localisation maps)"),
     Option("classify", "cv_folds", 5, "outer cross-validation folds (clipped to the smaller class count)", int),
@@ -181,7 +181,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dissect", "region", None, "paint: the region 'x0,y0,x1,y1' in image pixels (default: the whole image)"),
     Option("dissect", "mode", "add", "paint: 'add' or 'remove'", choices=("add", "remove")),
     Option("dissect", "index", 0, "paint: index of the sample to paint", int),
-    # -- release gate (artifix/gate.py)
+    # -- release gate (artifix/gate/)
     Option("gate", "criteria", None,
            "gate criteria: [[gate.criteria]] tables in artifix.toml, or a JSON list of objects on the command line", _json_list),
     Option("gate", "baseline", None, "baseline release checkpoint, sampled on the same seeds as the candidate (paired comparison)"),

@@ -58,6 +58,122 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = log.say) -> dict[str,
     return folder.final(summary)
 
 
+@dataclass
+class _Ranking:
+    """The scored units of the planted layer and the top k approved: k is the number of planted units."""
+
+    stats: Any
+    table: Any
+    ranking: list[int]
+    k: int
+    recall: float
+    random_recall: float
+    approved: list[int]
+
+
+def _plant(g: Any, cfg: DemoConfig, say: Callable[[str], None]) -> Any:
+    """Step 2: plant the artifact units (by default 3 seeded picks among the layer's lowest-impact units)."""
+    if cfg.planted_units is None:
+        pool = low_impact_units(g, PlantedSite(relu=cfg.layer))
+        cfg.planted_units = tuple(sorted(int(u) for u in np.random.default_rng(100).choice(pool, 3, replace=False)))
+    say(f"[2/6] planting {len(cfg.planted_units)} artifact units in layer {cfg.layer} (ground truth {list(cfg.planted_units)})")
+    bad = plant_defects(g, list(cfg.planted_units), rate=cfg.rate)
+    save_png(cfg.out / "planted_samples.png", grid(sample(bad, cfg.seed, 0, 64), scale=2))
+    return bad
+
+
+def _review(g: Any, bad: Any, cfg: DemoConfig, say: Callable[[str], None]) -> tuple[Any, LabelStore, int]:
+    """Step 3: the simulated reviewer's flags and painted masks, recorded in a label store in cfg.out."""
+    say(f"[3/6] simulated reviewer scans {cfg.scan} samples: flags up to {cfg.n_flag} with artifacts (painting them) and {cfg.n_clean} clean")
+    review = simulate_reviewer(g, bad, cfg.seed, cfg.scan, cfg.n_flag, cfg.n_clean)
+    store_path = cfg.out / "labels.sqlite"
+    store = LabelStore(str(store_path))
+    run_id = store.register_run(bad.fingerprint, [cfg.layer], cfg.seed, cfg.stats_n, meta={"demo": True}, image_size=(64, 64))
+    store.set_flags(run_id, {i: "artifact" for i in review.artifact}, DEMO_REVIEWER)
+    store.set_flags(run_id, {i: "clean" for i in review.clean}, DEMO_REVIEWER)
+    for i, m in review.masks.items():
+        store.set_mask(run_id, i, DEMO_REVIEWER, m)
+    return review, store, run_id
+
+
+def _score_and_approve(bad: Any, cfg: DemoConfig, review: Any, store: LabelStore, run_id: int,
+                       say: Callable[[str], None]) -> _Ranking:
+    """Steps 4 and 5: score the layer's units from the review, write the table and cards, approve the top k."""
+    out = cfg.out
+    say(f"[4/6] scoring the {cfg.layer} units from {len(review.artifact)} flagged / {len(review.clean)} clean samples")
+    stats = collect_stats(bad, cfg.layer, cfg.seed, cfg.stats_n)
+    report = score_units(bad, cfg.layer, cfg.seed, stats, review.artifact, review.clean, review.masks)
+    table = report.table
+    k = len(cfg.planted_units)
+    ranking = [int(u) for u in table.unit]
+    recall = recall_at_k(ranking, list(cfg.planted_units))
+    random_recall = k / stats.channels  # expected recall@k of a random unit set
+    write_text_atomic(out / "unit_scores.csv", table.to_csv(index=False))
+    unit_cards(bad, stats, ranking[:k + 2], cfg.seed, out / "cards")
+    top = table.head(k)
+    store.propose_units(run_id, [(cfg.layer, int(u)) for u in top.unit], "artifix", note="top of the ranking")
+
+    say(f"[5/6] approving the top {k} units as {DEMO_APPROVER} (recall@{k} of the planted units: {recall:.2f})")
+    for u in top.unit:
+        store.decide_unit(run_id, cfg.layer, int(u), "approved", DEMO_APPROVER, note="demo approval")
+    approved = [a.unit for a in store.approved_units(run_id)]
+    return _Ranking(stats, table, ranking, k, recall, random_recall, approved)
+
+
+def _repair(g: Any, bad: Any, cfg: DemoConfig, review: Any, store: LabelStore, run_id: int, channels: int,
+            say: Callable[[str], None]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Step 6: train the classifier on the review, repair the planted generator, measure the FD change undone."""
+    from .classifier import train_classifier
+    from .example import CHECKPOINT
+    from .repair import fd_recovery, plan_from_store, repair
+    from .generator import images_at
+    from .profiles import profile_for
+    from .workflow import segmenter_for
+
+    out = cfg.out
+    say("[6/6] training the artifact classifier, then repairing: remove the approved units, measure, export")
+    ids = review.artifact + review.clean
+    clf = train_classifier(images_at(bad, cfg.seed, ids), np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int))
+    ck = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+    ck["netG_state_dict"] = bad.module.state_dict()
+    with atomic_path(out / "planted.pt") as tmp:  # the generator under repair, in the example's checkpoint layout
+        torch.save(ck, tmp)
+    plan = plan_from_store(store, run_id, cfg.layer)
+    manifest = repair(bad, plan, out / "cleaned", seed=cfg.seed, n=cfg.metrics_n, flagged=review.artifact, clean=review.clean,
+                      clf=clf, channels=channels, checkpoint=out / "planted.pt", segmenter=segmenter_for(profile_for(g.spec)),
+                      metrics=cfg.metrics, high_pool=cfg.high_pool, collateral_n=cfg.collateral_n,
+                      say=lambda m: say("      " + m))
+    recovery = fd_recovery(g, bad, manifest, seed=cfg.seed)
+    say(f"      the planting moved FD by {recovery['damage']['diff']:+.2f}; removing the approved units undoes {100 * recovery['repair']:.0f} % "
+        f"of that change, the random-unit control {100 * recovery['control']:.0f} %")
+    return clf, manifest, recovery
+
+
+def _report_markdown(g: Any, cfg: DemoConfig, natural: dict[str, Any], review: Any, r: _Ranking,
+                     recovery: dict[str, Any], clf: Any) -> str:
+    """report.md: the natural story, the samples, the review, the ranked units, before / after and the repair."""
+    out, k, table = cfg.out, r.k, r.table
+    cols = ["rank", "unit", "combined", "causal", "iou", "auc", "firing_rate"]
+    md = ["# artifix demo report", "", *natural["markdown"],
+          f"Generator: bundled example `{g.fingerprint}` with {k} planted artifact units in `{cfg.layer}`: {list(cfg.planted_units)}.", "",
+          "## Samples", "", "Example GAN | with planted artifact units", "---|---", "![](samples.png) | ![](planted_samples.png)", "",
+          f"## Review: {len(review.artifact)} flagged (all painted), {len(review.clean)} clean", "",
+          f"## Ranked units (recall@{k} = {r.recall:.2f}; a random set of {k} units: {r.random_recall:.3f} expected)", "",
+          table_markdown(table.head(2 * k).to_dict("records"), [c for c in cols if c in table]), "",
+          "Unit cards (top activating samples, plain and with the unit's map): " + ", ".join(f"[{u}](cards/unit_{cfg.layer}_{u}.png)" for u in r.ranking[:k]), "",
+          "## Before / after", "", "Rows: planted generator; approved units removed; random-unit control.", "",
+          "![flagged](cleaned/before_after_flagged.png)", "", "![clean](cleaned/before_after_clean.png)", ""]
+    md += ["## Repair (the cleaned generator is in `cleaned/`)", "", (out / "cleaned" / "MODEL_CARD.md").read_text().split("\n", 2)[2], "",
+           f"**FD change undone:** the planting moved `{recovery['metric']}` from {recovery['damage']['clean']:.1f} to "
+           f"{recovery['damage']['damaged']:.1f} ({recovery['damage']['diff']:+.2f} [{recovery['damage']['ci'][0]:+.2f}, "
+           f"{recovery['damage']['ci'][1]:+.2f}], paired on the same seeds); removing the approved units undoes "
+           f"{100 * recovery['repair']:.0f} % of that change (FD after: {recovery['after']:.1f}), the random-unit control "
+           f"{100 * recovery['control']:.0f} % (FD {recovery['control_after']:.1f}).", "",
+           f"Artifact classifier trained on the review: cross-validated ROC-AUC {clf.report['auc']:.3f}. The flagged samples "
+           "were its training data, so their 'before' artifact rate is in-sample (optimistic); the random-sample rates are not.", ""]
+    return "\n".join(md)
+
+
 def _run_demo_into(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, Any]:
     """The demo's steps, writing into cfg.out (a temporary folder renamed into place by run_demo)."""
     t0 = time.time()
@@ -69,97 +185,20 @@ def _run_demo_into(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, Any
     from .demo_natural import natural_story
 
     natural = natural_story(g, out, say)  # part 1: the example's own defects; the planted story below is part 2
-
-    if cfg.planted_units is None:
-        pool = low_impact_units(g, PlantedSite(relu=cfg.layer))
-        cfg.planted_units = tuple(sorted(int(u) for u in np.random.default_rng(100).choice(pool, 3, replace=False)))
-    say(f"[2/6] planting {len(cfg.planted_units)} artifact units in layer {cfg.layer} (ground truth {list(cfg.planted_units)})")
-    bad = plant_defects(g, list(cfg.planted_units), rate=cfg.rate)
-    save_png(out / "planted_samples.png", grid(sample(bad, cfg.seed, 0, 64), scale=2))
-
-    say(f"[3/6] simulated reviewer scans {cfg.scan} samples: flags up to {cfg.n_flag} with artifacts (painting them) and {cfg.n_clean} clean")
-    review = simulate_reviewer(g, bad, cfg.seed, cfg.scan, cfg.n_flag, cfg.n_clean)
-    store_path = out / "labels.sqlite"
-    store = LabelStore(str(store_path))
-    run_id = store.register_run(bad.fingerprint, [cfg.layer], cfg.seed, cfg.stats_n, meta={"demo": True}, image_size=(64, 64))
-    store.set_flags(run_id, {i: "artifact" for i in review.artifact}, DEMO_REVIEWER)
-    store.set_flags(run_id, {i: "clean" for i in review.clean}, DEMO_REVIEWER)
-    for i, m in review.masks.items():
-        store.set_mask(run_id, i, DEMO_REVIEWER, m)
+    bad = _plant(g, cfg, say)
+    review, store, run_id = _review(g, bad, cfg, say)
     counts = store.counts(run_id)
-
-    say(f"[4/6] scoring the {cfg.layer} units from {len(review.artifact)} flagged / {len(review.clean)} clean samples")
-    stats = collect_stats(bad, cfg.layer, cfg.seed, cfg.stats_n)
-    report = score_units(bad, cfg.layer, cfg.seed, stats, review.artifact, review.clean, review.masks)
-    table = report.table
-    k = len(cfg.planted_units)
-    ranking = [int(u) for u in table.unit]
-    recall = recall_at_k(ranking, list(cfg.planted_units))
-    random_recall = k / stats.channels  # expected recall@k of a random unit set
-    cols = ["rank", "unit", "combined", "causal", "iou", "auc", "firing_rate"]
-    write_text_atomic(out / "unit_scores.csv", table.to_csv(index=False))
-    unit_cards(bad, stats, ranking[:k + 2], cfg.seed, out / "cards")
-    top = table.head(k)
-    store.propose_units(run_id, [(cfg.layer, int(u)) for u in top.unit], "artifix", note="top of the ranking")
-
-    say(f"[5/6] approving the top {k} units as {DEMO_APPROVER} (recall@{k} of the planted units: {recall:.2f})")
-    for u in top.unit:
-        store.decide_unit(run_id, cfg.layer, int(u), "approved", DEMO_APPROVER, note="demo approval")
-    approved = [a.unit for a in store.approved_units(run_id)]
-
-    say("[6/6] training the artifact classifier, then repairing: remove the approved units, measure, export")
-    from .classifier import train_classifier
-    from .example import CHECKPOINT
-    from .repair import plan_from_store, repair
-    from .generator import images_at
-    from .profiles import profile_for
-    from .workflow import segmenter_for
-
-    ids = review.artifact + review.clean
-    clf = train_classifier(images_at(bad, cfg.seed, ids), np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int))
-    ck = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
-    ck["netG_state_dict"] = bad.module.state_dict()
-    with atomic_path(out / "planted.pt") as tmp:  # the generator under repair, in the example's checkpoint layout
-        torch.save(ck, tmp)
-    plan = plan_from_store(store, run_id, cfg.layer)
-    manifest = repair(bad, plan, out / "cleaned", seed=cfg.seed, n=cfg.metrics_n, flagged=review.artifact, clean=review.clean,
-                      clf=clf, channels=stats.channels, checkpoint=out / "planted.pt", segmenter=segmenter_for(profile_for(g.spec)),
-                      metrics=cfg.metrics, high_pool=cfg.high_pool, collateral_n=cfg.collateral_n,
-                      say=lambda m: say("      " + m))
-    random_units = manifest["random_control_units"]
-    from .repair import fd_recovery
-
-    recovery = fd_recovery(g, bad, manifest, seed=cfg.seed)
-    say(f"      the planting moved FD by {recovery['damage']['diff']:+.2f}; removing the approved units undoes {100 * recovery['repair']:.0f} % "
-        f"of that change, the random-unit control {100 * recovery['control']:.0f} %")
+    r = _score_and_approve(bad, cfg, review, store, run_id, say)
+    clf, manifest, recovery = _repair(g, bad, cfg, review, store, run_id, r.stats.channels, say)
     metrics = {"classifier_cv_auc": clf.report["auc"], "fd_recovery": recovery, **manifest["metrics"]}
     store.close()
     summary = {
         "generator": g.fingerprint, "planted": bad.fingerprint, "layer": cfg.layer, "planted_units": list(cfg.planted_units),
         "flagged": len(review.artifact), "clean": len(review.clean), "painted": len(review.masks), "label_counts": counts,
-        "ranking_top": ranking[: 2 * k], "recall_at_k": recall, "random_recall_at_k": random_recall, "random_units": random_units,
-        "approved": approved, "metrics": metrics, "seconds": round(time.time() - t0, 1),
-        "natural": {k: v for k, v in natural.items() if k != "markdown"},
+        "ranking_top": r.ranking[: 2 * r.k], "recall_at_k": r.recall, "random_recall_at_k": r.random_recall,
+        "random_units": manifest["random_control_units"], "approved": r.approved, "metrics": metrics,
+        "seconds": round(time.time() - t0, 1), "natural": {k: v for k, v in natural.items() if k != "markdown"},
     }
     write_json_atomic(out / "summary.json", summary)
-    md = ["# artifix demo report", "", *natural["markdown"],
-          f"Generator: bundled example `{g.fingerprint}` with {k} planted artifact units in `{cfg.layer}`: {list(cfg.planted_units)}.", "",
-          "## Samples", "", "Example GAN | with planted artifact units", "---|---", "![](samples.png) | ![](planted_samples.png)", "",
-          f"## Review: {len(review.artifact)} flagged (all painted), {len(review.clean)} clean", "",
-          f"## Ranked units (recall@{k} = {recall:.2f}; a random set of {k} units: {random_recall:.3f} expected)", "",
-          table_markdown(table.head(2 * k).to_dict("records"), [c for c in cols if c in table]), "",
-          "Unit cards (top activating samples, plain and with the unit's map): " + ", ".join(f"[{u}](cards/unit_{cfg.layer}_{u}.png)" for u in ranking[:k]), "",
-          "## Before / after", "", "Rows: planted generator; approved units removed; random-unit control.", "",
-          "![flagged](cleaned/before_after_flagged.png)", "", "![clean](cleaned/before_after_clean.png)", ""]
-    md += ["## Repair (the cleaned generator is in `cleaned/`)", "", (out / "cleaned" / "MODEL_CARD.md").read_text().split("\n", 2)[2], "",
-           f"**FD change undone:** the planting moved `{recovery['metric']}` from {recovery['damage']['clean']:.1f} to "
-           f"{recovery['damage']['damaged']:.1f} ({recovery['damage']['diff']:+.2f} [{recovery['damage']['ci'][0]:+.2f}, "
-           f"{recovery['damage']['ci'][1]:+.2f}], paired on the same seeds); removing the approved units undoes "
-           f"{100 * recovery['repair']:.0f} % of that change (FD after: {recovery['after']:.1f}), the random-unit control "
-           f"{100 * recovery['control']:.0f} % (FD {recovery['control_after']:.1f}).", "",
-           f"Artifact classifier trained on the review: cross-validated ROC-AUC {clf.report['auc']:.3f}. The flagged samples "
-           "were its training data, so their 'before' artifact rate is in-sample (optimistic); the random-sample rates are not.", ""]
-    write_text_atomic(out / "report.md", "\n".join(md))
+    write_text_atomic(out / "report.md", _report_markdown(g, cfg, natural, review, r, recovery, clf))
     return summary
-
-

@@ -1,7 +1,7 @@
 """The command registry: what a command handler receives (`Context`) and how handlers register (`command`).
 
-`artifix/commands.py` registers its handlers here; `artifix/cli.py` builds the parser from `COMMANDS`. Neither
-imports the other back, so there is no import cycle.
+The modules of `artifix/commands/` register their handlers here; `artifix/cli.py` builds the parser from
+`COMMANDS`. Neither imports the other back, so there is no import cycle.
 """
 
 from __future__ import annotations

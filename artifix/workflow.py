@@ -7,7 +7,7 @@ a run, the bundled review (which must fit the generator, the layer *and* the see
 from the flags, the review queue, unit scores and proposals, which measures a repair or a gate may run
 without reference data, the segmenter and layers for concepts, paint units and the region outline.
 
-`artifix/commands.py` parses flags, calls these and prints; `dashboard/` draws widgets and calls these
+`artifix/commands/` parses flags, calls these and prints; `dashboard/` draws widgets and calls these
 (through `artifix/session.py`); compute modules never import this one.
 """
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from artifix import classifier as C
+from artifix.classifier import cam, training
 from artifix import defaults, scenes
 from artifix.errors import UserError
 
@@ -122,9 +123,9 @@ def test_report_numbers_match_a_direct_recomputation(data, clf):
     images, labels, _, fs = data
     x = np.concatenate([fs.pooled.astype(np.float64), fs.pixels], 1) if clf.model == "logreg+pixels" else fs.pooled.astype(np.float64)
     oof = np.zeros(len(labels))
-    with C._one_blas_thread():
+    with training._one_blas_thread():
         for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(x, labels):
-            coef, b, mean, scale, _ = C._fit_model(x[tr], labels[tr], 1280, C._parse_cs(defaults.get("classify", "c_grid")), 3, 0)
+            coef, b, mean, scale, _ = training._fit_model(x[tr], labels[tr], 1280, training._parse_cs(defaults.get("classify", "c_grid")), 3, 0)
             oof[te] = 1 / (1 + np.exp(-(((x[te] - mean) / scale) @ coef + b)))
     r = clf.report
     assert roc_auc_score(labels, oof) == pytest.approx(r["auc"], abs=1e-9)
@@ -139,9 +140,9 @@ def test_gram_trick_fit_equals_direct_sklearn_fit(data):
 
     _, labels, _, fs = data
     x = fs.pooled[:40].astype(np.float64)
-    mean, scale = C._standardise(x, x.shape[1])
+    mean, scale = training._standardise(x, x.shape[1])
     z = (x - mean) / scale
-    coef, b = C._fit_lr(z, labels[:40], 0.01)
+    coef, b = training._fit_lr(z, labels[:40], 0.01)
     ref = LogisticRegression(C=0.01, class_weight="balanced", max_iter=10000, tol=1e-10).fit(z, labels[:40])
     np.testing.assert_allclose(coef, ref.coef_[0], rtol=1e-4, atol=1e-6 * np.abs(ref.coef_).max())
     assert b == pytest.approx(ref.intercept_[0], abs=1e-5)
@@ -245,8 +246,8 @@ def test_cam_is_exact_for_the_linear_model(data, clf):
     """Mean of the cell logits (+ pixel logits) equals the sample's logit: the map decomposes the decision."""
     images, _, _, fs = data
     sub = fs.subset(range(6))
-    cells = C._cell_logits(clf, sub.grid)
-    pixels = C._pixel_logits(clf, images[:6])
+    cells = cam._cell_logits(clf, sub.grid)
+    pixels = cam._pixel_logits(clf, images[:6])
     logit = clf.decision_function(images[:6], precomputed=sub)
     np.testing.assert_allclose(cells.mean((1, 2)) + pixels.mean((1, 2)) + clf.intercept, logit, atol=1e-4)
     raw = C.localize(clf, images[:6], precomputed=sub, normalize=False)

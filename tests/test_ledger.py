@@ -6,6 +6,7 @@ import pytest
 from artifix.generator import images_at, load_generator
 from artifix.ledger import Ledger, edit_key, set_key
 from artifix.metrics import features as FE
+from artifix.metrics.extractor import Extractor
 from artifix.metrics.reference import load_real
 from artifix.repair import RepairPlan, measure
 from artifix.scenes import render
@@ -21,13 +22,13 @@ def g():
 def counted(monkeypatch):
     """Count the images that pass through any feature extractor."""
     calls = {"images": 0}
-    real_call = FE.Extractor.__call__
+    real_call = Extractor.__call__
 
     def call(self, images):
         calls["images"] += len(images)
         return real_call(self, images)
 
-    monkeypatch.setattr(FE.Extractor, "__call__", call)
+    monkeypatch.setattr(Extractor, "__call__", call)
     return calls
 
 

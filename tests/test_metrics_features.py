@@ -9,7 +9,9 @@ from PIL import Image
 
 from artifix import scenes
 from artifix.errors import UserError
+from artifix.metrics import extractor as EX
 from artifix.metrics import features as FE
+from artifix.metrics import inception as INC
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,24 +33,24 @@ def test_unknown_name_lists_valid_names():
 
 def test_input_layouts_and_errors(imgs):
     nchw = imgs.transpose(0, 3, 1, 2)
-    assert np.array_equal(FE.as_uint8_nhwc(nchw), imgs)
-    assert np.array_equal(FE.as_uint8_nhwc(torch.from_numpy(nchw)), imgs)
-    grey = FE.as_uint8_nhwc(imgs[..., :1])
+    assert np.array_equal(EX.as_uint8_nhwc(nchw), imgs)
+    assert np.array_equal(EX.as_uint8_nhwc(torch.from_numpy(nchw)), imgs)
+    grey = EX.as_uint8_nhwc(imgs[..., :1])
     assert grey.shape == imgs.shape and np.array_equal(grey[..., 2], imgs[..., 0])
-    assert np.array_equal(FE.as_uint8_nhwc(np.concatenate([imgs, imgs[..., :1]], -1)), imgs)  # alpha dropped
+    assert np.array_equal(EX.as_uint8_nhwc(np.concatenate([imgs, imgs[..., :1]], -1)), imgs)  # alpha dropped
     with pytest.raises(UserError, match="uint8"):
-        FE.as_uint8_nhwc(imgs.astype(np.float32))
+        EX.as_uint8_nhwc(imgs.astype(np.float32))
     with pytest.raises(UserError, match="4-D"):
-        FE.as_uint8_nhwc(imgs[0])
+        EX.as_uint8_nhwc(imgs[0])
 
 
 def test_resize_is_pil_bicubic_per_channel_in_float(imgs):
-    out = FE.resize_uint8(imgs[:2], 100)
+    out = EX.resize_uint8(imgs[:2], 100)
     assert out.shape == (2, 3, 100, 100) and out.dtype == np.float32
     ch = Image.fromarray(imgs[1, :, :, 2].astype(np.float32), mode="F").resize((100, 100), Image.BICUBIC)
     assert np.allclose(out[1, 2], np.clip(np.asarray(ch), 0, 255))
     assert out.min() >= 0 and out.max() <= 255
-    same = FE.resize_uint8(imgs[:1], 64)  # already at size: only converted
+    same = EX.resize_uint8(imgs[:1], 64)  # already at size: only converted
     assert np.array_equal(same[0], imgs[0].transpose(2, 0, 1).astype(np.float32))
 
 
@@ -67,7 +69,7 @@ def test_effnet_features_batch_size_and_layout_independent(imgs):
 
 
 def test_inception_matches_the_standard_state_dict_layout(tmp_path):
-    net = FE.FIDInceptionV3()
+    net = INC.FIDInceptionV3()
     shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     well_known = {
         "Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3),
@@ -98,7 +100,7 @@ def test_inception_matches_the_standard_state_dict_layout(tmp_path):
         return 0.1 * torch.randn(shape, generator=g)
 
     state = {k: fake(k, v) for k, v in shapes.items() if not k.endswith("num_batches_tracked")}  # old files lack these
-    path = tmp_path / FE.INCEPTION_FILE
+    path = tmp_path / INC.INCEPTION_FILE
     torch.save(state, path)
     net.load_state_dict(torch.load(path, weights_only=True), strict=True)
     e = FE.get_extractor("inception", inception_weights=str(path))
@@ -107,23 +109,23 @@ def test_inception_matches_the_standard_state_dict_layout(tmp_path):
     f = e(img)
     assert f.shape == (1, 2048) and np.isfinite(f).all()
     with torch.inference_mode():  # folded, channels-last extractor == the plain network on the same input
-        x = torch.from_numpy(FE.resize_uint8(img, 299)) * (2 / 255) - 1
+        x = torch.from_numpy(EX.resize_uint8(img, 299)) * (2 / 255) - 1
         plain = net.eval().to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last)).numpy()
     assert np.allclose(f, plain, rtol=1e-3, atol=1e-3 * np.abs(plain).max())
 
 
 def test_inception_wrong_or_missing_weights(tmp_path, monkeypatch):
-    monkeypatch.delenv(FE.INCEPTION_ENV, raising=False)
+    monkeypatch.delenv(INC.INCEPTION_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torchhome"))
     with pytest.raises(UserError) as e:
         FE.get_extractor("inception")
     msg = str(e.value)
-    assert str(tmp_path / "torchhome" / "hub" / "checkpoints" / FE.INCEPTION_FILE) in msg
+    assert str(tmp_path / "torchhome" / "hub" / "checkpoints" / INC.INCEPTION_FILE) in msg
     assert "never" in msg and "--inception-weights" in msg
     with pytest.raises(UserError, match="not found at"):
         FE.get_extractor("inception", inception_weights=str(tmp_path / "nope.pth"))
-    monkeypatch.setenv(FE.INCEPTION_ENV, str(tmp_path / "env.pth"))
-    with pytest.raises(UserError, match=FE.INCEPTION_ENV):
+    monkeypatch.setenv(INC.INCEPTION_ENV, str(tmp_path / "env.pth"))
+    with pytest.raises(UserError, match=INC.INCEPTION_ENV):
         FE.get_extractor("inception")
     bad = tmp_path / "bad.pth"
     torch.save({"fc.weight": torch.zeros(3, 3)}, bad)

@@ -7,11 +7,11 @@ from PIL import Image
 
 from artifix import scenes
 from artifix.errors import UserError
-from artifix.metrics import features as FE
+from artifix.metrics.extractor import Extractor
 from artifix.metrics import reference as R
 
 
-class PixelFeatures(FE.Extractor):
+class PixelFeatures(Extractor):
     """A cheap deterministic extractor for tests: 8x8 resize + a fixed random projection; counts images."""
 
     name, tag, dim, size = "pixels", "px", 16, (8, 8)

@@ -12,7 +12,8 @@ from PIL import Image
 
 from artifix.errors import UserError
 from artifix.metrics import compute_metrics
-from artifix.metrics.features import Extractor, get_extractor
+from artifix.metrics.extractor import Extractor
+from artifix.metrics.features import get_extractor
 from artifix.metrics.reference import check_real, load_real
 from tests.conftest import run_cli
 

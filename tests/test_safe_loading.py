@@ -143,7 +143,7 @@ def test_classifier_file_pickle_refused(tmp_path):
 
 
 def test_inception_weights_pickle_refused(tmp_path):
-    from artifix.metrics.features import _inception_module
+    from artifix.metrics.inception import _inception_module
 
     marker = tmp_path / "pwned"
     torch.save({"x": Evil(marker)}, tmp_path / "pt_inception.pth")

@@ -9,7 +9,8 @@ Building blocks: `Moments`, `frechet_distance` (fd), `kid.kid`, `swd.swd` (the s
 
 from .compare import compute_metrics, format_n, metric_name, paired_compare, paired_compare_many, parse_metrics, needs_features
 from .fd import FDReference, Moments, fd_features, frechet_distance, trace_sqrt_product
-from .features import EXTRACTORS, Extractor, extractor_names, get_extractor
+from .extractor import Extractor
+from .features import EXTRACTORS, extractor_names, get_extractor
 from .kid import mmd2_unbiased
 from .reference import RealStats, compute_stats, load_real, load_stats, save_stats
 from .swd import SWDSet, swd_compare

@@ -33,7 +33,8 @@ from .. import intervals
 from ..errors import UserError
 from ..progress import Progress
 from .fd import FDReference, Moments, fd_inf as _fd_inf
-from .features import Extractor, as_uint8_nhwc, get_extractor
+from .extractor import Extractor, as_uint8_nhwc
+from .features import get_extractor
 from .kid import KIDPlan, RealKernelTerms, kid_terms
 from .reference import RealStats, load_real
 from .swd import SWDSet, swd_compare

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping
 
 from ..errors import UserError
 from .compare import compute_metrics
-from .features import Extractor, get_extractor
+from .extractor import Extractor
+from .features import get_extractor
 from .reference import _folder_source, check_real
 
 METRIC_KEYS = ("metrics", "features", "real", "bootstrap", "confidence", "kid_subsets", "kid_subset_size", "fd_inf",

@@ -36,7 +36,7 @@ from .. import defaults
 from ..errors import UserError
 from ..io import atomic_path, sha256_json
 from . import formats
-from .features import Extractor, as_uint8_nhwc
+from .extractor import Extractor, as_uint8_nhwc
 from .fd import Moments
 from .swd import SWDSet
 

@@ -1,0 +1,9 @@
+"""Command handlers: thin glue between the CLI registry and the library stages.
+
+Each module registers its handlers with `registry.command` when imported; they are imported here in the order
+`artifix --help` lists them: `sampling` (sample, layers), `review` (flags, score, demo, classify), `repairing`
+(metrics, repair), `dissection` (dissect, paint) and `ops` (gate, stats, dashboard). `common` holds what the
+handlers (and `commands_natural`) share: loading the generator, the layer, the label store's run, the classifier.
+"""
+
+from . import sampling, review, repairing, dissection, ops  # noqa: F401  (importing registers the handlers, in this order)
