@@ -143,14 +143,28 @@ def _repair(g: Any, bad: Any, cfg: DemoConfig, review: Any, store: LabelStore, r
                       clf=clf, channels=channels, checkpoint=out / "planted.pt", segmenter=segmenter_for(profile_for(g.spec)),
                       metrics=cfg.metrics, high_pool=cfg.high_pool, collateral_n=cfg.collateral_n,
                       say=lambda m: say("      " + m))
+    if "fd" not in cfg.metrics:  # the FD recovery reads the repair's FD rows
+        say("      FD recovery skipped: the repair measured no FD")
+        return clf, manifest, None
     recovery = fd_recovery(g, bad, manifest, seed=cfg.seed)
     say(f"      the planting moved FD by {recovery['damage']['diff']:+.2f}; removing the approved units undoes {100 * recovery['repair']:.0f} % "
         f"of that change, the random-unit control {100 * recovery['control']:.0f} %")
     return clf, manifest, recovery
 
 
+def _recovery_line(recovery: dict[str, Any] | None) -> str:
+    """The report's sentence on how much of the planting's FD change the repair and the control undo."""
+    if recovery is None:
+        return "**FD change undone:** not measured (the repair's metrics hold no FD)."
+    d = recovery["damage"]
+    return (f"**FD change undone:** the planting moved `{recovery['metric']}` from {d['clean']:.1f} to {d['damaged']:.1f} "
+            f"({d['diff']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}], paired on the same seeds); removing the approved units "
+            f"undoes {100 * recovery['repair']:.0f} % of that change (FD after: {recovery['after']:.1f}), the random-unit "
+            f"control {100 * recovery['control']:.0f} % (FD {recovery['control_after']:.1f}).")
+
+
 def _report_markdown(g: Any, cfg: DemoConfig, natural: dict[str, Any], review: Any, r: _Ranking,
-                     recovery: dict[str, Any], clf: Any) -> str:
+                     recovery: dict[str, Any] | None, clf: Any) -> str:
     """report.md: the natural story, the samples, the review, the ranked units, before / after and the repair."""
     out, k, table = cfg.out, r.k, r.table
     cols = ["rank", "unit", "combined", "causal", "iou", "auc", "firing_rate"]
@@ -164,11 +178,7 @@ def _report_markdown(g: Any, cfg: DemoConfig, natural: dict[str, Any], review: A
           "## Before / after", "", "Rows: planted generator; approved units removed; random-unit control.", "",
           "![flagged](cleaned/before_after_flagged.png)", "", "![clean](cleaned/before_after_clean.png)", ""]
     md += ["## Repair (the cleaned generator is in `cleaned/`)", "", (out / "cleaned" / "MODEL_CARD.md").read_text().split("\n", 2)[2], "",
-           f"**FD change undone:** the planting moved `{recovery['metric']}` from {recovery['damage']['clean']:.1f} to "
-           f"{recovery['damage']['damaged']:.1f} ({recovery['damage']['diff']:+.2f} [{recovery['damage']['ci'][0]:+.2f}, "
-           f"{recovery['damage']['ci'][1]:+.2f}], paired on the same seeds); removing the approved units undoes "
-           f"{100 * recovery['repair']:.0f} % of that change (FD after: {recovery['after']:.1f}), the random-unit control "
-           f"{100 * recovery['control']:.0f} % (FD {recovery['control_after']:.1f}).", "",
+           _recovery_line(recovery), "",
            f"Artifact classifier trained on the review: cross-validated ROC-AUC {clf.report['auc']:.3f}. The flagged samples "
            "were its training data, so their 'before' artifact rate is in-sample (optimistic); the random-sample rates are not.", ""]
     return "\n".join(md)

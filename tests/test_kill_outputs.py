@@ -99,7 +99,7 @@ def _library_repair(d: Path, out: Path, seed: int) -> int:
 def _demo(out: Path, seed: int) -> int:
     from artifix.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=out, seed=seed, scan=60, n_flag=6, n_clean=6, stats_n=64, metrics_n=8, metrics="fd",
+    run_demo(DemoConfig(out=out, seed=seed, scan=60, n_flag=6, n_clean=6, stats_n=64, metrics_n=8, metrics="swd",
                         high_pool=0, collateral_n=0, planted_units=(5, 50, 55)), say=lambda m: None)
     return 0
 
