@@ -41,6 +41,15 @@ def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | Non
                 group.add_argument(opt.cli, dest=opt.name, default=None, metavar=opt.name.upper(), help=opt.help + dflt)
 
 
+def _short_usage(name: str, p: argparse.ArgumentParser) -> str:
+    """'artifix NAME [options] POSITIONALS': the options are listed below it, grouped, instead of a 20-line usage."""
+    pos = []
+    for a in p._get_positional_actions():
+        word = "{" + ",".join(a.choices) + "}" if a.choices else (a.metavar or a.dest)
+        pos.append(f"[{word}]" if a.nargs == "?" else word)
+    return " ".join([f"artifix {name} [options]", *pos])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by main and by the docs test)."""
     parser = cli_help.Parser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.",
@@ -57,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_options(p, cmd.options)
         if cmd.extra:
             cmd.extra(p)
+        p.usage = _short_usage(cmd.name, p)
     cli_help.add_completion(sub, parser)
     return parser
 
