@@ -44,6 +44,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 
 
 def _free_port() -> int:
@@ -132,8 +133,16 @@ def idle(drv) -> bool:
 
 def click_flag(drv, sample: int, label: str) -> None:
     """Click a flag button once the page is idle, as a person does (mid-run, the button may be a stale copy being replaced)."""
-    wait_for(lambda: idle(drv), "the page to finish its run", STARTUP)
-    drv.find_element(By.CSS_SELECTOR, f".st-key-flag-{sample}-{label} button").click()
+    def attempt() -> bool:
+        if not idle(drv):
+            return False
+        try:
+            drv.find_element(By.CSS_SELECTOR, f".st-key-flag-{sample}-{label} button").click()
+        except StaleElementReferenceException:  # replaced between the idle check and the click: nothing was clicked
+            return False
+        return True
+
+    wait_for(attempt, f"a click on {label} of sample {sample}", STARTUP)
 
 
 def run_id(store_path: Path) -> int:
