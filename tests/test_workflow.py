@@ -257,7 +257,7 @@ def test_metrics_confidence_changes_the_interval(tmp_path):
 # ------------------------------------------------------------------------------------------- layering
 
 
-COMPUTE = ("trace", "stats", "scoring", "classifier", "dissect", "segmenter", "repair", "generator", "labels", "intervals",
+COMPUTE = ("trace", "stats", "tally", "scoring", "classifier", "dissect", "segmenter", "repair", "generator", "labels", "intervals",
            "results", "metrics", "planted", "scenes", "images", "io", "report", "gate", "profiles")
 UPPER = {"workflow", "commands", "cli", "session", "dashboard", "demo"}
 
@@ -304,8 +304,9 @@ def test_import_direction():
     for p in _module_files("commands"):
         assert "cli" not in _imports(p), p  # no cli <-> commands cycle
     assert not _imports(ROOT / "artifix" / "registry.py") & {"cli", "commands"}
-    generic = ["segmenter", "session", "gate", "commands", "workflow"]
-    for name in generic:  # generic modules do not special-case the example by its factory string
-        for p in _module_files(name):
+    generic = ["segmenter", "metrics", "provenance", "session", "gate", "commands", "workflow"]
+    for name in generic:  # generic modules do not special-case the example by its factory string, nor import it at all:
+        for p in _module_files(name):  # its segmenter and reference scenes come from its profile
             assert "artifix.example:make_generator" not in p.read_text(), p
+            assert "example" not in _imports(p), p
     assert "artifix.example:make_generator" not in (ROOT / "dashboard" / "state.py").read_text()
