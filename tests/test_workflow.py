@@ -180,6 +180,35 @@ def test_cli_and_dashboard_rank_alike(tiny, tmp_path):
     assert [int(u) for u in rep.table.unit[:5]] == cli_rank
 
 
+def test_cli_and_dashboard_gate_alike(tmp_path):
+    """The dashboard has no gate action (nor session.py, nor workflow.py): `artifix gate` must then report exactly what
+    `gate.run_gate`, the function it calls, returns and writes for the same settings, generator, seed and cache."""
+    from artifix import defaults
+    from artifix.example import CHECKPOINT
+    from artifix.gate import GateSettings, parse_criteria, run_gate
+
+    mf = tmp_path / "manifest.json"
+    mf.write_text(json.dumps({"layer": "main.8", "units": [13, 19], "alphas": [1.0, 1.0]}))
+    crit = json.dumps([{"metric": "swd", "threshold": "50%"}, {"metric": "units_removed", "manifest": str(mf)}])
+    small = {"n": 16, "seed": 3, "bootstrap": 10, "swd_bootstrap": 4, "swd_n": 16, "real_n": 16}
+    code, out, err = run_cli("gate", "--baseline", str(CHECKPOINT), "--criteria", crit, "--cache", str(tmp_path / "cache"),
+                             *[a for k, v in small.items() for a in (f"--{k.replace('_', '-')}", str(v))], "--out", str(tmp_path / "cli"), "--json")
+    assert code == 1, err  # units 13 and 19 are still in the candidate
+    cli = json.loads((tmp_path / "cli" / "gate-report.json").read_text())
+    assert json.loads(out) == cli
+    keys = ("features", "real", "real_n", "real_resize", "inception_weights", "swd_n", "kid_subsets", "kid_subset_size",
+            "feature_batch", "torchscript_size", "torchscript_range")
+    metric_opts = {**{k: defaults.get("metrics", k) for k in keys}, "swd_n": 16, "real_n": 16, "cache": str(tmp_path / "cache")}
+    s = GateSettings(criteria=parse_criteria(crit, defaults.get("gate", "confidence"), None), n=16, seed=3,
+                     metrics_seed=defaults.get("metrics", "metrics_seed"), bootstrap=10, swd_bootstrap=4, baseline=str(CHECKPOINT),
+                     out=str(tmp_path / "fn"), metric_opts=metric_opts)
+    fn = run_gate(s, spec_from_options(defaults.section("generator")))
+    assert [(r["name"], r["status"], r["reason"]) for r in fn["criteria"]] == [(r["name"], r["status"], r["reason"]) for r in cli["criteria"]]
+    assert [r["status"] for r in cli["criteria"]] == ["pass", "fail"] and fn["exit_code"] == cli["exit_code"] == 1
+    written = json.loads((tmp_path / "fn" / "gate-report.json").read_text())
+    assert {k: v for k, v in written.items() if k != "run"} == {k: v for k, v in cli.items() if k != "run"}  # "run": timings
+
+
 # --------------------------------------------------------------------------------------- gate, manifests
 
 
