@@ -3,12 +3,13 @@
 **Dissection** (GAN Dissection, Bau et al. 2019). For every unit u of a layer and every segmentation class c,
 the unit's map r_u is upsampled (bilinear) to the image resolution and thresholded at top-fraction thresholds
 t (0.1 % .. 100 % of the unit's values, from a first streaming pass of quantile sketches); the threshold of
-(u, c) maximises the information quality ratio I(r_u > t; s_c) / H(r_u > t, s_c) (`scoring.iqr_from_counts`),
+(u, c) maximises the information quality ratio I(r_u > t; s_c) / H(r_u > t, s_c) (`tally.iqr_from_counts`),
 and IoU_{u,c} = sum |(r_u > t) & s_c| / sum |(r_u > t) | s_c| over the N samples, with s_c the segmenter's
 mask of class c on the generated image. A unit's concept is its highest-IoU class; it is *interpretable*
-when that IoU exceeds 0.05. Tallies are accumulated streaming: each activation is binned by how many of its
-unit's thresholds it exceeds, and one `bincount` per batch over (unit, class, bin) gives every count, so a
-run never holds N x C x H x W.
+when that IoU exceeds 0.05. Tallies are accumulated streaming by `artifix.tally.IouTally` (the artifact
+scorer's IoU@IQR uses the same one): each activation is binned by how many of its unit's thresholds it
+exceeds, and one `bincount` per batch over (unit, class, bin) gives every count, so a run never holds
+N x C x H x W.
 
 **Causal checks.** Ablating the top-k units of a concept (out = x * (1 - a), a = 1 on the units) and
 counting the concept's pixels before and after on the same seeds gives the fraction removed (the average
@@ -31,10 +32,10 @@ from .errors import UserError
 from .generator import LoadedGenerator, forward, latents, to_uint8
 from .io import sha256_file, sha256_json
 from .progress import Progress
-from .scoring import TOP_FRACTIONS, iqr_from_counts
 from . import intervals
 from .segmenter import Segmenter
 from .stats import UnitStats
+from .tally import TOP_FRACTIONS, IouTally
 from .trace import Trace, ablation, get_layer
 
 IOU_MIN = 0.05  # a unit is interpretable when its best concept's IoU exceeds this (as in GAN Dissection)
@@ -44,73 +45,7 @@ IOU_MIN = 0.05  # a unit is interpretable when its best concept's IoU exceeds th
 # ------------------------------------------------------------------------------------------- tallies
 
 
-def bilinear_matrix(size: int, out: int) -> torch.Tensor:
-    """The (out, size) matrix of 1-D bilinear resizing (align_corners=False, as F.interpolate): separable 2-D upsampling."""
-    if size == out:
-        return torch.eye(out)
-    eye = torch.eye(size)[:, None, :, None]  # `size` one-hot signals, each (1, size, 1)
-    return F.interpolate(eye, size=(out, 1), mode="bilinear", align_corners=False)[:, 0, :, 0].T.contiguous()
-
-
-class ConceptTally:
-    """Streaming joint counts of (unit above threshold t) and (pixel of class c) for one layer."""
-
-    def __init__(self, thresholds: torch.Tensor, classes: int) -> None:
-        thr = thresholds.float()
-        self.sorted, order = thr.sort(1)  # ascending per unit
-        self.order = order  # sorted position -> original threshold column
-        self.units, self.t = thr.shape
-        self.k = classes
-        self.hist = torch.zeros(self.units * self.k * (self.t + 1), dtype=torch.int64)
-        self.class_pixels = torch.zeros(self.k, dtype=torch.int64)
-        self.pixels = 0
-
-    def update(self, acts: torch.Tensor, labels: torch.Tensor, budget: int = 1 << 22) -> None:
-        """Fold in activations (B, C, h, w) and class labels (B, H, W); activations are upsampled to (H, W)."""
-        b, c = acts.shape[:2]
-        if self.hist.device != acts.device:  # the tally runs where the activations are
-            self.hist, self.class_pixels = self.hist.to(acts.device), self.class_pixels.to(acts.device)
-            self.sorted, self.order = self.sorted.to(acts.device), self.order.to(acts.device)
-        labels = labels.to(acts.device)
-        if c != self.units:
-            raise ValueError(f"expected {self.units} units, got {c}")
-        hh, ww = labels.shape[-2:]
-        lab = labels.reshape(b, -1).long()
-        if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= self.k):
-            raise ValueError("labels out of range")
-        self.class_pixels += torch.bincount(lab.reshape(-1), minlength=self.k)
-        self.pixels += lab.numel()
-        base = (torch.arange(c, device=acts.device) * (self.k * (self.t + 1)))[:, None]  # (C, 1)
-        chunk = max(1, budget // max(c * hh * ww, 1))  # bounds the (C, chunk*H*W) work tensors
-        ry, rx = bilinear_matrix(acts.shape[-2], hh).to(acts.device), bilinear_matrix(acts.shape[-1], ww).to(acts.device)
-        for i in range(0, b, chunk):
-            a = acts[i:i + chunk].float()
-            n = a.shape[0]
-            vals = torch.einsum("Hh,nchw,Ww->cnHW", ry, a, rx).reshape(c, -1)  # upsampled, (C, n*H*W)
-            bins = torch.searchsorted(self.sorted, vals, side="left")  # number of thresholds strictly below the value
-            idx = base + lab[i:i + n].reshape(1, -1) * (self.t + 1) + bins
-            self.hist += torch.bincount(idx.reshape(-1), minlength=self.hist.numel())
-
-    def counts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(n11 (C, K, T), na (C, T), ns (K,)) as float64, thresholds in the original column order."""
-        h = self.hist.cpu().reshape(self.units, self.k, self.t + 1).double()
-        # value > sorted threshold j  <=>  its bin (count of thresholds below it) > j
-        above = h.flip(-1).cumsum(-1).flip(-1)[..., 1:]  # (C, K, T): sum over bins > j
-        n11 = torch.empty_like(above)
-        n11.scatter_(2, self.order.cpu()[:, None, :].expand_as(above), above)
-        return n11, n11.sum(1), self.class_pixels.cpu().double()
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(IoU (C, K), IQR (C, K), best threshold column (C, K)) at each (unit, class)'s IQR-optimal threshold."""
-        n11, na, ns = self.counts()
-        na3 = na[:, None, :].expand_as(n11)
-        iqr = iqr_from_counts(n11, na3, ns[None, :, None], float(self.pixels))
-        best = iqr.argmax(2)  # (C, K)
-        pick = lambda t: t.gather(2, best[..., None])[..., 0]  # noqa: E731
-        inter, a = pick(n11), pick(na3)
-        union = a + ns[None, :] - inter
-        iou = torch.where(union > 0, inter / union.clamp(min=1e-30), torch.zeros_like(inter))
-        return iou, pick(iqr), best
+ConceptTally = IouTally  # the streaming (unit, class, threshold) counts, shared with the artifact scorer (`artifix.tally`)
 
 
 # ------------------------------------------------------------------------------------------ results

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import resources
+from . import resources, scenes
 
 DATA_DIR = resources.example_dir()
 CHECKPOINT = DATA_DIR / "dcgan_scenes.pt"
@@ -110,11 +112,20 @@ FACTORY = "artifix.example:make_generator"
 DISSECT_LAYERS = ("main.2", "main.5", "main.8", "main.11")
 # the example's causal-check layer: 20 units are 16 % of main.5 but a third of main.8, whose ablation wrecks the images
 ACE_LAYER = "main.5"
+REAL_SCENES_SEED = 2  # the example GAN trains on scene stream 1; stream 2 is held out as its reference data
+
+
+def reference_scenes(n: int) -> Iterator[np.ndarray]:
+    """The example's reference images: the first n scenes of the held-out stream, uint8 NHWC in batches of 256."""
+    for b in scenes.stream(REAL_SCENES_SEED, n, 256):
+        yield b.images
 
 
 def example_profile() -> dict:
     """The example's generator-specific defaults, as the fields of `artifix.profiles.Profile`."""
     review = bundled_review()
     return {"name": "bundled example", "default_layer": LAYER, "dissect_layers": DISSECT_LAYERS, "ace_layer": ACE_LAYER,
-            "segmenter": DATA_DIR / "segmenter.pt", "has_reference": True,
+            "segmenter": DATA_DIR / "segmenter.pt",
+            "reference": {"describe": {"kind": "scenes", "seed": REAL_SCENES_SEED}, "batches": reference_scenes,
+                          "label": "bundled scenes", "note": "generated deterministically from the seed (artifix.scenes); no file"},
             "review": {**review, "directory": str(REVIEW_DIR)}}

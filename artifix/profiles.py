@@ -2,16 +2,18 @@
 
 A `Profile` says what artifix may assume about one family of generators: the layer to diagnose when
 `--layer` is not given, the layers to dissect and the layer of the causal check, the segmenter for
-concepts, whether reference data comes with it, and a bundled review. The generic profile assumes
-nothing: every such choice must then come from the user's flags. The bundled example is one profile
-(`artifix.example.example_profile`); this registry is the only generic module that knows it.
+concepts, the reference ("real") images that come with it, and a bundled review. The generic profile
+assumes nothing: every such choice must then come from the user's flags. The bundled example is one profile
+(`artifix.example.example_profile`); this registry is the only generic module that knows it. The library's
+own defaults (`segmenter.load_segmenter()` without a path, `metrics.load_real(None)`) are those of
+`default_profile()`, the profile of the generator artifix opens when none is given.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 from .example import FACTORY as EXAMPLE_FACTORY, example_profile
 
@@ -43,6 +45,16 @@ class BundledReview:
 
 
 @dataclass(frozen=True)
+class ReferenceImages:
+    """Reference ("real") images that ship with a generator: how the metrics and provenance name them, and the images."""
+
+    describe: Mapping[str, Any]  # the metrics' source description, e.g. {"kind": "scenes", "seed": 2} (plus "n")
+    batches: Callable[[int], Iterator[Any]]  # n -> uint8 NHWC arrays holding the first n reference images, in order
+    label: str  # the provenance kind, e.g. "bundled scenes"
+    note: str = ""  # the provenance note: where the images come from
+
+
+@dataclass(frozen=True)
 class Profile:
     """Generator-specific defaults; the generic profile (`GENERIC`) has none."""
 
@@ -51,8 +63,13 @@ class Profile:
     dissect_layers: tuple[str, ...] = ()
     ace_layer: str | None = None
     segmenter: Path | None = None  # the segmenter used when --segmenter is not given
-    has_reference: bool = False  # whether metrics may run without --real (on the reference the metrics module defaults to)
+    reference: ReferenceImages | None = None  # what the metrics compare to when --real is not given
     review: BundledReview | None = None
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether metrics may run without --real (on this profile's reference images)."""
+        return self.reference is not None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able summary (for manifests and reports)."""
@@ -78,12 +95,19 @@ def profile_for(spec: Any) -> Profile:
     return builder() if builder is not None else GENERIC
 
 
+def default_profile() -> Profile:
+    """The profile of the generator artifix opens when none is given (the bundled example): the library's defaults."""
+    return _REGISTRY[DEFAULT_FACTORY]()
+
+
 def _example() -> Profile:
     d = example_profile()
     r = d.pop("review", None)
     review = None if r is None else BundledReview(Path(r["directory"]), str(r["fingerprint"]), str(r["layer"]), int(r.get("seed", 0)),
                                                   str(r["reviewer"]), tuple((int(a["unit"]), str(a.get("note", ""))) for a in r["approved"]))
-    return Profile(d.pop("name"), review=review, **d)
+    ref = d.pop("reference", None)
+    return Profile(d.pop("name"), review=review, reference=None if ref is None else ReferenceImages(**ref), **d)
 
 
+DEFAULT_FACTORY = EXAMPLE_FACTORY  # `generator.load_generator()` without a spec opens the bundled example
 register_profile(EXAMPLE_FACTORY, _example)

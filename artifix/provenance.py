@@ -13,18 +13,20 @@ from typing import Any, Mapping
 
 from . import __version__
 from .io import sha256_file, sha256_json
+from .profiles import default_profile
 
 
 def reference(real: Any, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The reference data: path (or the bundled scenes), sha256 of its bytes, and the number of images the metrics used."""
+    """The reference data: path (or the default profile's own images), sha256 of its bytes, and the number of images the metrics used."""
     n = next((int(r["n_real"]) for r in (metrics or {}).values() if isinstance(r, Mapping) and r.get("n_real")), None)
     if (real is None or str(real) == "") and metrics is not None and n is None:
         return {"kind": "none", "path": None, "n": None, "sha256": None, "note": "no reference-based metric was computed"}
-    if real is None or str(real) == "":
-        from .metrics.reference import REAL_SCENES_SEED
-
-        return {"kind": "bundled scenes", "path": None, "seed": REAL_SCENES_SEED, "n": n,
-                "sha256": None, "note": "generated deterministically from the seed (artifix.scenes); no file"}
+    if real is None or str(real) == "":  # the metrics' real=None: the default profile's own images
+        ref = default_profile().reference
+        if ref is None:
+            return {"kind": "none", "path": None, "n": None, "sha256": None, "note": "no reference data"}
+        where = {k: v for k, v in ref.describe.items() if k not in ("kind", "n")}
+        return {"kind": ref.label, "path": None, **where, "n": n, "sha256": None, "note": ref.note}
     if not isinstance(real, (str, Path)):  # precomputed RealStats
         src = dict(getattr(real, "source", {}) or {})
         return {"kind": "statistics", "path": src.get("path"), "n": n or getattr(real, "n", None),

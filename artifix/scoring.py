@@ -4,7 +4,8 @@ Components (each reported, all vectorised over units):
 - `iou_iqr`: GAN Dissection's unit-region agreement. The unit map r_u is upsampled to image size and
   thresholded at t_u, chosen among top-fraction thresholds by the information quality ratio
   IQR = I(r_u > t; s) / H(r_u > t, s); IoU = |(r_u > t_u) & s| / |(r_u > t_u) | s| over the labelled samples,
-  with s the artifact mask (human, else the classifier's pseudo mask; clean samples have an empty mask).
+  with s the artifact mask (human, else the classifier's pseudo mask; clean samples have an empty mask);
+  counted by `artifix.tally.IouTally`, the tally concept dissection uses too.
 - `auc`: image-level ROC-AUC of the unit's spatial max, flagged vs clean samples.
 - `causal`: average causal effect of ablating the unit: drop of the artifact score on flagged samples
   minus the collateral change on clean samples (exact ablation for the top candidates of a first-order
@@ -24,7 +25,6 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from . import devices, dist
 from .errors import UserError
@@ -32,29 +32,10 @@ from .generator import LoadedGenerator, forward, images_at, latents, to_uint8
 from .io import sha256_json
 from .progress import Progress
 from .stats import UnitStats, all_reduce_
+from .tally import TOP_FRACTIONS, IouTally, iqr_from_counts  # noqa: F401  (TOP_FRACTIONS, iqr_from_counts: re-exported)
 from .trace import Ablation, Trace, ablation, get_layer
 
 COMBINED_WEIGHTS = {"causal": 0.6, "iou": 0.2, "auc": 0.2, "high": 0.2}  # interventional evidence counts most
-TOP_FRACTIONS = torch.logspace(-3, 0, 25)  # 0.1 % .. 100 %, as GAN Dissection's threshold search
-
-
-def _entropy_terms(p: torch.Tensor) -> torch.Tensor:
-    """-p log p with 0 log 0 = 0."""
-    return torch.where(p > 0, -p * torch.log(p.clamp(min=1e-30)), torch.zeros_like(p))
-
-
-def iqr_from_counts(n11: torch.Tensor, na: torch.Tensor, ns: torch.Tensor, total: float) -> torch.Tensor:
-    """Information quality ratio I(A;S)/H(A,S) from joint counts (n11 = |A&S|, na = |A|, ns = |S|)."""
-    n10, n01 = na - n11, ns - n11
-    n00 = total - na - ns + n11
-    p = torch.stack([n11, n10, n01, n00]).double() / total
-    pa = na.double() / total
-    ps = torch.as_tensor(ns, dtype=torch.float64).expand_as(pa) / total
-    h_joint = _entropy_terms(p).sum(0)
-    h_a = _entropy_terms(pa) + _entropy_terms(1 - pa)
-    h_s = _entropy_terms(ps) + _entropy_terms(1 - ps)
-    mi = (h_a + h_s - h_joint).clamp(min=0)
-    return torch.where(h_joint > 0, mi / h_joint.clamp(min=1e-30), torch.zeros_like(mi))
 
 
 @dataclass
@@ -67,32 +48,17 @@ class IouResult:
 
 
 def iou_iqr(acts: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor, chunk: int = 16) -> IouResult:
-    """Score every unit of `acts` (B, C, h, w) against bool `masks` (B, H, W) over candidate `thresholds` (C, T)."""
-    b, c = acts.shape[:2]
-    hh, ww = masks.shape[-2:]
-    t = thresholds.shape[1]
-    s = masks.reshape(b, -1).float()
-    ns = s.sum()
-    n11 = torch.zeros(c, t, dtype=torch.float64)
-    na = torch.zeros(c, t, dtype=torch.float64)
-    thr = thresholds.to(acts.dtype)[None, :, :, None]  # (1, C, T, 1)
-    for i in range(0, b, chunk):
-        if (i // chunk) % dist.world_size() != dist.rank():  # under torchrun each rank tallies some chunks
-            continue
-        up = F.interpolate(acts[i:i + chunk].float(), size=(hh, ww), mode="bilinear", align_corners=False)
-        up = up.reshape(up.shape[0], c, 1, -1)  # (b, C, 1, HW)
-        for j in range(t):
-            above = (up[:, :, 0] > thr[:, :, j]).float()  # (b, C, HW)
-            n11[:, j] += torch.einsum("bcp,bp->c", above, s[i:i + chunk]).double()
-            na[:, j] += above.sum((0, 2)).double()
-    n11, na = dist.all_reduce_sum(n11), dist.all_reduce_sum(na)  # integer counts: the sum is exact
-    total = float(b * hh * ww)
-    iqr = iqr_from_counts(n11, na, ns.double(), total)
-    best = iqr.argmax(1)
-    ar = torch.arange(c)
-    union = na[ar, best] + ns.double() - n11[ar, best]
-    iou = torch.where(union > 0, n11[ar, best] / union.clamp(min=1e-30), torch.zeros(c, dtype=torch.float64))
-    return IouResult(iou.float(), iqr[ar, best].float(), thresholds[ar, best])
+    """Score every unit of `acts` (B, C, h, w) against bool `masks` (B, H, W) over candidate `thresholds` (C, T).
+
+    Under torchrun each rank tallies some chunks of `chunk` samples and the integer counts are summed over ranks.
+    """
+    tally = IouTally(thresholds, 2)  # class 1: artifact pixels
+    for i in range(0, acts.shape[0], chunk):
+        if (i // chunk) % dist.world_size() == dist.rank():
+            tally.update(acts[i:i + chunk], masks[i:i + chunk])
+    iou, iqr, best = tally.all_reduce_().result()
+    col = best[:, 1]
+    return IouResult(iou[:, 1].float(), iqr[:, 1].float(), thresholds[torch.arange(len(col)), col])
 
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,10 @@ its K class names and turns uint8 NHWC images into label maps at the images' res
 upsampled bilinearly when the network answers at another resolution).
 
 Two kinds load with `load_segmenter`:
-- the bundled one for the example scenes, `data/example/segmenter.pt`: a plain state dict of `SceneSegmenter`
-  (a small U-Net, trained by `scripts/train_segmenter.py` on `artifix.scenes` label maps), loaded with
-  `weights_only=True`; its card `segmenter.json` holds the class names and held-out IoU;
+- a plain state dict of `SceneSegmenter` (a small U-Net), loaded with `weights_only=True`: the example's
+  bundled one, `data/example/segmenter.pt` (trained by `scripts/train_segmenter.py` on `artifix.scenes`
+  label maps; its card `segmenter.json` holds the class names and held-out IoU), is the segmenter of the
+  example's profile, which `load_segmenter()` without a path loads (`profiles.default_profile`);
 - a user's TorchScript file for their own domain; class names from `classes=` or a JSON sidecar next to it
   (`<file>.json` with a `"classes"` list).
 """
@@ -27,11 +28,9 @@ from torch import nn
 
 from . import devices
 from .errors import UserError
-from .example import DATA_DIR
+from .profiles import default_profile
 from .scenes import CLASSES as SCENE_CLASSES
 
-BUNDLED = DATA_DIR / "segmenter.pt"
-BUNDLED_CARD = DATA_DIR / "segmenter.json"
 WIDTH = 16
 
 
@@ -130,8 +129,10 @@ def parse_classes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def load_segmenter(path: str | Path | None = None, classes: str | Sequence[str] | None = None) -> Segmenter:
-    """The bundled scene segmenter (path None), a `SceneSegmenter` state dict, or a TorchScript file; probed once."""
-    p = Path(path) if path is not None else BUNDLED
+    """The default profile's segmenter (path None), a `SceneSegmenter` state dict, or a TorchScript file; probed once."""
+    p = Path(path) if path is not None else default_profile().segmenter
+    if p is None:
+        raise UserError("no segmenter given and the default generator brings none; pass --segmenter.")
     names = parse_classes(classes)
     if not p.is_file():
         hint = " Train it with 'python scripts/train_segmenter.py'." if path is None else " Check --segmenter."

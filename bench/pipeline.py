@@ -61,7 +61,7 @@ for ids in sets:
         led.images(e, ids)
 t_render = time.perf_counter() - t
 from artifix import scenes
-from artifix.metrics.reference import REAL_SCENES_SEED
+from artifix.example import REAL_SCENES_SEED
 real = np.concatenate([b.images for b in scenes.stream(REAL_SCENES_SEED, n, 256)])  # the reference: a cold cache extracts it
 t_render = time.perf_counter() - t
 for ids in sets:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from artifix import scenes
+from artifix import example, scenes
 from artifix.errors import UserError
 from artifix.metrics.extractor import Extractor
 from artifix.metrics import reference as R
@@ -80,7 +80,7 @@ def test_cache_key_follows_content_not_names(folder, tmp_path):
 def test_default_scenes_reference(tmp_path):
     ext = PixelFeatures()
     s = R.load_real(None, ext, n=5, cache=tmp_path, swd_n=5)
-    assert s.n == 5 and s.source["kind"] == "scenes" and s.source["seed"] == R.REAL_SCENES_SEED == 2
+    assert s.n == 5 and s.source["kind"] == "scenes" and s.source["seed"] == example.REAL_SCENES_SEED == 2
     want = ext(scenes.render(2, 0, 5).images)
     assert np.allclose(s.features, want)
     assert s.swd.shape == (64, 64)

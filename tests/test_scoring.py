@@ -9,8 +9,9 @@ from sklearn.metrics import roc_auc_score
 from artifix.generator import load_generator
 from artifix.planted import plant_defects, simulate_reviewer
 from artifix.scoring import (
-    auc, collect_stats, combined_score, iou_iqr, iqr_from_counts, recall_at_k, robust_z, score_units,
+    TOP_FRACTIONS, auc, collect_stats, combined_score, iou_iqr, iqr_from_counts, recall_at_k, robust_z, score_units,
 )
+from artifix.tally import IouTally
 
 
 def brute_iqr(a: np.ndarray, s: np.ndarray) -> float:
@@ -41,6 +42,49 @@ def test_iqr_and_iou_match_brute_force():
         assert res.iqr[u].item() == pytest.approx(iqrs[best], rel=1e-5, abs=1e-7)
         assert res.iou[u].item() == pytest.approx((a & m).sum() / (a | m).sum(), rel=1e-5)
         assert res.threshold[u].item() == pytest.approx(thr[u, best].item())
+
+
+def _iou_iqr_before_the_shared_tally(acts, masks, thresholds, chunk):
+    """The artifact scorer's IoU@IQR as it was before `artifix.tally`: F.interpolate, one threshold at a time."""
+    b, c = acts.shape[:2]
+    s = masks.reshape(b, -1).float()
+    ns = s.sum().double()
+    n11 = torch.zeros(c, thresholds.shape[1], dtype=torch.float64)
+    na = torch.zeros_like(n11)
+    for i in range(0, b, chunk):
+        up = F.interpolate(acts[i:i + chunk].float(), size=masks.shape[-2:], mode="bilinear", align_corners=False).flatten(2)
+        for j in range(thresholds.shape[1]):
+            above = (up > thresholds[:, j].float()[None, :, None]).float()
+            n11[:, j] += torch.einsum("bcp,bp->c", above, s[i:i + chunk]).double()
+            na[:, j] += above.sum((0, 2)).double()
+    iqr = iqr_from_counts(n11, na, ns, float(masks.numel()))
+    best = iqr.argmax(1)
+    ar = torch.arange(c)
+    union = na[ar, best] + ns - n11[ar, best]
+    return (n11[ar, best] / union).float(), iqr[ar, best].float(), thresholds[ar, best]
+
+
+@pytest.mark.parametrize("b,c,h,w,hh,ww,relu,chunk", [(6, 5, 4, 4, 16, 16, False, 4), (7, 8, 5, 3, 16, 12, True, 3),
+                                                      (3, 4, 16, 16, 16, 16, True, 2), (37, 6, 8, 8, 64, 64, False, 16)])
+def test_shared_tally_gives_the_scorers_numbers(b, c, h, w, hh, ww, relu, chunk):
+    """iou_iqr on the shared streaming tally equals the scorer's own former tally, and merged shards equal one pass."""
+    g = torch.Generator().manual_seed(b * 100 + c)
+    acts = torch.randn(b, c, h, w, generator=g)
+    acts = torch.relu(acts) if relu else acts  # ReLU: many values tie with a threshold of 0
+    masks = torch.rand(b, hh, ww, generator=g) > 0.8
+    thr = torch.quantile(acts.transpose(0, 1).reshape(c, -1), 1 - TOP_FRACTIONS.float(), dim=1).T.contiguous()
+    res = iou_iqr(acts, masks, thr, chunk=chunk)
+    want = _iou_iqr_before_the_shared_tally(acts, masks, thr, chunk)
+    for got, ref in zip((res.iou, res.iqr, res.threshold), want):
+        assert torch.allclose(got, ref, rtol=0, atol=1e-6)
+    assert torch.equal(res.threshold, want[2])
+    whole, first, second = IouTally(thr, 2), IouTally(thr, 2), IouTally(thr, 2)
+    whole.update(acts, masks)
+    first.update(acts[: b // 2], masks[: b // 2])
+    second.update(acts[b // 2:], masks[b // 2:])
+    assert torch.equal(first.merge_(second).hist, whole.hist) and first.pixels == whole.pixels == masks.numel()
+    iou_t, iqr_t = whole.scores()  # per (unit, class, threshold); the IQR-optimal column is the scorer's
+    assert torch.equal(iou_t[:, 1].gather(1, whole.result()[2][:, 1:]).float()[:, 0], res.iou)
 
 
 def test_iqr_is_one_for_identical_and_zero_for_independent():

@@ -180,6 +180,35 @@ def test_cli_and_dashboard_rank_alike(tiny, tmp_path):
     assert [int(u) for u in rep.table.unit[:5]] == cli_rank
 
 
+def test_cli_and_dashboard_gate_alike(tmp_path):
+    """The dashboard has no gate action (nor session.py, nor workflow.py): `artifix gate` must then report exactly what
+    `gate.run_gate`, the function it calls, returns and writes for the same settings, generator, seed and cache."""
+    from artifix import defaults
+    from artifix.example import CHECKPOINT
+    from artifix.gate import GateSettings, parse_criteria, run_gate
+
+    mf = tmp_path / "manifest.json"
+    mf.write_text(json.dumps({"layer": "main.8", "units": [13, 19], "alphas": [1.0, 1.0]}))
+    crit = json.dumps([{"metric": "swd", "threshold": "50%"}, {"metric": "units_removed", "manifest": str(mf)}])
+    small = {"n": 16, "seed": 3, "bootstrap": 10, "swd_bootstrap": 4, "swd_n": 16, "real_n": 16}
+    code, out, err = run_cli("gate", "--baseline", str(CHECKPOINT), "--criteria", crit, "--cache", str(tmp_path / "cache"),
+                             *[a for k, v in small.items() for a in (f"--{k.replace('_', '-')}", str(v))], "--out", str(tmp_path / "cli"), "--json")
+    assert code == 1, err  # units 13 and 19 are still in the candidate
+    cli = json.loads((tmp_path / "cli" / "gate-report.json").read_text())
+    assert json.loads(out) == cli
+    keys = ("features", "real", "real_n", "real_resize", "inception_weights", "swd_n", "kid_subsets", "kid_subset_size",
+            "feature_batch", "torchscript_size", "torchscript_range")
+    metric_opts = {**{k: defaults.get("metrics", k) for k in keys}, "swd_n": 16, "real_n": 16, "cache": str(tmp_path / "cache")}
+    s = GateSettings(criteria=parse_criteria(crit, defaults.get("gate", "confidence"), None), n=16, seed=3,
+                     metrics_seed=defaults.get("metrics", "metrics_seed"), bootstrap=10, swd_bootstrap=4, baseline=str(CHECKPOINT),
+                     out=str(tmp_path / "fn"), metric_opts=metric_opts)
+    fn = run_gate(s, spec_from_options(defaults.section("generator")))
+    assert [(r["name"], r["status"], r["reason"]) for r in fn["criteria"]] == [(r["name"], r["status"], r["reason"]) for r in cli["criteria"]]
+    assert [r["status"] for r in cli["criteria"]] == ["pass", "fail"] and fn["exit_code"] == cli["exit_code"] == 1
+    written = json.loads((tmp_path / "fn" / "gate-report.json").read_text())
+    assert {k: v for k, v in written.items() if k != "run"} == {k: v for k, v in cli.items() if k != "run"}  # "run": timings
+
+
 # --------------------------------------------------------------------------------------- gate, manifests
 
 
@@ -257,7 +286,7 @@ def test_metrics_confidence_changes_the_interval(tmp_path):
 # ------------------------------------------------------------------------------------------- layering
 
 
-COMPUTE = ("trace", "stats", "scoring", "classifier", "dissect", "segmenter", "repair", "generator", "labels", "intervals",
+COMPUTE = ("trace", "stats", "tally", "scoring", "classifier", "dissect", "segmenter", "repair", "generator", "labels", "intervals",
            "results", "metrics", "planted", "scenes", "images", "io", "report", "gate", "profiles")
 UPPER = {"workflow", "commands", "cli", "session", "dashboard", "demo"}
 
@@ -304,8 +333,9 @@ def test_import_direction():
     for p in _module_files("commands"):
         assert "cli" not in _imports(p), p  # no cli <-> commands cycle
     assert not _imports(ROOT / "artifix" / "registry.py") & {"cli", "commands"}
-    generic = ["segmenter", "session", "gate", "commands", "workflow"]
-    for name in generic:  # generic modules do not special-case the example by its factory string
-        for p in _module_files(name):
+    generic = ["segmenter", "metrics", "provenance", "session", "gate", "commands", "workflow"]
+    for name in generic:  # generic modules do not special-case the example by its factory string, nor import it at all:
+        for p in _module_files(name):  # its segmenter and reference scenes come from its profile
             assert "artifix.example:make_generator" not in p.read_text(), p
+            assert "example" not in _imports(p), p
     assert "artifix.example:make_generator" not in (ROOT / "dashboard" / "state.py").read_text()

@@ -1,10 +1,10 @@
-"""Reference ("real") data for the metrics: image folders, image arrays, statistics files, the example scenes.
+"""Reference ("real") data for the metrics: image folders, image arrays, statistics files, a profile's own images.
 
 `load_real(real, extractor, ...)` returns `RealStats`: float64 feature moments (FD), the float32
 features themselves (KID) and an SWD sample. Sources:
 
-- None: the bundled example's procedural scenes, `scenes.render(seed=2, ...)` (seed 1 is the GAN's
-  training stream, so the reference is held out), rendered on demand;
+- None: the reference images of the default generator's profile (`profiles.default_profile`): for the
+  bundled example its held-out procedural scenes (`artifix.example.reference_scenes`), rendered on demand;
 - a folder of .png/.jpg/.jpeg/.bmp/.webp images (searched recursively, sorted by relative path, converted
   to RGB); all images must have one size unless `real_resize` is set (then each is resized to the first
   image's size with PIL bicubic);
@@ -14,7 +14,7 @@ features themselves (KID) and an SWD sample. Sources:
   selection (`class_id`) by `dataset.json` labels in a zip or beside a folder: see `formats.py`.
 
 Statistics are cached in `<cache>/metrics/real-<key>.npz`, written atomically, where key is a SHA-256
-of the data's content (pixels of rendered scenes, bytes of every file, bytes of the array) + the
+of the data's content (pixels of a profile's images, bytes of every file, bytes of the array) + the
 extractor's fingerprint (network, weights hash, resize filter, preprocessing version) + the sample
 count and SWD settings; never a user-chosen name.
 """
@@ -35,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from .. import defaults
 from ..errors import UserError
 from ..io import atomic_path, sha256_json
+from ..profiles import default_profile
 from . import formats
 from .extractor import Extractor, as_uint8_nhwc
 from .fd import Moments
@@ -42,7 +43,6 @@ from .swd import SWDSet
 
 STATS_VERSION = 1
 STATS_KEY = "artifix_stats"
-REAL_SCENES_SEED = 2  # the example GAN trains on stream 1; stream 2 is held out as the reference
 REAL_PATCH_SEED = 0  # SWD patch centres of reference images (fixed, so cached descriptors stay valid)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 BATCH = 64
@@ -85,12 +85,14 @@ class Source:
     count: int
 
 
-def _scenes_source(n: int) -> Source:
-    from .. import scenes
+def _profile_source(n: int) -> Source:
+    """The default profile's reference images (`real=None`); a UserError when it brings none."""
+    ref = default_profile().reference
+    if ref is None:
+        raise UserError("no reference data: pass --real (an image folder, a .npz/.npy uint8 array or a statistics .npz).")
 
     def batches() -> Iterator[np.ndarray]:
-        for b in scenes.stream(REAL_SCENES_SEED, n, 256):
-            yield b.images
+        yield from ref.batches(n)
 
     def content() -> str:
         h = hashlib.sha256()
@@ -98,7 +100,7 @@ def _scenes_source(n: int) -> Source:
             h.update(b.tobytes())
         return h.hexdigest()
 
-    return Source({"kind": "scenes", "seed": REAL_SCENES_SEED, "n": n}, content, batches, n)
+    return Source({**ref.describe, "n": n}, content, batches, n)
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -321,7 +323,7 @@ def load_real(real: str | os.PathLike | np.ndarray | RealStats | None, extractor
               class_id: int | None = None) -> RealStats:
     """Reference statistics for `real` in `extractor`'s feature space, from the cache when possible.
 
-    n: how many reference images (default: all of a folder/array; required for the default scenes).
+    n: how many reference images (default: all of a folder/array; used for the default profile's images).
     class_id: only the images of this class (dataset.json labels of a zip archive or folder).
     swd_n: how many reference images to keep for SWD (default: the `swd_n` option; 0 = none).
     """
@@ -334,7 +336,7 @@ def load_real(real: str | os.PathLike | np.ndarray | RealStats | None, extractor
             n = int(defaults.get("sample", "n"))
         if n < 2:
             raise UserError(f"The reference needs at least 2 images, got real_n={n}.")
-        src = _scenes_source(int(n))
+        src = _profile_source(int(n))
     elif isinstance(real, np.ndarray):
         src = _array_source(real, n)
     else:
