@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import defaults, log, progress, workflow
+from . import cautions, defaults, log, progress, workflow
 from .errors import UserError
 from .generator import GeneratorSpec, LoadedGenerator, fingerprint, load_generator, parse_latent, probe
 from .generator import sample as _sample
@@ -254,7 +254,11 @@ class Run:
         return Ranking(rep.layer, rep.table, list(rep.components))
 
     def approve(self, units: Sequence[int], note: str = "") -> None:
-        """Approve the removal of `units` of the layer (recorded in the store's audit log, as the dashboard does)."""
+        """Approve the removal of `units` of the layer (recorded in the store's audit log, as the dashboard does); a unit
+        whose stored scores carry a caution (e.g. a causal effect that is not positive) needs a `note` saying why."""
+        found = cautions.stored_cautions(self.store, self.run_id)
+        for u in units:
+            cautions.check_approval("approved", found.get((self.layer, int(u)), []), note)
         for u in units:
             self.store.decide_unit(self.run_id, self.layer, int(u), "approved", self.reviewer, note=note)
 

@@ -6,6 +6,7 @@ Pure functions over the score table's row (the scores stored with a proposal) an
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Mapping, Sequence
 
@@ -51,3 +52,24 @@ def check_approval(status: str, cautions: Sequence[str], note: str) -> None:
     """Refuse approving a unit with cautions unless the note says why (UserError, one sentence)."""
     if status == "approved" and cautions and not str(note or "").strip():
         raise UserError(f"this unit has {len(cautions)} caution(s) ({cautions[0]}); write a note saying why you approve it anyway.")
+
+
+def stored_cautions(store: Any, run_id: int) -> dict[tuple[str, int], list[str]]:
+    """{(layer, unit): cautions} from the scores stored with each proposal (units proposed without scores are left out)."""
+    dec = store.unit_decisions(run_id)
+    out: dict[tuple[str, int], list[str]] = {}
+    for r in dec.itertuples():
+        sc = r.scores if isinstance(r.scores, Mapping) else (json.loads(r.scores) if isinstance(r.scores, str) else None)
+        if sc:
+            out[(str(r.layer), int(r.unit))] = unit_cautions(sc)
+    return out
+
+
+def check_approved(store: Any, run_id: int, layer: str) -> None:
+    """Refuse (UserError) a repair of approved units of `layer` that carry cautions but were approved without a note."""
+    cautions = stored_cautions(store, run_id)
+    for a in store.approved_units(run_id):
+        c = cautions.get((a.layer, int(a.unit)), [])
+        if a.layer == layer and c and not str(a.note or "").strip():
+            raise UserError(f"unit {a.unit} of {layer} was approved by {a.reviewer} without a note although {c[0][:-1]}; "
+                            "approve it again with a note saying why (dashboard, or Run.approve(units, note=...)), or reject it.")

@@ -119,12 +119,12 @@ def render(d: Dash) -> None:
         st.session_state[batch_key] = next_batch(d, q)
         st.session_state["batch_order"] = (q.order, d.classifier_key())
     batch: list[int] = st.session_state[batch_key]
-    top = st.columns([1, 1, 1.4, 2.6])
+    top = st.columns([1, 1, 1.4, 1.4, 2.2])
     if top[0].button("Next batch", key="next-batch", icon=":material/skip_next:", help="the next unlabelled samples in queue order"):
         st.session_state[batch_key] = batch = next_batch(d, q)
     with top[1].popover("Classifier", icon=":material/model_training:"):
         _train_panel(d)
-    _undo_button(d, top[2], top[3])
+    _undo_button(d, top[2], top[3], top[4])
     if not batch:
         if skeleton is not None:
             skeleton.empty()
@@ -225,12 +225,32 @@ def undo_last(d: Dash) -> None:
                                       + (f"'{r['restored_label']}'" if r["restored_label"] else "unlabelled") + " (audit log: undo_flag)")
 
 
-def _undo_button(d: Dash, where: Any, msg: Any) -> None:
+def undo_last_paint(d: Dash) -> None:
+    """Undo this reviewer's latest painted mask (button callback): a new audit event; the mask before it (or none) is back."""
+    try:
+        r = d.store.undo_last_mask(d.run_id, d.reviewer)
+    except UserError as e:
+        st.session_state["last_error"] = str(e)
+        return
+    st.session_state["last_saved"] = ("nothing to undo" if r is None else
+                                      f"undid your painted mask of sample {r['sample']} ({r['pixels']} px): "
+                                      + ("your earlier mask is back" if r["restored_mask_id"] else "no mask of yours now")
+                                      + ("; its 'artifact' flag from painting is undone too" if r.get("unflagged") else "")
+                                      + " (audit log: undo_mask)")
+
+
+def _undo_button(d: Dash, where: Any, where_paint: Any, msg: Any) -> None:
     mine = d.store.reviewer_flags(d.run_id, d.reviewer)
     why = (f"undo your latest label ({len(mine)} sample(s) carry a label of yours); recorded in the audit log, nothing deleted"
            if len(mine) else f"disabled: {d.reviewer} has no label left to undo in this run")
     where.button("Undo my last label", key="undo-label", icon=":material/undo:", disabled=not len(mine), help=why,
                  on_click=undo_last, args=(d,))
+    recs = d.store.mask_records(d.run_id)
+    painted = recs[recs.reviewer == d.reviewer]
+    why_paint = (f"undo your latest painted mask ({len(painted)} sample(s) carry a mask of yours); recorded in the audit log, "
+                 "nothing deleted" if len(painted) else f"disabled: {d.reviewer} has no painted mask left to undo in this run")
+    where_paint.button("Undo my last paint", key="undo-mask", icon=":material/format_paint:", disabled=not len(painted),
+                       help=why_paint, on_click=undo_last_paint, args=(d,))
     if "last_saved" in st.session_state:
         msg.caption(st.session_state.pop("last_saved"))
     elif not len(mine):

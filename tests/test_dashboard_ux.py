@@ -139,3 +139,36 @@ def test_unit_card_marks_where_the_unit_fires():
     ys, xs = np.nonzero((out == PEAK).all(-1))
     assert 5 <= ys.mean() <= 16 and 45 <= xs.mean() <= 56  # the cross sits on the peak
     assert (out == OUTLINE).all(-1).any() and (out[40:, :20] < 60).all()  # outlined region; the rest dimmed
+
+
+def test_undo_of_ones_own_paint_is_an_audit_event(tmp_path, monkeypatch):
+    """Undo my last paint: the mask before it (or none) is back, the 'artifact' flag the painting added is undone too."""
+    opts = settings(tmp_path)
+    at = app(monkeypatch, opts)
+    undo = button(at, "undo-mask")
+    assert undo.disabled and "alice has no painted mask left to undo" in undo.help
+    store, run = run_of(opts)
+    a, b = batch_of(at)[:2]
+    h, w = store.get_run(run).image_size
+    first, second = np.zeros((h, w), bool), np.zeros((h, w), bool)
+    first[:8, :8], second[20:40, 20:40] = True, True
+    store.set_flag(run, b, "clean", "alice")
+    store.set_mask(run, a, "alice", first, flag_artifact=True)  # painting flags a: artifact
+    store.set_mask(run, a, "alice", second, flag_artifact=True)  # repainted: already artifact, no second flag
+    store.set_mask(run, b, "bob", first, flag_artifact=True)  # bob's paint of b is not alice's to undo
+    at.run()
+    assert store.counts(run)["masked"] == 2
+    button(at, "undo-mask").click().run()  # alice's repaint of a: her first mask is back
+    assert (store.mask(run, a, "alice") == first).all() and store.label(run, a) == "artifact"
+    assert any(f"undid your painted mask of sample {a} (400 px): your earlier mask is back" in c.value for c in at.caption)
+    button(at, "undo-mask").click().run()  # alice's first paint of a: no mask, and its artifact flag is undone
+    assert store.mask(run, a, "alice") is None and store.label(run, a) is None
+    assert store.counts(run)["masked"] == 1 and (store.mask(run, b) == first).all()
+    assert button(at, "undo-mask").disabled  # nothing of alice's left: bob's mask stays
+    audit = store.audit(run)
+    undos = audit[audit.action == "undo_mask"]
+    assert list(undos.actor) == ["alice", "alice"] and [x["sample"] for x in undos.detail] == [a, a]
+    assert [x["restored_mask_id"] is not None for x in undos.detail] == [True, False]
+    flag_undos = audit[audit.action == "undo_flag"]
+    assert [(x["sample"], x["undone_label"], x["restored_label"]) for x in flag_undos.detail] == [(a, "artifact", None)]
+    assert len(store.flag_history(run)) == 3  # nothing deleted

@@ -163,6 +163,32 @@ def test_repair_without_real_measures_only_reference_free(tiny, tmp_path):
     assert "No reference data" in (tmp_path / "cli" / "MODEL_CARD.md").read_text()
 
 
+def test_a_cautioned_approval_without_a_note_is_refused_everywhere(tiny, tmp_path):
+    """The dashboard's rule (a unit with a caution needs a note) holds for the CLI's repair and the Python API too."""
+    import artifix as ax
+
+    d, flags = tiny
+    g = _tiny_g(d)
+    store_path = tmp_path / "labels.db"
+    neg = {"combined": 1.2, "causal": -0.03, "causal_se": 0.01, "auc": 0.7}
+    with LabelStore(store_path) as s:
+        run = workflow.register(s, g, LAYER, 0, 200)
+        s.propose_units(run, [(LAYER, 1, neg), (LAYER, 5, {**neg, "causal": 0.2})], "artifix")
+        s.decide_unit(run, LAYER, 5, "approved", "alice")  # positive and beyond its interval: no caution, no note needed
+        s.decide_unit(run, LAYER, 1, "approved", "alice")  # recorded straight into the store, without a note
+    argv = ["repair", *flags, "--layer", LAYER, "--store", str(store_path), "--repair-n", "8", "--high-pool", "0",
+            "--out", str(tmp_path / "out")]
+    code, _, err = run_cli(*argv)
+    assert code == 2 and "unit 1 of main.3 was approved by alice without a note although its causal effect is -0.030" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    api_run = ax.open(g, layer=LAYER, store=str(store_path), n=200)
+    with pytest.raises(UserError, match="write a note"):
+        api_run.approve([1])
+    api_run.approve([1], note="removing it anyway to measure")
+    code, _, err = run_cli(*argv)
+    assert code == 0, err
+
+
 def test_cli_and_dashboard_rank_alike(tiny, tmp_path):
     d, flags = tiny
     g = _tiny_g(d)

@@ -51,6 +51,12 @@ def _undone_ids(conn: Connection, run_id: int) -> list[int]:
     return [int(json.loads(r.detail)["flag_id"]) for r in rows]
 
 
+def undone_mask_ids(conn: Connection, run_id: int) -> list[int]:
+    """Ids of the mask rows an 'undo_mask' audit event took back (the rows themselves stay)."""
+    rows = conn.execute(sa.select(audit_t.c.detail).where(audit_t.c.run_id == run_id, audit_t.c.action == "undo_mask"))
+    return [int(json.loads(r.detail)["mask_id"]) for r in rows]
+
+
 def kept(conn: Connection, run_id: int, where: Any = None) -> Any:
     """`where`, and: the flag event was not undone."""
     undone = _undone_ids(conn, run_id)
@@ -79,12 +85,15 @@ def mask_values(run_id: int, sample: int, reviewer: str, bits: np.ndarray, now: 
 
 
 def latest_masks(conn: Connection, run_id: int, sample: int | None = None, reviewer: str | None = None) -> list[Any]:
-    """The latest mask row per (sample, reviewer) of a run, optionally of one sample and/or reviewer."""
+    """The latest mask row per (sample, reviewer) of a run that was not undone, optionally of one sample and/or reviewer."""
     run = load_run(conn, run_id)
     conds = []
     if sample is not None:
         conds.append(masks_t.c.sample == check_sample(run, sample))
     if reviewer is not None:
         conds.append(masks_t.c.reviewer == reviewer)
+    undone = undone_mask_ids(conn, run.id)
+    if undone:
+        conds.append(masks_t.c.id.notin_(undone))
     sub = latest(masks_t, run.id, [masks_t.c.sample, masks_t.c.reviewer], sa.and_(*conds) if conds else None)
     return list(conn.execute(sa.select(sub).where(sub.c.rn == 1).order_by(sub.c.sample, sub.c.reviewer)))

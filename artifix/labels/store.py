@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import UserError
-from .queries import flag_painted, kept, latest, latest_masks, load_run, mask_values, row_to_run
+from .queries import flag_painted, kept, latest, latest_masks, load_run, mask_values, row_to_run, undone_mask_ids
 from .schema import ab_answers_t, audit_t, flags_t, masks_t, runs_t, units_t
 from .transfer import LabelTransfer
 from .values import (LABELS, STATUSES, ApprovedUnit, Run, as_int, check_label, check_reviewer, check_sample, decode_mask,
@@ -224,6 +224,40 @@ class LabelStore(LabelTransfer):
                                     .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
             detail = {"flag_id": int(row.id), "sample": int(row.sample), "undone_label": row.label, "restored_label": restored}
             self._audit(conn, reviewer, "undo_flag", run.id, detail)
+            return detail
+
+        return self._write(fn)
+
+    def undo_last_mask(self, run_id: int, reviewer: str) -> dict[str, Any] | None:
+        """Undo `reviewer`'s latest painted mask that is not undone yet (an 'undo_mask' audit event): the sample's mask of
+        this reviewer reverts to the one before (or none), and an 'artifact' flag that painting added is undone with it.
+        Returns the audit detail, or None when there is nothing to undo."""
+        reviewer = check_reviewer(reviewer)
+
+        def fn(conn: Connection) -> dict[str, Any] | None:
+            run = load_run(conn, run_id)
+            undone = undone_mask_ids(conn, run.id)
+            mine = sa.and_(masks_t.c.run_id == run.id, masks_t.c.reviewer == reviewer,
+                           masks_t.c.id.notin_(undone) if undone else sa.true())
+            row = conn.execute(sa.select(masks_t.c.id, masks_t.c.sample, masks_t.c.pixels, masks_t.c.time).where(mine)
+                               .order_by(masks_t.c.time.desc(), masks_t.c.id.desc()).limit(1)).first()
+            if row is None:
+                return None
+            before = conn.execute(sa.select(masks_t.c.id).where(mine, masks_t.c.sample == row.sample, masks_t.c.id != row.id)
+                                  .order_by(masks_t.c.time.desc(), masks_t.c.id.desc()).limit(1)).scalar()
+            detail = {"mask_id": int(row.id), "sample": int(row.sample), "pixels": int(row.pixels),
+                      "restored_mask_id": None if before is None else int(before)}
+            self._audit(conn, reviewer, "undo_mask", run.id, detail)
+            added = conn.execute(sa.select(flags_t).where(kept(conn, run.id, sa.and_(  # the flag the painting itself added
+                flags_t.c.run_id == run.id, flags_t.c.sample == row.sample, flags_t.c.reviewer == reviewer,
+                flags_t.c.label == "artifact", flags_t.c.time == row.time)))).first()
+            if added is not None:
+                keep = kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == row.sample, flags_t.c.id != added.id))
+                restored = conn.execute(sa.select(flags_t.c.label).where(keep)
+                                        .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
+                self._audit(conn, reviewer, "undo_flag", run.id, {"flag_id": int(added.id), "sample": int(row.sample),
+                                                                   "undone_label": "artifact", "restored_label": restored})
+                detail["unflagged"] = True
             return detail
 
         return self._write(fn)
@@ -475,8 +509,7 @@ class LabelStore(LabelTransfer):
         def fn(conn: Connection) -> tuple[int, int, int]:
             events, reviewers = conn.execute(sa.select(sa.func.count(), sa.func.count(sa.distinct(flags_t.c.reviewer)))
                                              .where(flags_t.c.run_id == run.id)).one()
-            masked = conn.execute(sa.select(sa.func.count(sa.distinct(masks_t.c.sample)))
-                                  .where(masks_t.c.run_id == run.id, masks_t.c.pixels > 0)).scalar()
+            masked = len({r.sample for r in latest_masks(conn, run.id) if r.pixels > 0})  # current masks, undone ones left out
             return int(events), int(reviewers), int(masked or 0)
 
         events, reviewers, masked = self._read(fn)
