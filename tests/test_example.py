@@ -30,3 +30,24 @@ def test_training_script_is_deterministic(tmp_path):
     assert a["meta"]["steps"] == 3
     for k in a["netG_state_dict"]:
         assert torch.equal(a["netG_state_dict"][k], b["netG_state_dict"][k]), k
+
+
+def test_bundled_review_notes_give_the_ranks_artifix_score_finds(tmp_path):
+    """The approvals' notes say which rank each unit has with and without the review's classifier: re-scored here."""
+    import json
+    import re
+
+    from artifix.example import REVIEW_DIR, bundled_review
+    from tests.conftest import run_cli
+
+    store = str(tmp_path / "labels.sqlite")
+    code, _, err = run_cli("flags", "import", str(REVIEW_DIR / "flags.csv"), "--store", store)
+    assert code == 0, err
+    ranks = {}
+    for name, extra in (("with", ["--classifier", str(REVIEW_DIR / "classifier.pt")]), ("without", [])):
+        code, out, err = run_cli("score", "--store", store, "--top", "8", "--json", "--out", str(tmp_path / name), *extra)
+        assert code == 0, err
+        ranks[name] = {int(r["unit"]): int(r["rank"]) for r in json.loads(out)["top"]}
+    for a in bundled_review()["approved"]:
+        with_, without = map(int, re.match(r"rank (\d+) with the review's classifier \(rank (\d+) without it\)", a["note"]).groups())
+        assert ranks["with"][a["unit"]] == with_ and ranks["without"][a["unit"]] == without, (a, ranks)
