@@ -213,30 +213,26 @@ def _scroll_here() -> None:
              " if (p) p.scrollIntoView({block: 'start'}); if (++k >= 15) clearInterval(t); }, 200);</script>", height=0)
 
 
-def undo_last(d: Dash) -> None:
-    """Undo this reviewer's latest label (button callback): a new audit event; the sample's label reverts."""
+def _said_flag(r: dict) -> str:
+    return (f"undid your '{r['undone_label']}' on sample {r['sample']}: it is now "
+            + (f"'{r['restored_label']}'" if r["restored_label"] else "unlabelled") + " (audit log: undo_flag)")
+
+
+def _said_mask(r: dict) -> str:
+    return (f"undid your painted mask of sample {r['sample']} ({r['pixels']} px): "
+            + ("your earlier mask is back" if r["restored_mask_id"] else "no mask of yours now")
+            + ("; its 'artifact' flag from painting is undone too" if r.get("unflagged") else "") + " (audit log: undo_mask)")
+
+
+def _undo(d: Dash, what: str) -> None:
+    """Undo this reviewer's latest label or painted mask (button callback): a new audit event, nothing deleted."""
+    undo, said = (d.store.undo_last_flag, _said_flag) if what == "flag" else (d.store.undo_last_mask, _said_mask)
     try:
-        r = d.store.undo_last_flag(d.run_id, d.reviewer)
+        r = undo(d.run_id, d.reviewer)
     except UserError as e:
         st.session_state["last_error"] = str(e)
         return
-    st.session_state["last_saved"] = ("nothing to undo" if r is None else
-                                      f"undid your '{r['undone_label']}' on sample {r['sample']}: it is now "
-                                      + (f"'{r['restored_label']}'" if r["restored_label"] else "unlabelled") + " (audit log: undo_flag)")
-
-
-def undo_last_paint(d: Dash) -> None:
-    """Undo this reviewer's latest painted mask (button callback): a new audit event; the mask before it (or none) is back."""
-    try:
-        r = d.store.undo_last_mask(d.run_id, d.reviewer)
-    except UserError as e:
-        st.session_state["last_error"] = str(e)
-        return
-    st.session_state["last_saved"] = ("nothing to undo" if r is None else
-                                      f"undid your painted mask of sample {r['sample']} ({r['pixels']} px): "
-                                      + ("your earlier mask is back" if r["restored_mask_id"] else "no mask of yours now")
-                                      + ("; its 'artifact' flag from painting is undone too" if r.get("unflagged") else "")
-                                      + " (audit log: undo_mask)")
+    st.session_state["last_saved"] = "nothing to undo" if r is None else said(r)
 
 
 def _undo_button(d: Dash, where: Any, where_paint: Any, msg: Any) -> None:
@@ -244,13 +240,13 @@ def _undo_button(d: Dash, where: Any, where_paint: Any, msg: Any) -> None:
     why = (f"undo your latest label ({len(mine)} sample(s) carry a label of yours); recorded in the audit log, nothing deleted"
            if len(mine) else f"disabled: {d.reviewer} has no label left to undo in this run")
     where.button("Undo my last label", key="undo-label", icon=":material/undo:", disabled=not len(mine), help=why,
-                 on_click=undo_last, args=(d,))
+                 on_click=_undo, args=(d, "flag"))
     recs = d.store.mask_records(d.run_id)
     painted = recs[recs.reviewer == d.reviewer]
     why_paint = (f"undo your latest painted mask ({len(painted)} sample(s) carry a mask of yours); recorded in the audit log, "
                  "nothing deleted" if len(painted) else f"disabled: {d.reviewer} has no painted mask left to undo in this run")
     where_paint.button("Undo my last paint", key="undo-mask", icon=":material/format_paint:", disabled=not len(painted),
-                       help=why_paint, on_click=undo_last_paint, args=(d,))
+                       help=why_paint, on_click=_undo, args=(d, "mask"))
     if "last_saved" in st.session_state:
         msg.caption(st.session_state.pop("last_saved"))
     elif not len(mine):

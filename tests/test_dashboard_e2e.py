@@ -162,7 +162,9 @@ def test_browser_flags_a_sample_and_paints_a_region(server):
         # one click flags a sample, saved at once
         click_flag(drv, batch[1], "clean")
         wait_for(lambda: store.label(rid, batch[1]) == "clean", "the clean flag in the label store")
-        # paint a stroke on the drawable canvas (the paint panel shows the first sample of the batch)
+        # paint a stroke on the drawable canvas (the paint panel shows the first sample of the batch), once the rerun
+        # the click started has finished: a canvas drawn mid-rerun may be replaced, stroke and all, as a person sees
+        wait_for(lambda: idle(drv), "the page to finish its run", STARTUP)
         host = wait_for(lambda: drv.execute_script(
             "return Array.from(document.querySelectorAll('*')).find(e => e.shadowRoot && e.shadowRoot.querySelector('canvas.upper-canvas'))"),
             "the drawing canvas")
