@@ -6,7 +6,6 @@ Pure functions over the score table's row (the scores stored with a proposal) an
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Mapping, Sequence
 
@@ -59,17 +58,17 @@ def stored_cautions(store: Any, run_id: int) -> dict[tuple[str, int], list[str]]
     dec = store.unit_decisions(run_id)
     out: dict[tuple[str, int], list[str]] = {}
     for r in dec.itertuples():
-        sc = r.scores if isinstance(r.scores, Mapping) else (json.loads(r.scores) if isinstance(r.scores, str) else None)
+        sc = r.scores if isinstance(r.scores, Mapping) else None  # the store decodes them; None when proposed without
         if sc:
             out[(str(r.layer), int(r.unit))] = unit_cautions(sc)
     return out
 
 
-def check_approved(store: Any, run_id: int, layer: str) -> None:
-    """Refuse (UserError) a repair of approved units of `layer` that carry cautions but were approved without a note."""
+def check_approved(store: Any, run_id: int, approved: Sequence[Any]) -> None:
+    """Refuse (UserError) a repair of these approved units when one carries cautions but was approved without a note."""
     cautions = stored_cautions(store, run_id)
-    for a in store.approved_units(run_id):
+    for a in approved:
         c = cautions.get((a.layer, int(a.unit)), [])
-        if a.layer == layer and c and not str(a.note or "").strip():
-            raise UserError(f"unit {a.unit} of {layer} was approved by {a.reviewer} without a note although {c[0][:-1]}; "
+        if c and not str(a.note or "").strip():
+            raise UserError(f"unit {a.unit} of {a.layer} was approved by {a.reviewer} without a note although {c[0][:-1]}; "
                             "approve it again with a note saying why (dashboard, or Run.approve(units, note=...)), or reject it.")

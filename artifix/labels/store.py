@@ -31,6 +31,12 @@ __all__ = ["LabelStore"]
 _INT64 = 2**63
 
 
+def _label_without(conn: Connection, run_id: int, sample: int, flag_id: int) -> str | None:
+    """The sample's current label if flag event `flag_id` did not count (what undoing it restores), or None."""
+    keep = kept(conn, run_id, sa.and_(flags_t.c.run_id == run_id, flags_t.c.sample == sample, flags_t.c.id != flag_id))
+    return conn.execute(sa.select(flags_t.c.label).where(keep).order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
+
+
 class LabelStore(LabelTransfer):
     """Reviewers' flags, masks and unit decisions for runs, in a SQLite file or any SQLAlchemy database."""
 
@@ -219,10 +225,8 @@ class LabelStore(LabelTransfer):
                                .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).first()
             if row is None:
                 return None
-            keep = kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == row.sample, flags_t.c.id != row.id))
-            restored = conn.execute(sa.select(flags_t.c.label).where(keep)
-                                    .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
-            detail = {"flag_id": int(row.id), "sample": int(row.sample), "undone_label": row.label, "restored_label": restored}
+            detail = {"flag_id": int(row.id), "sample": int(row.sample), "undone_label": row.label,
+                      "restored_label": _label_without(conn, run.id, row.sample, row.id)}
             self._audit(conn, reviewer, "undo_flag", run.id, detail)
             return detail
 
@@ -252,11 +256,8 @@ class LabelStore(LabelTransfer):
                 flags_t.c.run_id == run.id, flags_t.c.sample == row.sample, flags_t.c.reviewer == reviewer,
                 flags_t.c.label == "artifact", flags_t.c.time == row.time)))).first()
             if added is not None:
-                keep = kept(conn, run.id, sa.and_(flags_t.c.run_id == run.id, flags_t.c.sample == row.sample, flags_t.c.id != added.id))
-                restored = conn.execute(sa.select(flags_t.c.label).where(keep)
-                                        .order_by(flags_t.c.time.desc(), flags_t.c.id.desc()).limit(1)).scalar()
-                self._audit(conn, reviewer, "undo_flag", run.id, {"flag_id": int(added.id), "sample": int(row.sample),
-                                                                   "undone_label": "artifact", "restored_label": restored})
+                self._audit(conn, reviewer, "undo_flag", run.id, {"flag_id": int(added.id), "sample": int(row.sample), "undone_label":
+                                                                   "artifact", "restored_label": _label_without(conn, run.id, row.sample, added.id)})
                 detail["unflagged"] = True
             return detail
 

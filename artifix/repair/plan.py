@@ -93,7 +93,7 @@ def plan_from_store(store: Any, run_id: int, layer: str, ranking: Sequence[int] 
     if not approved:
         raise UserError(f"no approved units of layer {layer} in the label store; approve some (dashboard) "
                         "or pass --auto --k K to take the top of the ranking.")
-    check_approved(store, run_id, layer)  # the dashboard's rule, whatever path recorded the approval
+    check_approved(store, run_id, approved)  # the dashboard's rule, whatever path recorded the approval
     units = [int(a.unit) for a in approved]
     pos = {int(u): i for i, u in enumerate(ranking or [])}
     units.sort(key=lambda u: (pos.get(u, len(pos)), u))
