@@ -2,6 +2,10 @@
 PostgreSQL (ARTIFIX_TEST_PG_URL; .ci/run provides it): no click is lost or stored twice, and the p95
 click-to-stored latency is printed and written to soak_<backend>.json in the test's temporary folder.
 
+The eight browsers are started once and serve both backends in turn. Both servers run the same seed, so the second
+finds the first one's statistics and queue order in the shared cache, as a restarted dashboard does; each backend
+gets a fresh store (a temporary SQLite file; a PostgreSQL schema of its own, dropped afterwards).
+
 Each session sets its own reviewer name, then loops for LABEL_SECONDS: wait until its page is idle, click a
 flag button of a sample in its review grid, and poll the store until that click's row is there (the latency).
 At the end every session's clicks, in order, must equal the store's flag history for its reviewer, the current
@@ -32,6 +36,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 SESSIONS = 8
 LABEL_SECONDS = float(os.environ.get("ARTIFIX_SOAK_SECONDS", "20"))  # per backend in CI; ARTIFIX_SOAK_SECONDS=120 for a long soak
 POLL = 0.05
+SEED = 4242  # one run for both backends: the second server reads the first one's statistics and queue from the cache
 
 
 def _serve(tmp, store: str, seed: int):
@@ -71,12 +76,12 @@ def grid_samples(drv) -> list[int]:
 class Reviewer:
     """One browser session: its clicks [(sample, label)] and each click's seconds until it was in the store."""
 
-    def __init__(self, url: str, name: str, store_url: str, seed: int) -> None:
+    def __init__(self, drv, url: str, name: str, store_url: str, seed: int) -> None:
         self.url, self.name, self.rng = url, name, random.Random(seed)
         self.store = LabelStore(store_url)
         self.clicks: list[tuple[int, str]] = []
         self.latency: list[float] = []
-        self.drv = browser()
+        self.drv = drv
 
     def open(self) -> None:
         self.drv.get(self.url)
@@ -105,8 +110,7 @@ class Reviewer:
             self.latency.append(time.monotonic() - t0)
 
     def close(self) -> None:
-        self.drv.quit()
-        self.store.close()
+        self.store.close()  # the browser stays open for the next backend
 
 
 def backends():
@@ -114,15 +118,55 @@ def backends():
     return ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not pg, reason="ARTIFIX_TEST_PG_URL is not set"))]
 
 
+@pytest.fixture(scope="module")
+def browsers():
+    """Eight headless Chromium sessions, started at once and shared by both backends."""
+    out: list = [None] * SESSIONS
+
+    def start(i: int) -> None:
+        out[i] = browser()
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(SESSIONS)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    try:
+        assert all(d is not None for d in out), "a browser did not start"
+        yield out
+    finally:
+        for d in out:
+            if d is not None:
+                d.quit()
+
+
+@pytest.fixture
+def store_url(backend, tmp_path):
+    """A fresh store: a SQLite file, or a PostgreSQL schema of its own (dropped afterwards) in the scratch database."""
+    if backend == "sqlite":
+        yield str(tmp_path / "labels.sqlite")
+        return
+    import sqlalchemy as sa
+
+    base = sa.engine.make_url(os.environ["ARTIFIX_TEST_PG_URL"])
+    schema = f"soak_{os.urandom(4).hex()}"
+    admin = sa.create_engine(base)
+    with admin.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as c:
+            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
 @pytest.mark.parametrize("backend", backends())
-def test_eight_sessions_label_at_once_and_lose_nothing(backend, tmp_path):
+def test_eight_sessions_label_at_once_and_lose_nothing(backend, store_url, browsers, tmp_path):
     token = os.urandom(3).hex()
-    seed = 5000 + random.Random(token).randrange(10_000)  # a run of its own, also in a shared PostgreSQL database
-    store_url = str(tmp_path / "labels.sqlite") if backend == "sqlite" else os.environ["ARTIFIX_TEST_PG_URL"]
+    seed = SEED
     url, proc, log = _serve(tmp_path, store_url, seed)
     reviewers: list[Reviewer] = []
     try:
-        reviewers = [Reviewer(url, f"soak{i}-{token}", store_url, i) for i in range(SESSIONS)]
+        reviewers = [Reviewer(d, url, f"soak{i}-{token}", store_url, i) for i, d in enumerate(browsers)]
         errors: list[BaseException] = []
 
         def guarded(fn, *args):
