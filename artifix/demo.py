@@ -19,7 +19,7 @@ import torch
 from . import log
 from .generator import load_generator, sample
 from .images import grid, save_png
-from .io import atomic_path, check_output_folder, output_folder, write_json_atomic, write_text_atomic
+from .io import check_output_folder, save_torch_atomic, output_folder, write_json_atomic, write_text_atomic
 from .labels import LabelStore
 from .planted import PlantedSite, low_impact_units, plant_defects, simulate_reviewer
 from .scoring import recall_at_k, score_units, collect_stats
@@ -136,8 +136,7 @@ def _repair(g: Any, bad: Any, cfg: DemoConfig, review: Any, store: LabelStore, r
     clf = train_classifier(images_at(bad, cfg.seed, ids), np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int))
     ck = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
     ck["netG_state_dict"] = bad.module.state_dict()
-    with atomic_path(out / "planted.pt") as tmp:  # the generator under repair, in the example's checkpoint layout
-        torch.save(ck, tmp)
+    save_torch_atomic(ck, out / "planted.pt")  # the generator under repair, in the example's checkpoint layout
     plan = plan_from_store(store, run_id, cfg.layer)
     manifest = repair(bad, plan, out / "cleaned", seed=cfg.seed, n=cfg.metrics_n, flagged=review.artifact, clean=review.clean,
                       clf=clf, channels=channels, checkpoint=out / "planted.pt", segmenter=segmenter_for(profile_for(g.spec)),

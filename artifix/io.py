@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from . import jsonout
 
 
@@ -92,6 +94,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save `obj` to `path` atomically, through a file handle: the archive's records are named 'archive/...', so the
+    same object gives the same bytes wherever it is written (a path would name them after the temporary file)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -163,6 +163,35 @@ def test_repair_without_real_measures_only_reference_free(tiny, tmp_path):
     assert "No reference data" in (tmp_path / "cli" / "MODEL_CARD.md").read_text()
 
 
+def test_cli_and_dashboard_repair_alike(tiny, tmp_path):
+    """`artifix repair` and the dashboard's Repair button write the same manifest for the same approvals: every metric,
+    interval, control unit, ledger count and file hash (the cleaned checkpoint is byte-identical), all but paths and time."""
+    d, flags = tiny
+    g = _tiny_g(d)
+    real = tmp_path / "real.npz"
+    np.savez(real, images=np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8))
+    store_path = tmp_path / "labels.db"
+    with LabelStore(store_path) as s:
+        run = workflow.register(s, g, LAYER, 0, 200)
+        for u in (1, 5):
+            s.decide_unit(run, LAYER, u, "approved", "alice")
+    code, out, err = run_cli("repair", *flags, "--layer", LAYER, "--store", str(store_path), "--repair-n", "16", "--high-pool", "0",
+                             "--real", str(real), "--cache", str(tmp_path / "cache-cli"), "--out", str(tmp_path / "cli"), "--json")
+    assert code == 0, err
+    cli = json.loads(out)
+    with LabelStore(store_path) as s:
+        dash = session.repair_approved(g, LAYER, s, run, tmp_path / "dash", seed=0, n=16, high_pool=0, real=str(real),
+                                       cache=str(tmp_path / "cache-dash"))
+    assert {k.split("_")[0] for k in cli["metrics"]["repair"]} == {"fd", "kid", "swd"}, cli["metrics"]["repair"].keys()
+
+    def comparable(m: dict, folder: str) -> dict:
+        m = json.loads(json.dumps(m).replace(str(tmp_path / folder), "OUT"))
+        m.pop("seconds")
+        return m
+
+    assert comparable(cli, "cli") == comparable(dash, "dash")
+
+
 def test_a_cautioned_approval_without_a_note_is_refused_everywhere(tiny, tmp_path):
     """The dashboard's rule (a unit with a caution needs a note) holds for the CLI's repair and the Python API too."""
     import artifix as ax

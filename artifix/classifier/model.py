@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io import atomic_path, sha256_file
+from ..io import save_torch_atomic, sha256_file
 from .backbone import PIXEL_STAT_NAMES, PIXEL_STATS, FeatureSet, _backbone, _resolve_features
 
 FORMAT = "artifix-classifier"
@@ -113,8 +113,7 @@ class ArtifactClassifier:
     def save(self, path: str | Path) -> Path:
         """Write the classifier to `path` atomically (tensors + JSON, loadable with torch.load(weights_only=True))."""
         path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(self.to_dict(), tmp)
+        save_torch_atomic(self.to_dict(), path)
         return path
 
     @classmethod

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import RuntimeFailure, UserError
 from ..generator import COMMON_KEYS, LoadedGenerator, extract_state_dict, fingerprint, latents, load_into, read_checkpoint
-from ..io import atomic_path, sha256_file, write_json_atomic
+from ..io import atomic_path, save_torch_atomic, sha256_file, write_json_atomic
 from .bake import bake_edits
 from .edits import Call, _as_args, _normalize_edits
 from .verification import TOLERANCE, VERIFY_N, save_hooked_torchscript, verify
@@ -235,8 +235,7 @@ def _write_baked(job: _Job, model: nn.Module, result: ExportResult) -> str:
         _save_safetensors(obj, ckpt_path, meta)
         sft_path = ckpt_path
     else:
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(obj, tmp)
+        save_torch_atomic(obj, ckpt_path)
         sft_path = job.out_dir / f"{job.stem}.safetensors"
         _save_safetensors(candidate.state_dict(), sft_path)
     _check_written(ckpt_path, sft_path, candidate, job.g.spec.trust_pickle, job.allow)

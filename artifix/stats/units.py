@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import torch
 
 from ..errors import UserError
-from ..io import atomic_path
+from ..io import save_torch_atomic
 from .sketch import (_ABS_MASK, DEFAULT_MAX_ABS, DEFAULT_MIN_ABS, DEFAULT_RELATIVE_ACCURACY, QuantileSketch, Quantiles,
                      _Scratch)
 
@@ -409,8 +409,7 @@ class UnitStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state to `path` atomically (torch.save of `state_dict()`)."""
-        with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
+        save_torch_atomic(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "UnitStats":
