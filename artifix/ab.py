@@ -29,7 +29,7 @@ import numpy as np
 from . import intervals
 from .errors import UserError
 from .images import grid, save_png
-from .io import write_json_atomic
+from .io import read_json, write_json_atomic
 from .labels import _replace_dir
 
 FORMAT = "artifix-ab-study"
@@ -112,10 +112,7 @@ def export_study(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarra
 def load_study(folder: str | Path) -> dict[str, Any]:
     """study.json of a study folder; a UserError when it is not one."""
     path = Path(folder) / "study.json"
-    try:
-        s = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"{folder} is not an A/B study folder (no readable study.json); write one with 'artifix ab export'.") from None
+    s = read_json(path, f"{folder} is not an A/B study folder (no readable study.json); write one with 'artifix ab export'.")
     if s.get("format") != FORMAT:
         raise UserError(f"{path} is not an artifix A/B study (format {s.get('format')!r}).")
     return s
@@ -123,10 +120,7 @@ def load_study(folder: str | Path) -> dict[str, Any]:
 
 def load_key(path: str | Path, study: str) -> dict[str, Any]:
     """The key file of `study`; a UserError when missing or for another study."""
-    try:
-        k = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"no readable A/B key at {path}; give the key file 'artifix ab export' wrote (--key).") from None
+    k = read_json(path, f"no readable A/B key at {path}; give the key file 'artifix ab export' wrote (--key).")
     if k.get("study") != study:
         raise UserError(f"the key {path} belongs to study {k.get('study')!r}, not {study!r}.")
     return k

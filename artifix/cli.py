@@ -12,7 +12,7 @@ import sys
 import traceback
 from typing import Any, Sequence
 
-from . import __version__, cli_help, commands, commands_natural, config, defaults, jsonout, log, progress, validate  # noqa: F401  (commands* register the handlers)
+from . import __version__, cli_help, commands, config, defaults, jsonout, log, progress, validate  # noqa: F401  (commands registers the handlers)
 from .registry import COMMANDS, Command, Context, Handler, command  # noqa: F401  (re-exported: the public names of the CLI)
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import torch
 
 from . import jsonout
+from .errors import UserError
 
 
 def _tmp_prefix(path: Path, pid: int | None = None) -> str:
@@ -111,6 +112,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented, key-sorted strict JSON (NaN/Infinity as null with a reason) to `path` atomically."""
     write_text_atomic(path, jsonout.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike, unreadable: str) -> Any:
+    """The JSON document at `path`; UserError(`unreadable`) when it is missing, not UTF-8 or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(unreadable) from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -104,7 +104,7 @@ def test_cli_import_and_report_with_bad_sheets(tmp_path):
 
 
 def test_preference_is_recorded_in_the_manifest(tmp_path):
-    from artifix.commands_natural import record_preference
+    from artifix.commands.natural import record_preference
 
     res = make_study(tmp_path)
     key = ab.load_key(res["key"], res["study"])

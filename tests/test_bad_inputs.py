@@ -231,7 +231,7 @@ def _(w, ck):
     return ["metrics", *tiny(ck, "--real", "in/real", "--n", "4")]
 
 
-@case("reference images of mixed sizes", "Reference images differ in size")
+@case("reference images of mixed sizes", "Reference images differ in size in")
 def _(w, ck):
     png(w / "in" / "real" / "a.png", (8, 8))
     png(w / "in" / "real" / "b.png", (8, 6))

@@ -73,7 +73,7 @@ def _repair_layers(ctx: Context, g, primary: str) -> tuple[Any, dict[str, Any] |
     o = ctx.opts
     set_plan = unit_set = None
     if o.get("unit_set"):  # 'artifix select' chose the units and proposes their layer
-        from ..commands_natural import plan_from_set
+        from .natural import plan_from_set
 
         set_plan, unit_set = plan_from_set(o["unit_set"], g)
         ctx.say(f"set selection proposes layer {set_plan.layer} (of {', '.join(r['layer'] for r in unit_set['rows'])}): "

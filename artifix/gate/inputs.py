@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import UserError
-from ..io import check_output_folder, sha256_file
+from ..io import check_output_folder, read_json, sha256_file
 from ..results import RepairManifest
 from .criteria import DIST_METRICS, FORMAT, FORMAT_VERSION, Criterion
 
@@ -109,10 +109,7 @@ def read_manifest(path: str) -> dict[str, Any]:
 
 def read_preference(path: str) -> dict[str, Any]:
     """The repair's blind A/B result (wins / losses / ties) from an 'ab report' JSON or a manifest holding one."""
-    try:
-        m = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"cannot read the A/B result {path}; write it with 'artifix ab report --json' (or --manifest).") from None
+    m = read_json(path, f"cannot read the A/B result {path}; write it with 'artifix ab report --json' (or --manifest).")
     r = (m.get("preference") or m) if isinstance(m, dict) else {}
     rep = r.get("repair") if isinstance(r, dict) else None
     if not isinstance(rep, dict) or not all(isinstance(rep.get(k), int) for k in ("wins", "losses", "ties")):

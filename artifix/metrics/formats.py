@@ -120,17 +120,18 @@ def _read_member(zf: zipfile.ZipFile, name: str, path: Path, size: tuple[int, in
         raise UserError(f"{path}: member {name} is not a readable image ({type(e).__name__}); remove it from the archive.") from None
 
 
-def _check_sizes(headers: Callable[[str], tuple[int, int]], names: Sequence[str], resize: bool,
-                 where: str) -> tuple[tuple[int, int] | None, bool]:
-    """(resize target or None, whether sizes differ); UserError on mixed sizes without `resize`."""
-    sizes: dict[tuple[int, int], str] = {}
+def check_sizes(headers: Callable[[Any], tuple[int, int]], names: Sequence[Any], resize: bool,
+                where: str) -> tuple[tuple[int, int] | None, bool]:
+    """(resize target or None, whether sizes differ) from each image's (height, width) header; UserError on mixed sizes
+    without `resize`."""
+    sizes: dict[tuple[int, int], Any] = {}
     for n in names:
         hw = headers(n)
         if hw not in sizes:
             sizes[hw] = n
             if len(sizes) > 1 and not resize:
                 (h0, w0), n0 = next(iter(sizes.items()))
-                raise UserError(f"Reference images in {where} differ in size: {n0} is {w0}x{h0} but {n} is {hw[1]}x{hw[0]}; "
+                raise UserError(f"Reference images differ in size in {where}: {n0} is {w0}x{h0} but {n} is {hw[1]}x{hw[0]}; "
                                 "make them one size or pass --real-resize to resize all to the first image's size.")
     first = next(iter(sizes)) if sizes else None
     return (first if resize else None), len(sizes) > 1
@@ -159,7 +160,7 @@ def zip_images(path: Path, n: int | None = None, resize: bool = False, class_id:
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError, zipfile.BadZipFile) as e:
                 raise UserError(f"{path}: member {name} is not a readable image ({type(e).__name__}); remove it from the archive.") from None
 
-        target, mixed = _check_sizes(header, names, resize, str(path))
+        target, mixed = check_sizes(header, names, resize, str(path))
     return ZipImages(path, names, target, resized=mixed and resize)
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -103,9 +104,20 @@ def _profile_source(n: int) -> Source:
     return Source({**ref.describe, "n": n}, content, batches, n)
 
 
+@contextmanager
+def _unreadable_npz(path: Path, what: str, fix: str) -> Iterator[None]:
+    """Turn numpy's errors on a truncated or corrupt file into one UserError sentence (UserErrors pass through)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise UserError(f"{path} is not a readable {what} (truncated or corrupt: {type(e).__name__}); {fix}.") from None
+
+
 def _load_array(path: Path) -> np.ndarray:
     """The uint8 image array inside a .npy/.npz file (UserError when unreadable or not an image array)."""
-    try:
+    with _unreadable_npz(path, ".npy/.npz file", "re-create it with np.savez(path, images=uint8_array)"):
         if path.suffix.lower() == ".npy":
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         else:
@@ -117,11 +129,6 @@ def _load_array(path: Path) -> np.ndarray:
                 if key is None:
                     raise UserError(f"{path} holds several arrays ({', '.join(keys[:6])}); name the image array 'images'.")
                 arr = z[key]
-    except UserError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise UserError(f"{path} is not a readable .npy/.npz file (truncated or corrupt: {type(e).__name__}); "
-                        "re-create it with np.savez(path, images=uint8_array).") from None
     return arr
 
 
@@ -179,20 +186,14 @@ def _folder_source(folder: Path, n: int | None, resize: bool, class_id: int | No
         files = [rel[r] for r in formats.select_class(list(rel), formats.folder_labels(folder), class_id, str(folder))]
     if n is not None:
         files = files[:n]
-    sizes: dict[tuple[int, int], Path] = {}
-    for p in files:  # headers only: cheap, and catches bad files and mixed sizes before any extraction
+    def header(p: Path) -> tuple[int, int]:  # headers only: cheap, and catches bad files and mixed sizes before any extraction
         try:
             with Image.open(p) as im:
-                hw = (im.size[1], im.size[0])
+                return im.size[1], im.size[0]
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise UserError(f"{p} is not a readable image ({type(e).__name__}); remove it from the reference folder.") from None
-        if hw not in sizes:
-            sizes[hw] = p
-            if len(sizes) > 1 and not resize:
-                (h0, w0), p0 = next(iter(sizes.items()))
-                raise UserError(f"Reference images differ in size: {p0} is {w0}x{h0} but {p} is {hw[1]}x{hw[0]}; "
-                                "make them one size or pass --real-resize to resize all to the first image's size.")
-    target = next(iter(sizes)) if resize else None
+
+    target, mixed = formats.check_sizes(header, files, resize, str(folder))
 
     def batches() -> Iterator[np.ndarray]:
         for s in range(0, len(files), BATCH):
@@ -205,7 +206,7 @@ def _folder_source(folder: Path, n: int | None, resize: bool, class_id: int | No
             h.update(hashlib.sha256(p.read_bytes()).digest())
         return h.hexdigest()
 
-    return Source({"kind": "folder", "path": str(folder), "n": len(files), "resized": bool(resize and len(sizes) > 1),
+    return Source({"kind": "folder", "path": str(folder), "n": len(files), "resized": bool(resize and mixed),
                    **({"class": class_id} if class_id is not None else {})}, content, batches, len(files))
 
 
@@ -255,7 +256,7 @@ def save_stats(path: str | os.PathLike, stats: RealStats) -> None:
 def load_stats(path: str | os.PathLike) -> RealStats:
     """Read a statistics file written by `save_stats` (UserError when truncated, corrupt or not ours)."""
     path = Path(path)
-    try:
+    with _unreadable_npz(path, "artifix statistics file", "delete it and recompute"):
         with np.load(path, allow_pickle=False) as z:
             if STATS_KEY not in z.files:
                 raise UserError(f"{path} is not an artifix statistics file.")
@@ -270,11 +271,6 @@ def load_stats(path: str | os.PathLike) -> RealStats:
                 fingerprint=json.loads(str(z["fingerprint"])),
                 source=json.loads(str(z["source"])),
             )
-    except UserError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise UserError(f"{path} is not a readable artifix statistics file (truncated or corrupt: {type(e).__name__}); "
-                        "delete it and recompute.") from None
     return stats
 
 
@@ -425,7 +421,7 @@ def check_real(real: str | os.PathLike | None, *, n: int | None = None, resize: 
 
 def _array_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of the image array in a .npy/.npz file, read from the zip directory and the array header."""
-    try:
+    with _unreadable_npz(path, ".npy/.npz file", "re-create it with np.savez(path, images=uint8_array)"):
         if path.suffix.lower() == ".npy":
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             return tuple(arr.shape), arr.dtype
@@ -441,8 +437,3 @@ def _array_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read(fh)
         return tuple(shape), np.dtype(dtype)
-    except UserError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise UserError(f"{path} is not a readable .npy/.npz file (truncated or corrupt: {type(e).__name__}); "
-                        "re-create it with np.savez(path, images=uint8_array).") from None

@@ -91,7 +91,7 @@ def prepare(args, say) -> None:
     train, held = flags()
     clf_a, clf_b, res = classifiers(g, train, held, say)
     res["unit_shape"] = unit_shape(g, train, clf_a, say)
-    from artifix.commands_natural import auc_pool
+    from artifix.commands.natural import auc_pool
 
     f_ids, c_ids = train["artifact"][: args.sel_n], train["clean"][: args.sel_n]
 
@@ -111,7 +111,7 @@ def prepare(args, say) -> None:
     m = measure(g, plan, control, seed=1, n=args.n, flagged=[], clf=clf_b, metrics="fd,swd", high_pool=4 * args.n, say=say)
     res["repair"] = {"layer": layer, "units": units, "control": control, "metrics": m}
     manifest = {"fingerprint_before": g.fingerprint, "edits": plan.to_json(), "random_control": control, "layer": layer, "units": units}
-    from artifix.commands_natural import ab_export
+    from artifix.commands.natural import ab_export
 
     res["ab_export"] = ab_export(g, manifest, seed=2, folder=args.study, key=args.key, n=args.ab_n, n_control=args.ab_control_n,
                                  pool=args.ab_pool, ab_seed=18)

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import json
-
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from .registry import Context, command
-from .errors import UserError
-from .trace import Trace, ablation
+from .. import ab
+from ..ab import export_study
+from ..errors import UserError
+from ..generator import images_at
+from ..io import read_json, write_json_atomic, write_text_atomic
+from ..labels import LabelStore
+from ..registry import Context, command
+from ..repair import RepairPlan, high_activation_samples, model_card
+from ..scoring import auc, trace_batches
+from ..selection import candidate_layers, compare_layers, select_set
+from ..trace import Trace, ablation
+from .common import default_layer, flagged_and_clean, load, load_classifier, open_run, reviewer
 
 
 def _flags(ctx: Context, g, layer: str):
-    from .commands.common import flagged_and_clean, open_run
-
     store, run_id = open_run(ctx, g, layer, missing=(f"the label store {ctx.opts['store']} has no flags for this generator, layer "
                                                      "and seed; import them with 'artifix flags import'."))
     flagged, clean = flagged_and_clean(store, run_id)
@@ -29,10 +35,6 @@ def _subset(ids: list[int], k: int) -> list[int]:
 
 def auc_pool(g, layer: str, seed: int, flagged: list[int], clean: list[int], k: int) -> list[int]:
     """The k units whose spatial max best separates flagged from clean samples (ROC-AUC), best first."""
-    import torch
-
-    from .scoring import auc, trace_batches
-
     mx = torch.cat([a.flatten(2).amax(2) for _, a, _ in trace_batches(g, layer, seed, flagged + clean)])
     a = auc(mx[: len(flagged)], mx[len(flagged):]).double().numpy()
     return [int(u) for u in np.lexsort((np.arange(len(a)), -a))[:k]]
@@ -46,10 +48,6 @@ def _select_extra(p) -> None:
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "select": ["select_layers", "pool", "max_units",
           "pair_pool", "select_weight", "select_flagged"], "classify": ["classifier"], "run": ["out", "cache", "threads"]}, _select_extra)
 def cmd_select(ctx: Context) -> dict[str, Any]:
-    from .commands.common import default_layer, load, load_classifier
-    from .io import write_json_atomic
-    from .selection import candidate_layers, compare_layers, select_set
-
     o = ctx.opts
     if min(o["pool"], o["max_units"]) < 1 or o["pair_pool"] < 0:
         raise UserError("--pool and --max-units must be positive and --pair-pool >= 0.")
@@ -75,8 +73,6 @@ def cmd_select(ctx: Context) -> dict[str, Any]:
               "layer": best, "units": res["selections"][best]["units"] if best else []}
     write_json_atomic(out / "unit_set.json", result)
     if best:
-        from .commands.common import open_run
-
         st, rid = open_run(ctx, g, best)
         st.propose_units(rid, [(best, int(u)) for u in result["units"]], "artifix", note="set selection (artifix select)")
     ctx.say(f"proposed: {best} units {result['units']}; written to {out / 'unit_set.json'} "
@@ -86,12 +82,7 @@ def cmd_select(ctx: Context) -> dict[str, Any]:
 
 def plan_from_set(path: str | Path, g) -> Any:
     """A repair plan from the unit_set.json 'artifix select' wrote; the proposed layer is the plan's layer."""
-    from .repair import RepairPlan
-
-    try:
-        s = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"cannot read the unit set {path}; give the unit_set.json 'artifix select' wrote.") from None
+    s = read_json(path, f"cannot read the unit set {path}; give the unit_set.json 'artifix select' wrote.")
     if not s.get("layer") or not s.get("units"):
         raise UserError(f"the unit set {path} proposes no units (no layer had a set that helped).")
     if s.get("fingerprint") != g.fingerprint:
@@ -111,10 +102,7 @@ def _ab_extra(p) -> None:
 def _manifest(path: str | None) -> dict[str, Any]:
     if not path:
         raise UserError("--manifest is required: the manifest.json 'artifix repair' wrote.")
-    try:
-        m = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"cannot read the repair manifest {path}; give the manifest.json 'artifix repair' wrote.") from None
+    m = read_json(path, f"cannot read the repair manifest {path}; give the manifest.json 'artifix repair' wrote.")
     if not isinstance(m, dict) or "edits" not in m or "random_control" not in m:
         raise UserError(f"{path} has no 'edits' and 'random_control'; is it a manifest.json written by 'artifix repair'?")
     return m
@@ -122,9 +110,6 @@ def _manifest(path: str | None) -> dict[str, Any]:
 
 def edit_pairs(g, edits: dict[str, Any], seed: int, n: int, pool: int) -> tuple[list[int], np.ndarray, np.ndarray]:
     """The n samples of 0..pool-1 where the edit's units fire most: (indices, before images, after images)."""
-    from .generator import images_at
-    from .repair import high_activation_samples
-
     ids = high_activation_samples(g, {l: e[0] for l, e in edits.items()}, seed, n, pool)
     before = images_at(g, seed, ids)
     with Trace(g.module, edit={l: ablation(u, a) for l, (u, a) in edits.items()}):
@@ -135,8 +120,6 @@ def edit_pairs(g, edits: dict[str, Any], seed: int, n: int, pool: int) -> tuple[
 def ab_export(g, m: dict[str, Any], seed: int, folder: str | Path, key: str | Path | None, n: int, n_control: int, pool: int,
               ab_seed: int) -> dict[str, Any]:
     """Render the repair's and the control's high-activation pairs and write the blind study (library entry of 'ab export')."""
-    from .ab import export_study
-
     if m.get("fingerprint_before") not in (None, g.fingerprint):
         raise UserError(f"the manifest repaired generator {m['fingerprint_before']}, but the generator given is {g.fingerprint}.")
     repair = {l: (e["units"], e["alphas"]) for l, e in m["edits"].items()}
@@ -153,10 +136,6 @@ def ab_export(g, m: dict[str, Any], seed: int, folder: str | Path, key: str | Pa
          {"generator": None, "sample": ["seed"], "labels": ["store", "reviewer"],
           "ab": ["manifest", "study", "ab_key", "ab_n", "ab_control_n", "ab_pool", "ab_seed"], "run": ["threads"]}, _ab_extra)
 def cmd_ab(ctx: Context) -> dict[str, Any]:
-    from . import ab
-    from .commands.common import load, reviewer
-    from .labels import LabelStore
-
     o = ctx.opts
     action = ctx.args.action
     if action == "export":
@@ -189,9 +168,6 @@ def cmd_ab(ctx: Context) -> dict[str, Any]:
 
 def record_preference(manifest_path: str | Path, res: dict[str, Any]) -> None:
     """Put an A/B result into a repair's manifest.json (key 'preference') and rewrite its MODEL_CARD.md."""
-    from .io import write_json_atomic, write_text_atomic
-    from .repair import model_card
-
     m = _manifest(str(manifest_path))
     m["preference"] = res
     write_json_atomic(manifest_path, m)
