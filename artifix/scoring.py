@@ -28,7 +28,7 @@ import torch
 
 from . import devices, dist
 from .errors import UserError
-from .generator import LoadedGenerator, forward, images_at, latents, to_uint8
+from .generator import LoadedGenerator, check_output, forward, images_at, latents, to_uint8
 from .io import sha256_json
 from .progress import Progress
 from .stats import UnitStats, all_reduce_
@@ -131,7 +131,10 @@ def trace_batches(g: LoadedGenerator, layer: str, seed: int, indices: Sequence[i
         z, y = latents(g.spec, seed, part)
         with torch.inference_mode(), Trace(g.module, layer, stop=not images) as t:
             out = forward(g, z, y)
-        return part, t[layer][: len(part)], (to_uint8(out.float(), g.spec.range) if images else None)
+        if not images:
+            return part, t[layer][: len(part)], None
+        out = check_output(out, len(part), part)  # the same NaN/Inf check as every rendered image
+        return part, t[layer][: len(part)], to_uint8(out.float(), g.spec.range)
 
     yield from devices.backoff(one, len(idx), batch, "unit statistics")
 

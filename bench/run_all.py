@@ -6,7 +6,7 @@
 
 Rows (the aims are issue 9's):
 - recording: sampling + recording per-unit statistics (UnitStats at the example's main.8) vs the bare generator
-  forward with the same latents and uint8 conversion (`sample_batches`); aim <= 1.15x.
+  forward with the same latents, NaN/Inf check of the images and uint8 conversion (`sample_batches`); aim <= 1.15x.
 - frechet: Tr((S1 S2)^1/2) by Cholesky + eigenvalues (artifix.metrics.fd) vs trace(scipy.linalg.sqrtm(S1 @ S2)) at
   d = 2048 (sqrtm with the default BLAS threads); aim >= 10x, agreement 1e-6 (|dFD| and relative).
 - swd: artifix's SWD vs the plain numpy version of the same protocol in tests/test_metrics_swd.py (float64,
