@@ -114,6 +114,20 @@ def test_weighted_distance_equals_explicit_resample():
         assert ref.weighted_distance(p, counts) == pytest.approx(fd_features(x[idx], r), rel=1e-9)
 
 
+
+def test_gram_route_and_threaded_replicates_equal_explicit_resamples():
+    # fewer rows than dimensions: replicates gather their Gram matrix from the one prepare() keeps (centred there)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40, 64)) * 3.0 + 5.0  # a large common mean: the centring must not lose precision
+    r = rng.standard_normal((90, 64))
+    ref = FDReference.of(Moments.of(r))
+    p = ref.prepare(x)
+    assert p.gram is not None
+    counts = np.stack([np.bincount(rng.integers(0, 40, 40), minlength=40) for _ in range(5)], axis=1)
+    want = [fd_features(x[np.repeat(np.arange(40), counts[:, b])], r) for b in range(5)]
+    assert [ref.weighted_distance(p, counts[:, b]) for b in range(5)] == pytest.approx(want, rel=1e-9)
+    assert list(ref.weighted_distances(p, counts)) == pytest.approx(want, rel=1e-9)
+
 def test_fd_inf_recovers_intercept():
     # same distribution as the reference: FD_N is mostly the 1/N bias term and FD-inf is far below it
     rng = np.random.default_rng(7)

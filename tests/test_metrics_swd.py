@@ -38,6 +38,9 @@ def test_pyramid_matches_scipy(imgs):
     x = imgs[:3].transpose(0, 3, 1, 2).astype(np.float32)
     for m, r in zip(S.laplacian_pyramid(x, 3), _ref_pyramid(x, 3)):
         assert np.allclose(m, r, atol=1e-3)
+    odd = np.random.default_rng(0).uniform(0, 255, (2, 3, 67, 50)).astype(np.float32)  # odd sizes: 67 -> 34 -> 17
+    for m, r in zip(S.laplacian_pyramid(odd, 3), _ref_pyramid(odd, 3)):
+        assert m.shape == r.shape and np.allclose(m, r, atol=1e-3)
 
 
 def test_identical_sets_give_zero(imgs):

@@ -298,9 +298,8 @@ def _fd_block(sets: list[FakeSamples], real: RealStats, counts: np.ndarray) -> t
         with Progress(len(sets) * counts.shape[1], "FD bootstrap") as bar:
             for k, s in enumerate(sets):
                 p = ref.prepare(s.features)
-                for b in range(counts.shape[1]):
-                    reps[k, b] = ref.weighted_distance(p, counts[:, b])
-                    bar.update()
+                reps[k] = ref.weighted_distances(p, counts)
+                bar.update(counts.shape[1])
     return values, reps
 
 

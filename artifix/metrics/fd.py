@@ -19,6 +19,8 @@ it uses LAPACK through scipy. Both are float64 throughout: no reduced precision 
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
@@ -344,7 +346,13 @@ class FDReference:
             tx = self._t(x)
             ty = tx @ self._t_factor
             return PreparedSamples(x=x, y=None, sq=None, tx=tx, ty=ty, tsq=(tx * tx).sum(1))  # type: ignore[arg-type]
-        return PreparedSamples(x=x, y=x @ self.factor, sq=np.einsum("ij,ij->i", x, x))
+        y = x @ self.factor
+        gram = None
+        if x.shape[0] <= GRAM_ROWS and 0.7 * x.shape[0] < y.shape[1]:  # resamples have < d distinct rows: their Gram
+            # matrices are gathered from this one (rows centred on their mean), no GEMM per replicate
+            y0 = y - y.mean(axis=0, keepdims=True)
+            gram = y0 @ y0.T
+        return PreparedSamples(x=x, y=y, sq=np.einsum("ij,ij->i", x, x), gram=gram)
 
     @_single_threaded
     def weighted_distance(self, p: "PreparedSamples", counts: np.ndarray) -> float:
@@ -352,25 +360,58 @@ class FDReference:
 
         The resample's covariance (divided by sum(counts) - 1) enters only through the nonzero eigenvalues
         of F^T S F, computed from the smaller of the (k x k) Gram or (d x d) scatter matrix of the
-        k distinct rows.
+        k distinct rows. The Gram matrix is gathered from the one `prepare` computed, then centred on the resample's
+        mean: with G = Y0 Y0^T (Y0 the rows minus their mean) and g = G w / n, the weighted centred Gram is
+        sqrt(w_i w_j) (G_ij - g_i - g_j + w.g / n), an identity (no approximation).
         """
         counts = np.asarray(counts)
         if self.device is not None:
             return self._weighted_torch(p, counts)
+        return self._weighted_cpu(p, counts)
+
+    def _weighted_cpu(self, p: "PreparedSamples", counts: np.ndarray) -> float:
         idx = np.flatnonzero(counts)
         w = counts[idx].astype(np.float64)
         n = w.sum()
         if n < 2:
             raise UserError("Need at least 2 samples to fit a Gaussian to features.")
         mu = (w @ p.x[idx]) / n
-        y = p.y[idx]
-        yc = (y - (w @ y) / n) * np.sqrt(w)[:, None]
-        g = yc @ yc.T if yc.shape[0] < yc.shape[1] else yc.T @ yc
+        if p.gram is not None and len(idx) < p.y.shape[1]:
+            g = _centred_gram(p.gram[np.ix_(idx, idx)], w)
+        else:
+            y = p.y[idx]
+            yc = (y - (w @ y) / n) * np.sqrt(w)[:, None]
+            g = yc @ yc.T if yc.shape[0] < yc.shape[1] else yc.T @ yc
         lam = np.linalg.eigvalsh(g) / (n - 1)
         tr = (w @ p.sq[idx] - n * (mu @ mu)) / (n - 1)
         diff = mu - self.mean
         fd = diff @ diff + tr + self.trace - 2.0 * np.sqrt(clip_eigenvalues(lam)).sum()
         return max(float(fd), 0.0)
+
+    def weighted_distances(self, p: "PreparedSamples", counts: np.ndarray) -> np.ndarray:
+        """`weighted_distance` for each column of counts (n, B), replicates spread over threads (LAPACK releases the GIL)."""
+        counts = np.asarray(counts)
+        cols = range(counts.shape[1])
+        workers = max(1, min(2, os.cpu_count() or 1, counts.shape[1]))
+        if self.device is not None or workers == 1:
+            return np.array([self.weighted_distance(p, counts[:, b]) for b in cols])
+        with lapack_single_thread(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artifix-fd") as pool:
+            return np.array(list(pool.map(lambda b: self._weighted_cpu(p, counts[:, b]), cols)))
+
+
+def _centred_gram(g: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """sqrt(w_i w_j) (G_ij - g_i - g_j + w.g / n) with g = G w / n, n = sum(w): the Gram matrix of the weighted rows
+    centred on their weighted mean, from the Gram matrix G of the rows (any common shift of the rows cancels)."""
+    n = w.sum()
+    gw = (g @ w) / n
+    m = g - gw[:, None] - gw[None, :] + (w @ gw) / n
+    sw = np.sqrt(w)
+    m *= sw[:, None]
+    m *= sw[None, :]
+    return (m + m.T) * 0.5
+
+
+GRAM_ROWS = 4096  # prepare() keeps the n x n Gram matrix of up to this many rows (4096: 128 MB)
 
 
 @dataclass
@@ -378,6 +419,7 @@ class PreparedSamples:
     x: np.ndarray
     y: np.ndarray
     sq: np.ndarray
+    gram: np.ndarray | None = None  # Y0 Y0^T, Y0 = y minus its mean (CPU, n <= GRAM_ROWS)
     tx: torch.Tensor | None = None  # the same on the FDReference's device (float64), when it has one
     ty: torch.Tensor | None = None
     tsq: torch.Tensor | None = None
