@@ -176,6 +176,6 @@ def _preview(d: Dash, units: list[int], u: int) -> None:
             before, after, diff = session.before_after(g, d.layer, d.seed, chosen, ids)
         heat = np.stack([heat_overlay(b, m) for b, m in zip(before, diff)])
         img = grid(np.concatenate([before, after, heat]), ncol=len(ids), scale=2)
-        col.image(img, width=min(img.shape[1], 700),  # at most 2x: a single sample is not blown up to the column's width
+        col.image(img, width="content",  # its own 2x size, never wider than the column: a single sample is not blown up
                  caption=f"{name} samples {ids} — rows: before; units {chosen} ablated; where pixels changed "
                          f"(mean change {float(diff.mean()):.3f})")
