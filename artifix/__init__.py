@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
 def __getattr__(name: str) -> Any:
     """Load the API facade on first access of one of its names (PEP 562)."""
     if name in _API:
-        from . import api
+        from . import api  # lazy on purpose: `import artifix` stays light (no torch), see the module docstring
 
         return getattr(api, name)
     raise AttributeError(f"module 'artifix' has no attribute {name!r}")

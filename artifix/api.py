@@ -26,9 +26,13 @@ from torch import nn
 
 from . import cautions, defaults, log, progress, workflow
 from .errors import UserError
-from .generator import GeneratorSpec, LoadedGenerator, fingerprint, load_generator, parse_latent, probe
+from .generator import GeneratorSpec, LoadedGenerator, fingerprint, latents, load_generator, parse_latent, probe
 from .generator import sample as _sample
+from .labels import LabelStore
 from .profiles import profile_for
+from .repair import RepairPlan, plan_from_store, repair
+from .session import layer_channels
+from .trace import layer_shapes
 
 __all__ = ["from_module", "load", "bundled_example", "layers", "sample", "open", "Run", "Ranking", "RepairReport"]
 
@@ -90,9 +94,6 @@ def layers(g: LoadedGenerator) -> pd.DataFrame:
     >>> t[t.layer == "main.8"].shape_str.item()
     '64x16x16'
     """
-    from .generator import latents
-    from .trace import layer_shapes
-
     z, y = latents(g.spec, 0, range(1))
     rows = layer_shapes(g.module, *((z,) if y is None else (z, y)))
     table = pd.DataFrame(rows, columns=["layer", "type", "shape"])
@@ -176,8 +177,6 @@ class Run:
 
     def __init__(self, g: LoadedGenerator, layer: str | None = None, seed: int = 0, store: Any = None, n: int = 1000,
                  reviewer: str = "api") -> None:
-        from .labels import LabelStore
-
         profile = profile_for(g.spec)
         layer = workflow.resolve_layer(g, profile, layer)  # a clear error for a layer that does not exist
         if store is None:
@@ -277,9 +276,6 @@ class Run:
         >>> abs(d["b"] - d["a"] - d["diff"]) < 1e-9
         True
         """
-        from .repair import RepairPlan, plan_from_store, repair
-        from .session import layer_channels
-
         if units is None:
             plan = plan_from_store(self.store, self.run_id, self.layer)
         else:

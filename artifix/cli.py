@@ -12,15 +12,15 @@ import sys
 import traceback
 from typing import Any, Sequence
 
-from . import __version__, cli_help, commands, config, defaults, jsonout, log, progress, validate  # noqa: F401  (commands registers the handlers)
+import torch
+
+from . import __version__, cli_help, commands, config, defaults, devices, dist, jsonout, log, progress, validate  # noqa: F401  (commands registers the handlers)
 from .registry import COMMANDS, Command, Context, Handler, command  # noqa: F401  (re-exported: the public names of the CLI)
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USER, ArtifixError
 
 
 def _use_device(opts: dict[str, Any]) -> None:
     """Make the `device` option the current device (UserError when this machine lacks it)."""
-    from . import devices
-
     dev = devices.use(opts.get("device"))
     if opts.get("device"):  # child processes (the dashboard's Streamlit server) follow an explicit choice
         os.environ[devices.DEVICE_ENV] = str(dev)
@@ -85,8 +85,6 @@ def run(argv: Sequence[str] | None = None) -> int:
     progress.QUIET = bool(args.quiet)
     progress.BARS = not bool(getattr(args, "json", False))
     log.to_stderr()
-    from . import dist
-
     try:
         if dist.init() and not dist.is_main():
             progress.QUIET = True  # under torchrun only rank 0 prints
@@ -99,8 +97,6 @@ def run(argv: Sequence[str] | None = None) -> int:
         _use_device(opts)
         threads = opts.get("threads") or 0
         if threads:
-            import torch
-
             torch.set_num_threads(int(threads))
         result = cmd.handler(ctx)
         if ctx.json and result is not None and dist.is_main():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import shtab
+
 G = "--generator my_gan/models.py:Generator --checkpoint G.pt --latent 512"
 
 EXAMPLES: dict[str, list[tuple[str, str]]] = {
@@ -82,6 +84,4 @@ def add_completion(sub: Any, parser: argparse.ArgumentParser) -> None:
 
 def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     """The completion script of `parser` for `shell`."""
-    import shtab  # only this command needs it
-
     return shtab.complete(parser, shell=shell)

@@ -7,6 +7,7 @@ Each option lives in a section (the TOML table name) and has one name used every
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,8 +43,6 @@ def _json_list(s: Any) -> Any:
     """A TOML list passes through; command-line text is parsed as a JSON list (or one object)."""
     if not isinstance(s, str):
         return s
-    import json
-
     try:
         v = json.loads(s)
     except json.JSONDecodeError as e:

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
+from . import progress
 from .errors import UserError
 
 T = TypeVar("T")
@@ -119,8 +120,6 @@ def is_oom(e: BaseException) -> bool:
 
 def say_once(key: str, text: str) -> None:
     """Print `text` on stderr the first time `key` is seen in this process."""
-    from . import progress
-
     if key in _WARNED:
         return
     _WARNED.add(key)

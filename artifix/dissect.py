@@ -20,6 +20,7 @@ units to a high value (their 99th-percentile activation) inside a region; `paint
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,13 +28,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 from .errors import UserError
-from .generator import LoadedGenerator, forward, latents, to_uint8
-from .io import sha256_file, sha256_json
+from .generator import LoadedGenerator, forward, images_at, latents, to_uint8
+from .io import sha256_file, sha256_json, write_json_atomic
 from .progress import Progress
 from . import intervals
-from .segmenter import Segmenter
+from .report import table_markdown
+from .segmenter import Segmenter, load_segmenter
 from .stats import UnitStats
 from .tally import TOP_FRACTIONS, IouTally
 from .trace import Trace, ablation, get_layer
@@ -202,10 +205,6 @@ def segmenter_id(segmenter: Segmenter) -> str:
 def cached_dissect(g: LoadedGenerator, layers: Sequence[str], segmenter: Segmenter, seed: int, n: int, cache_dir: str | Path,
                    batch: int = 64) -> dict[str, LayerDissection]:
     """`dissect`, loaded from cache_dir when this (G, layers, segmenter, seed, n) was dissected before (content-hash key)."""
-    import json
-
-    from .io import write_json_atomic
-
     names = _check_layers(g, layers)
     key = sha256_json({"fingerprint": g.fingerprint, "layers": names, "segmenter": segmenter_id(segmenter), "seed": seed, "n": n, "v": 1})[:20]
     path = Path(cache_dir) / f"dissect-{key}.json"
@@ -270,8 +269,6 @@ def unit_edit(g: LoadedGenerator, layer: str, units: Sequence[int], mode: str = 
 def images_with(g: LoadedGenerator, seed: int, indices: Sequence[int], layer: str | None = None, edit: Any = None,
                 batch: int = 64) -> np.ndarray:
     """uint8 NHWC images of the given samples, optionally with an edit of `layer` applied."""
-    from .generator import images_at
-
     if edit is None:
         return images_at(g, seed, indices, batch)
     with Trace(g.module, edit={layer: edit}):
@@ -376,8 +373,6 @@ def concept_collateral(g: LoadedGenerator, layer: str, units: Sequence[int], seg
     Each row: concept, pixels_before, pixels_after, removed_fraction (negative = the class grew), removed_ci (paired
     bootstrap at `confidence`), and, when a dissection is given, drawn_by: the removed units whose IoU with the class exceeds its iou_min.
     """
-    from .segmenter import load_segmenter
-
     seg = segmenter or load_segmenter()
     get_layer(g.module, layer)
     idx = list(range(n))
@@ -404,8 +399,6 @@ _PALETTE = [(70, 130, 220), (200, 200, 210), (240, 200, 40), (110, 160, 60), (18
 
 def chart(d: LayerDissection, width: int = 520) -> np.ndarray:
     """A bar chart (uint8 HxWx3) of the number of interpretable units per concept in one layer."""
-    from PIL import Image, ImageDraw
-
     counts = d.counts()
     rows = list(counts.items())
     bar_h, top, left = 18, 30, 90
@@ -448,8 +441,6 @@ def summary_rows(res: dict[str, LayerDissection]) -> list[dict[str, Any]]:
 def report_markdown(res: dict[str, LayerDissection], ace: Sequence[dict[str, Any]] = (), top: int = 5,
                     concepts: Sequence[str] = ()) -> str:
     """The dissection report: counts per layer, top units of some concepts, causal checks."""
-    from .report import table_markdown
-
     first = next(iter(res.values()))
     cols = ["layer", "units", "interpretable", *first.classes]
     lines = [f"# Dissection ({first.n} samples)", "", f"Interpretable units (best concept IoU > {first.iou_min:g}), by concept:", "",

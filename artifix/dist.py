@@ -20,18 +20,13 @@ from typing import Any, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist  # present in every torch build (is_available() says whether it works)
 
 from .errors import UserError
 
 T = TypeVar("T")
 TIMEOUT_S = 1800  # a rank that waits longer than this for the others fails instead of hanging
 _OWNED = False  # whether init() created the process group (then shutdown() destroys it)
-
-
-def _dist() -> Any:
-    import torch.distributed as dist
-
-    return dist
 
 
 def env_world_size() -> int:
@@ -44,18 +39,17 @@ def env_world_size() -> int:
 
 def active() -> bool:
     """True when a process group with more than one rank is initialised."""
-    d = _dist()
-    return d.is_available() and d.is_initialized() and d.get_world_size() > 1
+    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
 
 
 def rank() -> int:
     """This process's rank (0 without torch.distributed)."""
-    return _dist().get_rank() if active() else 0
+    return torch_dist.get_rank() if active() else 0
 
 
 def world_size() -> int:
     """Number of ranks (1 without torch.distributed)."""
-    return _dist().get_world_size() if active() else 1
+    return torch_dist.get_world_size() if active() else 1
 
 
 def is_main() -> bool:
@@ -70,19 +64,18 @@ def backend() -> str:
 
 def init() -> bool:
     """Join the process group torchrun described in the environment (when WORLD_SIZE > 1); True if distributed."""
-    d = _dist()
     if env_world_size() <= 1:
         return False
-    if not d.is_available():
+    if not torch_dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed; run one process.")
-    if not d.is_initialized():
+    if not torch_dist.is_initialized():
         for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise UserError(f"WORLD_SIZE > 1 but {var} is not set; launch with torchrun --nproc_per_node=P -m artifix ...")
         be = backend()
         if be == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        d.init_process_group(be, timeout=timedelta(seconds=TIMEOUT_S))
+        torch_dist.init_process_group(be, timeout=timedelta(seconds=TIMEOUT_S))
         global _OWNED
         _OWNED = True
     return active()
@@ -91,16 +84,15 @@ def init() -> bool:
 def shutdown() -> None:
     """Leave the process group if init() created it (no-op otherwise)."""
     global _OWNED
-    d = _dist()
-    if _OWNED and d.is_available() and d.is_initialized():
-        d.destroy_process_group()
+    if _OWNED and torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
     _OWNED = False
 
 
 def barrier() -> None:
     """Wait until every rank gets here (no-op in one process)."""
     if active():
-        _dist().barrier()
+        torch_dist.barrier()
 
 
 @contextmanager
@@ -145,7 +137,7 @@ def all_reduce_sum(x: Any) -> Any:
     is_np = isinstance(x, np.ndarray)
     t = torch.as_tensor(np.ascontiguousarray(x)) if is_np else x.detach()
     buf = t.to(_device()).clone()
-    _dist().all_reduce(buf)
+    torch_dist.all_reduce(buf)
     out = buf.cpu()
     return out.numpy() if is_np else out.to(x.device)
 
@@ -155,7 +147,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
     if not active():
         return [obj]
     out: list[Any] = [None] * world_size()
-    _dist().all_gather_object(out, obj)
+    torch_dist.all_gather_object(out, obj)
     return out
 
 
@@ -164,7 +156,7 @@ def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
     if not active():
         return [obj]
     out: list[Any] | None = [None] * world_size() if rank() == dst else None
-    _dist().gather_object(obj, out, dst=dst)
+    torch_dist.gather_object(obj, out, dst=dst)
     return out
 
 
@@ -187,5 +179,5 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not active():
         return obj
     box = [obj if rank() == src else None]
-    _dist().broadcast_object_list(box, src=src)
+    torch_dist.broadcast_object_list(box, src=src)
     return box[0]

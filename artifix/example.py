@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -86,8 +87,6 @@ REVIEW_DIR = DATA_DIR / "review"  # the maintainers' review of the example: flag
 
 def bundled_review() -> dict:
     """The maintainers' recorded review of the unmodified example (approvals.json)."""
-    import json
-
     return json.loads((REVIEW_DIR / "approvals.json").read_text())
 
 

@@ -21,9 +21,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from . import defaults, devices
+from .example import CHECKPOINT
 from .errors import UserError
 
 # Keys under which training scripts commonly store the generator's state dict, in lookup order.
@@ -61,8 +64,6 @@ class GeneratorSpec:
 
 def example_spec() -> GeneratorSpec:
     """The bundled example generator's spec."""
-    from .example import CHECKPOINT
-
     return GeneratorSpec(generator=EXAMPLE_FACTORY, checkpoint=str(CHECKPOINT))
 
 
@@ -190,9 +191,6 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False, allow: Sequenc
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; check --checkpoint.")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
@@ -317,7 +315,7 @@ def load_generator(spec: GeneratorSpec | None = None, validate: bool = True,
                    device: str | torch.device | None = None) -> LoadedGenerator:
     """Build G from a spec (default: the bundled example), load weights, put it in eval mode on `device`
     (default: the current device, see artifix.devices), and probe it."""
-    from . import adapters  # imported here: the adapters build on this module
+    from . import adapters  # cycle: artifix.adapters imports generator (GeneratorSpec, LoadedGenerator, read_checkpoint)
 
     dev = devices.resolve(device) if device is not None else devices.current()
     spec = spec or example_spec()

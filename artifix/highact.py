@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .metrics.swd import swd
 from .stats import UnitStats
 
 ImagesFn = Callable[[Sequence[int]], np.ndarray]  # sample indices -> uint8 NHWC images
@@ -83,8 +84,6 @@ def high_activation(stats: UnitStats, q: int, images_fn: ImagesFn, prob_fn: Prob
         scores["high_fd_raw"] = np.array([fd_to_reference(f[r], mu, cov) for r in pos])
         scores["high_fd"] = _relative(scores["high_fd_raw"])
     if swd_reference is not None:
-        from .metrics.swd import swd
-
         scores["high_swd_raw"] = np.array([float(swd(imgs[r], swd_reference, seed=swd_seed)["value"]) for r in pos])
         scores["high_swd"] = _relative(scores["high_swd_raw"])
     return HighActivation(int(top.shape[1]), top, scores)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from . import jsonout
+from . import __version__, jsonout
 from .errors import UserError
 
 
@@ -164,8 +165,6 @@ def _alive(pid: int) -> bool:
 
 
 def _rmtree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -173,7 +172,7 @@ def _rmtree(path: Path) -> None:
 def _locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive flock on `folder` (serialises recovery and swaps of its children; released on kill)."""
     try:
-        import fcntl
+        import fcntl  # optional: POSIX only (Windows has no flock)
 
         fd = os.open(folder, os.O_RDONLY)
     except (ImportError, OSError):  # pragma: no cover - platforms without flock or directory fds
@@ -225,8 +224,6 @@ def folder_is_complete(path: str | os.PathLike) -> bool:
 
 def check_output_folder(target: str | os.PathLike, what: str = "--out") -> Path:
     """Refuse (UserError) an output folder that is a file or holds files artifix did not write; returns it."""
-    from .errors import UserError
-
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise UserError(f"{what} {target} is a file; give a folder (it is created, or replaced when complete).")
@@ -261,8 +258,6 @@ class OutputFolder:
 
 def _carry(old: Path, new: Path, owns: set[str]) -> None:
     """Hard-link (else copy) the earlier output's entries that this command does not write into the new folder."""
-    import shutil
-
     for entry in old.iterdir():
         if entry.name in owns or entry.name == COMPLETE_MARKER:
             continue
@@ -274,8 +269,6 @@ def _carry(old: Path, new: Path, owns: set[str]) -> None:
 
 
 def _link_or_copy(src: str, dst: str) -> None:
-    import shutil
-
     try:
         os.link(src, dst)
     except OSError:
@@ -299,8 +292,6 @@ def _seal(folder: OutputFolder, command: str) -> None:
         files[p.relative_to(folder.path).as_posix()] = sha256_file(p)
     for d in sorted({p.parent for p in folder.path.rglob("*")}, key=lambda q: -len(q.parts)):
         fsync_dir(d)
-    from . import __version__
-
     write_json_atomic(folder.path / COMPLETE_MARKER, {"artifix_version": __version__, "command": command, "files": files})
 
 

@@ -25,6 +25,7 @@ import torch
 
 from .generator import LoadedGenerator, images_at
 from .io import atomic_path
+from .metrics.reference import cache_dir
 from .progress import Progress
 from .trace import Ablation, Trace
 
@@ -67,8 +68,6 @@ class Ledger:
     """Per-run memo of rendered image sets and their features; unedited sets also on disk."""
 
     def __init__(self, g: LoadedGenerator, seed: int, cache: str | Path | None = None, disk: bool = True, batch: int = 64) -> None:
-        from .metrics.reference import cache_dir
-
         self.g, self.seed, self.batch = g, int(seed), int(batch)
         self.root = (cache_dir(cache) / "ledger") if disk else None
         self._images: dict[str, np.ndarray] = {}

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .generator import LoadedGenerator, fingerprint, forward, images_at, latents
-from .trace import Trace, get_layer
+from .trace import Trace, ablation, get_layer
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,6 @@ class Review:
 
 def low_impact_units(g: LoadedGenerator, site: PlantedSite = PlantedSite(), seed: int = 0, n: int = 64, k: int = 16) -> list[int]:
     """The k units of site.relu whose ablation changes G's images least: planting there leaves the rest of G intact."""
-    from .trace import ablation
-
     z, y = latents(g.spec, seed + 20_000, range(n))
     with torch.inference_mode():
         base = forward(g, z, y)

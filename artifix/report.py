@@ -6,17 +6,16 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-
+from PIL import Image, ImageDraw
 
 from .generator import LoadedGenerator
 from .images import grid, heat_overlay, save_png
+from .scoring import trace_batches
 from .stats import UnitStats
 
 
 def unit_card(g: LoadedGenerator, layer: str, seed: int, unit: int, samples: Sequence[int], scale: float | None = None) -> np.ndarray:
     """One row per sample pair: the image and the image with the unit's activation overlaid (uint8 HxWx3)."""
-    from .scoring import trace_batches
-
     tiles = []
     for _, acts, imgs in trace_batches(g, layer, seed, list(samples), images=True):
         a = acts[:, unit].float()
@@ -28,8 +27,6 @@ def unit_card(g: LoadedGenerator, layer: str, seed: int, unit: int, samples: Seq
 
 def captioned(card: np.ndarray, text: str) -> np.ndarray:
     """The card with a white strip of text above it (e.g. the unit's high-activation score)."""
-    from PIL import Image, ImageDraw
-
     im = Image.new("RGB", (card.shape[1], card.shape[0] + 14), (255, 255, 255))
     im.paste(Image.fromarray(card), (0, 14))
     ImageDraw.Draw(im).text((2, 1), text, fill=(0, 0, 0))

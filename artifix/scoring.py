@@ -29,6 +29,7 @@ import torch
 from . import devices, dist
 from .errors import UserError
 from .generator import LoadedGenerator, check_output, forward, images_at, latents, to_uint8
+from .highact import as_components, high_activation
 from .io import sha256_json
 from .progress import Progress
 from .stats import UnitStats, all_reduce_
@@ -317,8 +318,6 @@ def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, fla
         comp["iou"] = res.iou
         extra["iqr"], extra["iou_threshold"] = res.iqr, res.threshold
     if high_q > 0 and (prob_fn is not None or feature_fn is not None):
-        from .highact import as_components, high_activation
-
         hc = as_components(high_activation(stats, high_q, lambda ids: images_at(g, seed, ids), prob_fn, feature_fn, reference))
         comp["high"] = hc.pop("high")
         extra.update(hc)

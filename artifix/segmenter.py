@@ -28,6 +28,7 @@ from torch import nn
 
 from . import devices
 from .errors import UserError
+from .generator import _is_torchscript
 from .profiles import default_profile
 from .scenes import CLASSES as SCENE_CLASSES
 
@@ -92,13 +93,6 @@ class Segmenter:
     def labels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Per-pixel class indices (N, H, W) int64 for uint8 NHWC images."""
         return self.logits(images).argmax(1)
-
-
-def _is_torchscript(path: Path) -> bool:
-    """True when `path` is a TorchScript archive."""
-    from .generator import _is_torchscript as check
-
-    return check(path)
 
 
 def _sidecar_classes(path: Path) -> tuple[str, ...] | None:

@@ -13,10 +13,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import UserError
 from . import workflow as W
+from .dissect import LayerDissection, cached_dissect, paint
+from .errors import UserError
 from .generator import LoadedGenerator, images_at
 from .profiles import profile_for
+from .repair import plan_from_store, repair
+from .scoring import trace_batches
+from .trace import Trace, ablation
 
 Say = Callable[[str], None]
 
@@ -40,8 +44,6 @@ save_painted_mask = W.save_painted_mask
 
 def ablated_images(g: LoadedGenerator, layer: str, seed: int, units: Sequence[int], ids: Sequence[int], alpha: float = 1.0) -> np.ndarray:
     """The samples `ids` with `units` of `layer` ablated (uint8 NHWC); the plain samples when `units` is empty."""
-    from .trace import Trace, ablation
-
     if not units:
         return images_at(g, seed, list(ids))
     with Trace(g.module, edit={layer: ablation([int(u) for u in units], alpha)}):
@@ -58,8 +60,6 @@ def before_after(g: LoadedGenerator, layer: str, seed: int, units: Sequence[int]
 
 def layer_channels(g: LoadedGenerator, layer: str, seed: int = 0) -> int:
     """Number of units (channels) of `layer`."""
-    from .scoring import trace_batches
-
     return int(next(iter(trace_batches(g, layer, seed, [0])))[1].shape[1])
 
 
@@ -71,8 +71,6 @@ def repair_approved(g: LoadedGenerator, layer: str, store: Any, run_id: int, out
 
     With `sweep`, the approved units are removed one at a time in `ranking` order and the manifest holds the sweep.
     """
-    from .repair import plan_from_store, repair
-
     if g.scripted:
         raise UserError("repair needs a Python generator (--generator 'module:callable'), not a TorchScript file.")
     if n <= 0:
@@ -110,8 +108,6 @@ def layer_dissection(g: LoadedGenerator, layer: str, segmenter: Any, seed: int, 
     The result is passed through its JSON form (IoUs rounded to 5 decimals), so a fresh dissection and one read back
     from the cache rank units identically (near-ties could otherwise swap, e.g. in `top_units`).
     """
-    from .dissect import LayerDissection, cached_dissect
-
     if n <= 0:
         raise UserError(f"--dissect-n must be a positive number of samples, got {n}.")
     return LayerDissection.from_json(cached_dissect(g, [layer], segmenter, int(seed), int(n), cache)[layer].to_json())
@@ -150,8 +146,6 @@ class Painted:
 
 def paint_sample(g: LoadedGenerator, layer: str, seed: int, index: int, mask: np.ndarray, mode: str, units: Sequence[int]) -> Painted:
     """Add or remove `units` of `layer` inside `mask` (bool HxW, image pixels) on sample `index` (`dissect.paint`)."""
-    from .dissect import paint
-
     if int(index) < 0:
         raise UserError(f"the sample index must be >= 0, got {index}.")
     m = np.asarray(mask, bool)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from .generator import LoadedGenerator
 from .images import grid
+from .scoring import trace_batches
 
 OUTLINE = (255, 220, 0)  # the firing region's contour
 PEAK = (255, 40, 40)  # the peak marker
@@ -43,8 +44,6 @@ def marked(image: np.ndarray, act: np.ndarray, level: float = 0.5) -> np.ndarray
 
 def unit_card(g: LoadedGenerator, layer: str, seed: int, unit: int, samples: Sequence[int], per_row: int = 4) -> np.ndarray:
     """Pairs (sample, where the unit fires on it), `per_row` pairs a row, at 2x (uint8 HxWx3)."""
-    from .scoring import trace_batches
-
     tiles = []
     for _, acts, imgs in trace_batches(g, layer, seed, list(samples), images=True):
         for im, a in zip(imgs.numpy(), acts[:, unit].float().numpy()):

@@ -20,17 +20,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import dist
+from . import classifier as C, dist
 from .classifier import review_queue as order_queue, train_classifier
 from .errors import UserError
-from .generator import LoadedGenerator, images_at, load_generator, probe, spec_from_options
+from .generator import LoadedGenerator, images_at, latents, load_generator, probe, spec_from_options
 from .io import sha256_json
 from .labels import LabelStore
 from .metrics import get_extractor, load_real
 from .profiles import BundledReview, Profile, profile_for
 from .scoring import cached_stats, collect_stats, realism_scores, review_priors, score_units
 from .segmenter import Segmenter, load_segmenter
-from .trace import get_layer
+from .trace import get_layer, layer_shapes
 
 Say = Callable[[str], None]
 REFERENCE_MEASURES = ("fd", "kid", "swd")  # the measures that need reference data
@@ -282,8 +282,6 @@ def unit_stats(g: LoadedGenerator, layer: str, seed: int, n: int, cache: str | N
 def score_run(g: LoadedGenerator, layer: str, store: Any, run_id: int, stats: Any, *, seed: int, clf: Any = None,
               exact_top: int = 20, collateral_weight: float = 2.0, rare_rate: float = 0.3, say: Say = _quiet, high_q: int = 0):
     """Score every unit of `layer` from the run's flags/masks (and a classifier's pseudo masks, if given)."""
-    from . import classifier as C
-
     flagged, clean = flagged_and_clean(store, run_id)
     masks = store.masks(run_id)
     prob_fn = score_fn = None
@@ -393,9 +391,6 @@ def ace_layer(g: LoadedGenerator, profile: Profile, given: str | None, layers: S
 
 def paint_layers(g: LoadedGenerator, profile: Profile, run_layer: str) -> tuple[list[str], str]:
     """The layers offered for painting and the default one (the profile's causal-check layer, else the run's layer)."""
-    from .generator import latents
-    from .trace import layer_shapes
-
     if profile.dissect_layers:
         return list(dict.fromkeys([*profile.dissect_layers, run_layer])), profile.ace_layer or run_layer
     try:  # layers with feature maps (N, C, h, w), as `artifix layers` lists them

@@ -9,6 +9,7 @@ the input's own format (verified against the hooked original, max |difference| <
 
 from __future__ import annotations
 
+import copy
 import functools
 import sys
 from dataclasses import replace
@@ -103,8 +104,6 @@ def scale_rows(fc: nn.Module, s: torch.Tensor) -> list[str]:
 def bake_with_rules(module: nn.Module, edits: Edits, rule: Rule,
                     fallback: Callable[[nn.Module, Edits, Any], BakeResult] | None = None, example: Any = None) -> BakeResult:
     """Bake each layer with the family's `rule` (in a deep copy); layers it declines go to `fallback` (repair/rules.py's generic rules)."""
-    import copy
-
     work = copy.deepcopy(module)
     layers: list[LayerBake] = []
     for layer, (units, alpha) in edits.items():

@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import RuntimeFailure, UserError
 from ..repair.export import ExportResult
 from ..repair.verification import TOLERANCE, save_hooked_torchscript, verify
-from ..generator import GeneratorSpec, LoadedGenerator, latents
+from ..generator import GeneratorSpec, LoadedGenerator, fingerprint, latents
 from ..io import atomic_path, sha256_file, write_json_atomic
 from .base import Adapter, Edits, add_code_path, bake_with_rules, finish, named, scale_rows
 
@@ -210,8 +210,6 @@ def export_pickle(adapter: Adapter, g: LoadedGenerator, edits: Edits, out_dir: P
         except _Mismatch as e:
             note = f"the baked pickle differs from the hooked generator by up to {e.diff:.3g} (> {tolerance:g}), so "
         else:
-            from ..generator import fingerprint
-
             result.exact, result.max_abs_diff, result.layout = True, diff, f"network pickle ({key})"
             result.fingerprint_after = fingerprint(reread, g.spec)
             result.files["network_pickle"] = {"path": str(out), "sha256": sha256_file(out)}

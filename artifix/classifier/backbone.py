@@ -10,6 +10,8 @@ import torch
 
 from .. import defaults, devices
 from ..errors import RuntimeFailure, UserError
+from ..metrics.extractor import as_uint8_nhwc
+from ..metrics.features import get_extractor
 from ..progress import Progress
 
 PIXEL_STATS = "pixel-stats-v1"
@@ -45,8 +47,6 @@ class FeatureSet:
 
 def _check_images(images: Any, what: str = "images") -> np.ndarray:
     """Images (uint8, NHWC or NCHW, numpy or torch) as a uint8 RGB NHWC array; anything else is a UserError."""
-    from ..metrics.extractor import as_uint8_nhwc
-
     return as_uint8_nhwc(images, what)
 
 
@@ -91,8 +91,6 @@ class _Backbone:
     """A feature extractor from artifix.metrics (`get_extractor`) plus a forward hook that captures its last spatial grid."""
 
     def __init__(self, name: str):
-        from ..metrics.features import get_extractor
-
         if name not in GRID_MODULES:
             raise UserError(
                 f"classifier backbone {name!r} has no known spatial feature grid for localisation; "

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from ..errors import UserError
 from ..io import save_torch_atomic, sha256_file
@@ -80,8 +81,6 @@ class ArtifactClassifier:
 
     def predict_proba(self, images: np.ndarray | None = None, *, precomputed: Precomputed = None) -> np.ndarray:
         """p(artifact) for each image (uint8 NHWC), or for precomputed features: (N,) float64 in [0, 1]."""
-        from scipy.special import expit
-
         return expit(self.decision_function(images, precomputed=precomputed))
 
     def predict(self, images: np.ndarray | None = None, *, precomputed: Precomputed = None) -> np.ndarray:

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
 from .backbone import PIXEL_STATS, FeatureSet, _backbone, _check_images, _opt, _resolve_features
@@ -43,8 +47,6 @@ def _fit_lr(z: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, float]:
     of the Gram matrix z z^T; Newton steps) and maps back by w = V beta = z^T U S^-1 beta: the L2-penalised
     optimum lies in the row space of z and ||w|| = ||beta||, so this is the same model, found much faster.
     """
-    from sklearn.linear_model import LogisticRegression
-
     if z.shape[1] > z.shape[0]:
         ev, u = np.linalg.eigh(z @ z.T)
         keep = ev > 1e-10 * max(float(ev.max()), 1e-300)
@@ -59,15 +61,11 @@ def _fit_lr(z: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, float]:
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
     """ROC-AUC (ties count one half)."""
-    from sklearn.metrics import roc_auc_score
-
     return float(roc_auc_score(y, s))
 
 
 def _folds(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Seeded stratified k-fold splits (train, test)."""
-    from sklearn.model_selection import StratifiedKFold
-
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr, te) for tr, te in skf.split(np.zeros(len(y)), y)]
 
@@ -179,13 +177,7 @@ def _check_labels(labels: Any, n: int) -> np.ndarray:
 
 
 def _one_blas_thread():
-    """A context that limits BLAS to one thread (a no-op when threadpoolctl is missing)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
-        from contextlib import nullcontext
-
-        return nullcontext()
+    """A context that limits BLAS to one thread (threadpoolctl: a dependency of scikit-learn)."""
     return threadpool_limits(limits=1, user_api="blas")
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import workflow as W
+from .. import generator, scoring, workflow as W
+from ..adapters import REFUSAL
+from ..classifier import ArtifactClassifier
 from ..errors import UserError
 from ..profiles import profile_for
 from ..registry import Context
+from ..trace import ablation, get_layer
 
 
 def parse_units(text: str | int | list[int]) -> list[int]:
@@ -18,8 +21,6 @@ def parse_units(text: str | int | list[int]) -> list[int]:
 
 def ablation_from_options(g, o: dict[str, Any]) -> dict[str, Any] | None:
     """The {layer: Ablation} edit described by --layer/--ablate/--alpha, validated against G."""
-    from ..trace import ablation, get_layer
-
     if o.get("ablate") is None:
         if o.get("layer"):
             require_hooks(g, "--layer")
@@ -36,17 +37,13 @@ def ablation_from_options(g, o: dict[str, Any]) -> dict[str, Any] | None:
 
 def require_hooks(g, what: str) -> None:
     """Refuse in one sentence when G cannot carry hooks (a TorchScript file)."""
-    from ..adapters import REFUSAL
-
     if g.scripted or (g.adapter is not None and not g.adapter.hookable):
         raise UserError(REFUSAL.format(what=what))
 
 
 def load(ctx: Context):
     """Load the generator the settings describe (default: the bundled example)."""
-    from ..generator import load_generator, spec_from_options
-
-    return load_generator(spec_from_options(ctx.opts))
+    return generator.load_generator(generator.spec_from_options(ctx.opts))  # looked up at call time, like scoring.cached_stats (tests replace them)
 
 
 def check_n(n: int, what: str = "--n") -> int:
@@ -94,9 +91,7 @@ def open_run(ctx: Context, g, layer: str, missing: str | None = None):
 
 def cached_stats(ctx: Context, g, layer: str, seed: int, n: int):
     """Unit statistics for (G, layer, seed, n) from the cache folder (see scoring.cached_stats)."""
-    from ..scoring import cached_stats as cached
-
-    return cached(g, layer, seed, n, ctx.opts.get("cache") or ".artifix-cache")
+    return scoring.cached_stats(g, layer, seed, n, ctx.opts.get("cache") or ".artifix-cache")
 
 
 flagged_and_clean = W.flagged_and_clean
@@ -118,6 +113,4 @@ def load_classifier(ctx: Context, required: bool = True):
         if required:
             raise UserError(f"no artifact classifier at {path}; train one with 'artifix classify train'.")
         return None
-    from ..classifier import ArtifactClassifier
-
     return ArtifactClassifier.load(path)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from .. import workflow as W
+from .. import dissect as D, workflow as W
 from ..errors import UserError
-from ..io import check_output_folder, output_folder
+from ..images import grid, save_png
+from ..io import check_output_folder, output_folder, write_json_atomic, write_text_atomic
 from ..profiles import profile_for
 from ..registry import Context, command
 from .common import check_n, default_layer, load, parse_units
@@ -28,13 +30,11 @@ def _ace_layer(o: dict[str, Any], g, layers: list[str]) -> str:
 
 
 def _concepts(o: dict[str, Any], seg) -> list[str]:
-    from ..dissect import class_index
-
     names = W.split_names(o.get("concepts"))
     if not names:
         return [c for c in ("tree", "building") if c in seg.classes]
     for c in names:
-        class_index(seg.classes, c)
+        D.class_index(seg.classes, c)
     return names
 
 
@@ -45,10 +45,6 @@ def _concepts(o: dict[str, Any], seg) -> list[str]:
           "metrics": ["confidence"],
           "run": ["out", "cache", "threads"]})
 def cmd_dissect(ctx: Context) -> dict[str, Any]:
-    from .. import dissect as D
-    from ..images import save_png
-    from ..io import write_json_atomic, write_text_atomic
-
     o = ctx.opts
     n, batch = check_n(o["dissect_n"], "--dissect-n"), check_n(o["batch"], "--batch")
     if o["ace_n"] < 0 or o["ace_units"] <= 0:
@@ -74,8 +70,6 @@ def cmd_dissect(ctx: Context) -> dict[str, Any]:
         ace.append(D.ablation_effect(g, ace_layer, units, seg, c, o["seed"], o["ace_n"], confidence=o["confidence"]))
     shown = {k: res[k] for k in layers}
     rows = [r for d in shown.values() for r in d.best()]
-    import pandas as pd
-
     with output_folder(out, command="dissect") as folder:
         tmp = folder.path
         write_text_atomic(tmp / "dissection.csv", pd.DataFrame(rows).to_csv(index=False))
@@ -121,9 +115,6 @@ def parse_region(text: str | None, size: tuple[int, int]) -> np.ndarray:
           "dissect": ["dissect_n", "segmenter", "segmenter_classes", "ace_units", "concept", "units", "region", "mode", "index"],
           "run": ["out", "cache", "threads"]})
 def cmd_paint(ctx: Context) -> dict[str, Any]:
-    from .. import dissect as D
-    from ..images import grid, save_png
-
     o = ctx.opts
     out = check_output_folder(o["out"] or "artifix-out")
     g = load(ctx)

@@ -15,7 +15,7 @@ from ..generator import images_at
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..labels import LabelStore
 from ..registry import Context, command
-from ..repair import RepairPlan, high_activation_samples, model_card
+from ..repair import high_activation_samples, model_card
 from ..scoring import auc, trace_batches
 from ..selection import candidate_layers, compare_layers, select_set
 from ..trace import Trace, ablation
@@ -78,16 +78,6 @@ def cmd_select(ctx: Context) -> dict[str, Any]:
     ctx.say(f"proposed: {best} units {result['units']}; written to {out / 'unit_set.json'} "
             "(remove them with 'artifix repair --unit-set ...')" if best else "no unit set helps beyond its interval in any layer")
     return result
-
-
-def plan_from_set(path: str | Path, g) -> Any:
-    """A repair plan from the unit_set.json 'artifix select' wrote; the proposed layer is the plan's layer."""
-    s = read_json(path, f"cannot read the unit set {path}; give the unit_set.json 'artifix select' wrote.")
-    if not s.get("layer") or not s.get("units"):
-        raise UserError(f"the unit set {path} proposes no units (no layer had a set that helped).")
-    if s.get("fingerprint") != g.fingerprint:
-        raise UserError(f"the unit set {path} was chosen for generator {s.get('fingerprint')}, not this one ({g.fingerprint}).")
-    return RepairPlan({s["layer"]: [int(u) for u in s["units"]]}, "set-selection"), s
 
 
 # --------------------------------------------------------------------------------------------- blind A/B

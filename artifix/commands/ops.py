@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+from .. import dist, scoring
+from ..gate import GateSettings, parse_criteria, run_gate
+from ..generator import spec_from_options
 from ..io import check_output_folder, output_folder
 from ..registry import Context, command
+from ..serve import is_local, launch_command, launch_env
+from ..stats import unit_summary
 from .common import check_n, default_layer, load
 
 
@@ -17,9 +25,6 @@ from .common import check_n, default_layer, load
                       "kid_subsets", "kid_subset_size", "metrics_seed", "feature_batch", "torchscript_size", "torchscript_range"],
           "classify": ["classifier"], "run": ["out", "cache", "threads"]})
 def cmd_gate(ctx: Context) -> dict[str, Any]:
-    from ..gate import GateSettings, parse_criteria, run_gate
-    from ..generator import spec_from_options
-
     o = ctx.opts
     metric_keys = ("features", "real", "real_n", "real_resize", "inception_weights", "swd_n", "kid_subsets", "kid_subset_size",
                    "feature_batch", "torchscript_size", "torchscript_range", "cache")
@@ -37,17 +42,13 @@ def cmd_gate(ctx: Context) -> dict[str, Any]:
 @command("stats", "stream per-unit statistics of a layer (quantiles, moments, firing rates, top samples); splits under torchrun",
          {"generator": None, "sample": ["seed", "start", "batch", "layer"], "score": ["stats_n", "top"], "run": ["out", "threads"]})
 def cmd_stats(ctx: Context) -> dict[str, Any]:
-    from .. import dist
-    from ..scoring import collect_stats
-    from ..stats import unit_summary
-
     o = ctx.opts
     if o["out"]:
         check_output_folder(o["out"])
     g = load(ctx)
     layer = default_layer(ctx, g)
     n = check_n(o["stats_n"], "--stats-n")
-    stats = collect_stats(g, layer, o["seed"], n, check_n(o["batch"], "--batch"), start=o["start"])
+    stats = scoring.collect_stats(g, layer, o["seed"], n, check_n(o["batch"], "--batch"), start=o["start"])
     if not dist.is_main():
         return None
     result: dict[str, Any] = {"fingerprint": g.fingerprint, "layer": layer, "seed": o["seed"], "start": o["start"], "n": n,
@@ -72,12 +73,6 @@ DASHBOARD_OPTIONS = {"generator": None, "sample": ["seed", "start", "layer"], "l
 @command("dashboard", "start the review dashboard (Streamlit) on the bundled example or your run; localhost only by default",
          DASHBOARD_OPTIONS)
 def cmd_dashboard(ctx: Context) -> dict[str, Any]:
-    import os
-    import subprocess
-    import sys
-
-    from ..serve import is_local, launch_command, launch_env
-
     o = ctx.opts
     cmd = launch_command(o)
     if not is_local(o["host"]):

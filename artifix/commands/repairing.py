@@ -5,40 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import workflow as W
+from .. import dist, workflow as W
+from ..classifier import ArtifactClassifier
 from ..errors import UserError
+from ..generator import sample_batches
+from ..io import read_json, write_json_atomic, write_text_atomic
+from ..metrics import compute_metrics
+from ..metrics.folders import extractor_from_options, metrics_of_folder
+from ..metrics.reference import check_real
 from ..profiles import profile_for
 from ..registry import Context, command
+from ..repair import RepairPlan, check_repair_out, combine, model_card, plan_auto, plan_from_store, repair, sequential_auto
+from ..scoring import trace_batches
+from ..trace import get_layer
 from .common import check_n, default_layer, flagged_and_clean, load, load_classifier, open_run, require_hooks, score_run
 
 
 @command("metrics", "FD / KID / SWD of the generator against reference data, with confidence intervals",
          {"generator": None, "sample": ["seed", "batch"], "metrics": None, "run": ["cache", "threads"]})
 def cmd_metrics(ctx: Context) -> dict[str, Any]:
-    from ..generator import sample_batches
-    from ..metrics import compute_metrics
-
     o = ctx.opts
     if o.get("images"):
-        from ..metrics.folders import metrics_of_folder
-
         return metrics_of_folder(ctx)
     g = load(ctx)
     n = check_n(o["n"])
     W.require_reference(profile_for(g.spec), o["real"], "metrics")
     if o["real"] is not None and not Path(o["real"]).exists():
         raise UserError(f"reference data {o['real']} does not exist; give an image folder, a .npz/.npy uint8 array or a statistics .npz.")
-    from ..metrics.reference import check_real
-    from .. import dist
-
     check_real(o["real"], n=o.get("real_n"), resize=o.get("real_resize"), features=o.get("features"),
                class_id=o.get("real_class"))  # before sampling or extracting features
     first, count = dist.shard_range(0, n)  # under torchrun each rank samples its block; rank 0 merges
     batches = (imgs.numpy() for _, imgs in sample_batches(g, o["seed"], first, count, check_n(o["batch"], "--batch")))
     names = ("metrics", "features", "real", "bootstrap", "confidence", "kid_subsets", "kid_subset_size", "fd_inf", "inception_weights",
              "real_n", "real_resize", "swd_n", "swd_bootstrap", "feature_batch", "real_class")
-    from ..metrics.folders import extractor_from_options
-
     kwargs = {**{k: o[k] for k in names if k in o}, "features": extractor_from_options(o)}  # --torchscript-size too
     res = compute_metrics(batches, n=n, seed=o["metrics_seed"], cache=o["cache"], progress=ctx.say, sharded=True, **kwargs)
     if not dist.is_main():
@@ -66,15 +65,22 @@ def maybe_bundled_review(ctx: Context, g, store, run_id: int, layer: str) -> boo
     return bool(added) or W.holds_bundled_review(profile, store, run_id, g.fingerprint, layer, ctx.opts["seed"])
 
 
+def plan_from_set(path: str | Path, g) -> Any:
+    """A repair plan from the unit_set.json 'artifix select' wrote; the proposed layer is the plan's layer."""
+    s = read_json(path, f"cannot read the unit set {path}; give the unit_set.json 'artifix select' wrote.")
+    if not s.get("layer") or not s.get("units"):
+        raise UserError(f"the unit set {path} proposes no units (no layer had a set that helped).")
+    if s.get("fingerprint") != g.fingerprint:
+        raise UserError(f"the unit set {path} was chosen for generator {s.get('fingerprint')}, not this one ({g.fingerprint}).")
+    return RepairPlan({s["layer"]: [int(u) for u in s["units"]]}, "set-selection"), s
+
+
+
 def _repair_layers(ctx: Context, g, primary: str) -> tuple[Any, dict[str, Any] | None, list[str]]:
     """The set selection's plan and record (--unit-set; else None, None) and the validated --layers (default: the primary)."""
-    from ..trace import get_layer
-
     o = ctx.opts
     set_plan = unit_set = None
     if o.get("unit_set"):  # 'artifix select' chose the units and proposes their layer
-        from .natural import plan_from_set
-
         set_plan, unit_set = plan_from_set(o["unit_set"], g)
         ctx.say(f"set selection proposes layer {set_plan.layer} (of {', '.join(r['layer'] for r in unit_set['rows'])}): "
                 f"removing units {set_plan.edits[set_plan.layer]}")
@@ -88,8 +94,6 @@ def _repair_layers(ctx: Context, g, primary: str) -> tuple[Any, dict[str, Any] |
 
 def _channels(g, layers: list[str], seed: int) -> dict[str, int]:
     """The number of units of each layer, from one traced sample (cheap)."""
-    from ..scoring import trace_batches
-
     return {l: next(iter(trace_batches(g, l, seed, [0])))[1].shape[1] for l in layers}
 
 
@@ -115,8 +119,6 @@ def _repair_run(ctx: Context, g, primary: str, profile: Any) -> tuple[Any, Any, 
         "or pass --auto --k K to take the top of the ranking.")
     store, run_id = open_run(ctx, g, primary, missing=missing)  # the flags (and the primary layer's approvals) live here
     if maybe_bundled_review(ctx, g, store, run_id, primary) and clf is None:
-        from ..classifier import ArtifactClassifier
-
         clf = ArtifactClassifier.load(profile.review.classifier_file)
         ctx.say(f"using the bundled review's artifact classifier ({profile.review.classifier_file})")
     return clf, store, run_id
@@ -124,8 +126,6 @@ def _repair_run(ctx: Context, g, primary: str, profile: Any) -> tuple[Any, Any, 
 
 def _repair_plan(ctx: Context, g, layers: list[str], primary: str, store, run_id: int, clf) -> Any:
     """The units to remove: the top of each layer's ranking (--auto) or the approved units of every layer."""
-    from ..repair import combine, plan_auto, plan_from_store, sequential_auto
-
     o = ctx.opts
 
     def ranking(layer: str, earlier: dict | None = None) -> list[int]:
@@ -144,9 +144,6 @@ def _repair_plan(ctx: Context, g, layers: list[str], primary: str, store, run_id
 
 def _record_set_selection(out: Path, manifest: dict[str, Any], unit_set: dict[str, Any]) -> None:
     """Add the set selection behind the plan to the manifest and rewrite manifest.json and MODEL_CARD.md."""
-    from ..io import write_json_atomic, write_text_atomic
-    from ..repair import model_card
-
     manifest["set_selection"] = {k: unit_set.get(k) for k in ("proposed_layer", "rows", "selections", "classifier")}
     write_json_atomic(out / "manifest.json", manifest)
     write_text_atomic(out / "MODEL_CARD.md", model_card(manifest))
@@ -157,9 +154,6 @@ def _record_set_selection(out: Path, manifest: dict[str, Any], unit_set: dict[st
           "classify": ["classifier"], "metrics": ["real", "inception_weights", "confidence"], "dissect": ["segmenter", "segmenter_classes"],
           "select": ["unit_set"], "run": ["out", "cache", "threads"]})
 def cmd_repair(ctx: Context) -> dict[str, Any]:
-    from ..metrics.reference import check_real
-    from ..repair import check_repair_out, repair
-
     o = ctx.opts
     g = load(ctx)
     require_hooks(g, "repair")

@@ -8,10 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from .. import workflow as W
+from .. import dist, workflow as W
+from ..classifier import ArtifactClassifier
+from ..demo import DemoConfig, run_demo
 from ..errors import UserError
-from ..io import check_output_folder, output_folder
+from ..generator import images_at, probe
+from ..io import check_output_folder, output_folder, write_json_atomic, write_text_atomic
+from ..labels import LabelStore
 from ..registry import Context, command
+from ..report import unit_cards
 from .common import cached_stats, check_n, default_layer, load, load_classifier, open_run, reviewer, score_run
 
 
@@ -22,9 +27,6 @@ def _flags_extra(p) -> None:
 
 def check_import(ctx: Context, g, layer: str, path: str) -> None:
     """Validate an import completely in a throwaway in-memory store, so a bad file never touches the real one."""
-    from ..generator import probe
-    from ..labels import LabelStore
-
     n = max(ctx.opts.get("stats_n") or 0, ctx.opts.get("n") or 0)
     location = str(ctx.opts["store"])
     if "://" in location or Path(location).expanduser().is_file():  # an existing run may cover more samples
@@ -68,9 +70,6 @@ def cmd_flags(ctx: Context) -> dict[str, Any]:
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store", "reviewer"], "score": None, "select": ["high_q"],
           "classify": ["classifier"], "run": ["out", "cache", "threads"]})
 def cmd_score(ctx: Context) -> dict[str, Any]:
-    from ..io import write_json_atomic, write_text_atomic
-    from ..report import unit_cards
-
     o = ctx.opts
     out = check_output_folder(o["out"] or "artifix-out")  # before any work
     g = load(ctx)
@@ -78,8 +77,6 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
     clf = load_classifier(ctx, required=False)  # a bad classifier file is reported before the store is touched
     store, run_id = open_run(ctx, g, layer)
     report, stats = score_run(ctx, g, layer, store, run_id, clf)
-    from .. import dist
-
     if not dist.is_main():  # under torchrun the ranks shared the work; rank 0 writes and reports
         return None
     top = report.table.head(o["top"])
@@ -106,8 +103,6 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
 @command("demo", "the whole story on the bundled example: plant artifact units, review, score, approve, remove, measure",
          {"run": ["out", "threads"]})
 def cmd_demo(ctx: Context) -> dict[str, Any]:
-    from ..demo import DemoConfig, run_demo
-
     cfg = DemoConfig(out=Path(ctx.opts["out"] or "artifix-demo"))
     summary = run_demo(cfg, ctx.say)
     ctx.say(f"done in {summary['seconds']}s: report in {cfg.out}/report.md")
@@ -123,9 +118,6 @@ def _classify_extra(p) -> None:
          {"generator": None, "sample": ["seed", "n", "start", "layer"], "labels": ["store"], "score": ["stats_n"],
           "classify": ["classifier", "review_k"], "run": ["threads", "cache"]}, _classify_extra)
 def cmd_classify(ctx: Context) -> dict[str, Any]:
-    from ..classifier import ArtifactClassifier
-    from ..generator import images_at
-
     o = ctx.opts
     g = load(ctx)
     layer = default_layer(ctx, g)

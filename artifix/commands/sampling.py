@@ -9,8 +9,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..generator import latents, sample_batches
+from ..images import grid, save_png
+from ..progress import track
 from ..registry import Context, command
-from ..trace import Trace
+from ..trace import Trace, layer_shapes
 from .common import ablation_from_options, check_n, load, require_hooks
 
 
@@ -18,10 +21,6 @@ from .common import ablation_from_options, check_n, load, require_hooks
          {"generator": None, "sample": ["seed", "n", "start", "batch", "class_id", "grid", "images", "layer", "ablate", "alpha"],
           "run": ["threads"]})
 def cmd_sample(ctx: Context) -> dict[str, Any]:
-    from ..generator import sample_batches
-    from ..images import grid, save_png
-    from ..progress import track
-
     o = ctx.opts
     n, batch = check_n(o["n"]), check_n(o["batch"], "--batch")
     if o["start"] < 0:
@@ -57,9 +56,6 @@ def cmd_sample(ctx: Context) -> dict[str, Any]:
 @command("layers", "list every hookable layer of the generator with its output shape",
          {"generator": None})
 def cmd_layers(ctx: Context) -> dict[str, Any]:
-    from ..generator import latents
-    from ..trace import layer_shapes
-
     g = load(ctx)
     require_hooks(g, "listing layers")
     z, y = latents(g.spec, 0, [0, 1])

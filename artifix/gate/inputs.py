@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..classifier import ArtifactClassifier
 from ..errors import UserError
 from ..io import check_output_folder, read_json, sha256_file
 from ..results import RepairManifest
@@ -69,8 +70,6 @@ def validate(s: GateSettings) -> dict[str, Any]:
     res: dict[str, Any] = {"classifiers": {}, "manifests": {}, "baseline_report": None}
     for c in s.criteria:
         if c.metric == "artifact_rate" and c.classifier not in res["classifiers"]:
-            from ..classifier import ArtifactClassifier
-
             if not Path(c.classifier).is_file():
                 raise UserError(f"criterion {c.name!r}: no artifact classifier at {c.classifier}; train one with "
                                 "'artifix classify train' or set 'classifier' in the criterion.")

@@ -8,7 +8,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .. import intervals
+from ..classifier import FeatureSet, pixel_stats
 from ..errors import RuntimeFailure
+from ..generator import sample_batches
+from ..ledger import Ledger
+from ..metrics import compute_metrics, get_extractor, paired_compare_many
+from ..metrics.extractor import Extractor
+from ..trace import Trace, ablation
 from .inputs import GateSettings, dist_metrics
 
 
@@ -23,8 +29,6 @@ def _feature_tap(inner: Any, limit: int) -> Any:
     The metrics consume the generated images before the reference, so the rows kept are the generated
     images' features, which the artifact classifier then reuses instead of running the backbone again.
     """
-    from ..metrics.extractor import Extractor
-
     class FeatureTap(Extractor):
         def __init__(self) -> None:
             self.inner, self.limit, self.rows = inner, limit, []
@@ -48,15 +52,11 @@ def _feature_tap(inner: Any, limit: int) -> Any:
 
 
 def _sample(g: Any, seed: int, n: int, batch: int = 64) -> list[np.ndarray]:
-    from ..generator import sample_batches
-
     return [im.numpy() for _, im in sample_batches(g, seed, 0, n, batch)]
 
 
 def _artifact_hits(clf: Any, images: np.ndarray, pooled: np.ndarray | None, extractor_name: str | None) -> np.ndarray:
     """Per-sample artifact calls (p >= the classifier's threshold), reusing the metrics' features when they match."""
-    from ..classifier import FeatureSet, pixel_stats
-
     if pooled is not None and extractor_name == clf.features and len(pooled) == len(images):
         fs = FeatureSet(clf.features, pooled, pixel_stats(images) if clf.pixel_stats else None)
         return clf.predict_proba(precomputed=fs) >= clf.threshold
@@ -75,10 +75,6 @@ def _dist_key(metric: str, results: Mapping[str, Mapping[str, Any]]) -> str:
 
 def measure(s: GateSettings, cand: Any, base: Any, res: Mapping[str, Any], say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Every measurement the criteria read: the candidate's value and se, and (with a baseline checkpoint) the paired difference."""
-    from ..ledger import Ledger
-    from ..metrics import compute_metrics, get_extractor, paired_compare_many
-    from ..trace import Trace, ablation
-
     out: dict[str, dict[str, Any]] = {}
     say(f"sampling {s.n} images of the candidate (seed {s.seed})" + (" and of the baseline on the same seeds" if base else ""))
     ids = list(range(s.n))

@@ -7,11 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .. import __version__
+from .. import __version__, generator
 from ..errors import UserError
 from ..io import sha256_file
 from ..profiles import profile_for
 from ..provenance import provenance
+from ..trace import get_layer
 from ..verdict import gate_verdict
 from .criteria import DIST_METRICS, FORMAT, FORMAT_VERSION
 from .inputs import GateSettings, dist_metrics, validate
@@ -22,13 +23,10 @@ from .outputs import write_outputs
 
 def run_gate(s: GateSettings, cand_spec: Any, say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Validate, measure, judge and write the report, JUnit XML and Markdown summary; returns the report (with exit_code)."""
-    from ..generator import load_generator
-    from ..trace import get_layer
-
     t0 = time.time()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     res = validate(s)
-    cand = load_generator(cand_spec)
+    cand = generator.load_generator(cand_spec)  # looked up at call time (tests replace it)
     if cand.scripted and res["manifests"]:
         raise UserError("units_removed needs a Python generator (--generator 'module:callable') to hook its layers, not a TorchScript file.")
     for mf in res["manifests"].values():
@@ -41,7 +39,7 @@ def run_gate(s: GateSettings, cand_spec: Any, say: Callable[[str], None] = lambd
     base = None
     if s.baseline:
         field_name = "generator" if cand.scripted else "checkpoint"
-        base = load_generator(replace(cand_spec, **{field_name: s.baseline}))
+        base = generator.load_generator(replace(cand_spec, **{field_name: s.baseline}))
         if cand.scripted != base.scripted:
             raise UserError("the baseline and the candidate must be the same kind of file (both checkpoints or both TorchScript).")
     measured = measure(s, cand, base if not s.measure_only else None, res, say)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import plots
+from ..ab import card_section
 from ..images import save_png
 from ..provenance import markdown as provenance_markdown
 from ..report import table_markdown
@@ -89,8 +90,6 @@ def model_card(m: dict[str, Any]) -> str:
         lines += [f"Units chosen by set selection (greedy forward on the joint ablation); proposed layer `{ss['proposed_layer']}`: "
                   + "; ".join(f"`{r['layer']}` {r['units']} (J {r['objective']:+.4f})" for r in ss["rows"]), ""]
     if m.get("preference"):
-        from ..ab import card_section
-
         lines += [card_section(m["preference"])]
     sw = m.get("sweep")
     if sw:

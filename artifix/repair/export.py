@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import safetensors
+import safetensors.torch  # called as safetensors.torch.save_file: a test replaces it to tear writes
 import torch
 from torch import nn
 
@@ -107,10 +109,8 @@ def _same_weights(old: Mapping[str, torch.Tensor], model: nn.Module) -> bool:
 
 def _save_safetensors(sd: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a flat tensor dict as safetensors, atomically."""
-    from safetensors.torch import save_file
-
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(tmp), metadata=metadata)
+        safetensors.torch.save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(tmp), metadata=metadata)
 
 
 @dataclass
@@ -196,9 +196,7 @@ def _in_layout(job: _Job, model: nn.Module, result: ExportResult) -> tuple[Any, 
     old = _get(original, where)
     meta = None
     if src_path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(src_path), framework="pt") as fh:
+        with safetensors.safe_open(str(src_path), framework="pt") as fh:
             meta = fh.metadata()
     if not _same_weights(old.state_dict() if isinstance(old, nn.Module) else old, job.g.module):
         raise UserError(f"the generator weights in {src_path} differ from the loaded generator's; pass the "
@@ -265,10 +263,8 @@ def _write_torchscript(job: _Job, example: tuple[Any, ...], result: ExportResult
 
 def _check_written(ckpt_path: Path, sft_path: Path, model: nn.Module, trust_pickle: bool, allow: tuple = ()) -> None:
     """Read the written files back: the safetensors copy must hold `model`'s weights bit for bit."""
-    from safetensors.torch import load_file
-
     read_checkpoint(ckpt_path, trust_pickle, allow)
-    sd = load_file(str(sft_path))
+    sd = safetensors.torch.load_file(str(sft_path))
     cur = model.state_dict()
     prefix = "module." if all(k.startswith("module.") for k in sd) else ""
     if {k[len(prefix):] for k in sd} != set(cur) or any(

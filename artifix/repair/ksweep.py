@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from .. import intervals, log
 from ..generator import LoadedGenerator
 from ..ledger import Ledger
+from ..metrics import get_extractor, needs_features, paired_compare_many
 from ..progress import Progress
 from ..trace import Ablation
 from .measurement import _proba, _rate, paired_rate_diff
@@ -25,8 +26,6 @@ def sweep(g: LoadedGenerator, plan: RepairPlan, seed: int, n: int, clf: Any = No
     whose unit helped beyond its interval (0 when even the first did not). `metric_opts` go to the metrics as they
     are (e.g. swd_n, swd_bootstrap, bootstrap); the defaults table's values otherwise.
     """
-    from ..metrics import get_extractor, needs_features, paired_compare_many
-
     led = ledger or Ledger(g, seed, cache)
     ex = get_extractor(None)
     ids = list(range(n))

@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import intervals, log
+from ..classifier import differentiable_score
+from ..dissect import concept_collateral
 from ..errors import UserError
 from ..generator import LoadedGenerator
 from ..images import grid, save_png
@@ -97,8 +99,6 @@ def _optimised(g: LoadedGenerator, plan: RepairPlan, clf: Any, seed: int, flagge
     """The plan with per-unit alphas optimised against the classifier on the flagged samples, and the steps' history."""
     if clf is None:
         raise UserError("--optimise-alpha needs the artifact classifier; train one with 'artifix classify train'.")
-    from ..classifier import differentiable_score
-
     alphas, history = optimise_alpha(g, plan, differentiable_score(clf, g.spec.range, logit=True), seed, list(flagged), say=say)
     plan = RepairPlan(plan.edits, plan.source, plan.approvals, alphas)
     say("optimised alphas: " + "; ".join(f"{l}: " + ", ".join(f"{u}={a:.2f}" for u, a in zip(plan.edits[l], plan.alpha(l))) for l in plan.layers))
@@ -108,8 +108,6 @@ def _optimised(g: LoadedGenerator, plan: RepairPlan, clf: Any, seed: int, flagge
 def _collateral(g: LoadedGenerator, plan: RepairPlan, segmenter: Any, seed: int, n: int, confidence: float,
                 say: Say) -> dict[str, Any]:
     """What else the primary layer's removed units draw: each concept's pixels by the segmenter, before and after."""
-    from ..dissect import concept_collateral
-
     say(f"collateral: what else the removed units draw (segmenter, {n} samples)")
     with Trace(g.module, edit={l: a for l, a in plan.ablations().items() if l != plan.layer}) if len(plan.layers) > 1 else nullcontext():
         return {"layer": plan.layer, "n": n,
