@@ -136,15 +136,21 @@ def test_metrics_and_gate_stop_without_real(tiny):
     assert not (d / "gate").exists()
 
 
-def test_repair_without_real_measures_only_reference_free(tiny, tmp_path):
-    """Repair (CLI) and the dashboard's repair say what they skipped and never measure against the example's scenes."""
-    d, flags = tiny
-    g = _tiny_g(d)
+def _approved_run(g, tmp_path: Path) -> tuple[Path, int]:
+    """A fresh label store whose run of `g` at LAYER has units 1 and 5 approved by alice: (store path, run id)."""
     store_path = tmp_path / "labels.db"
     with LabelStore(store_path) as s:
         run = workflow.register(s, g, LAYER, 0, 200)
         for u in (1, 5):
             s.decide_unit(run, LAYER, u, "approved", "alice")
+    return store_path, run
+
+
+def test_repair_without_real_measures_only_reference_free(tiny, tmp_path):
+    """Repair (CLI) and the dashboard's repair say what they skipped and never measure against the example's scenes."""
+    d, flags = tiny
+    g = _tiny_g(d)
+    store_path, run = _approved_run(g, tmp_path)
     code, out, err = run_cli("repair", *flags, "--layer", LAYER, "--store", str(store_path), "--repair-n", "16", "--high-pool", "0",
                              "--out", str(tmp_path / "cli"), "--json")
     assert code == 0, err
@@ -170,11 +176,7 @@ def test_cli_and_dashboard_repair_alike(tiny, tmp_path):
     g = _tiny_g(d)
     real = tmp_path / "real.npz"
     np.savez(real, images=np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8))
-    store_path = tmp_path / "labels.db"
-    with LabelStore(store_path) as s:
-        run = workflow.register(s, g, LAYER, 0, 200)
-        for u in (1, 5):
-            s.decide_unit(run, LAYER, u, "approved", "alice")
+    store_path, run = _approved_run(g, tmp_path)
     code, out, err = run_cli("repair", *flags, "--layer", LAYER, "--store", str(store_path), "--repair-n", "16", "--high-pool", "0",
                              "--real", str(real), "--cache", str(tmp_path / "cache-cli"), "--out", str(tmp_path / "cli"), "--json")
     assert code == 0, err
