@@ -167,6 +167,9 @@ def test_repair_without_real_measures_only_reference_free(tiny, tmp_path):
     assert a.edits == b.edits and a.control == b.control and a.skipped_measures == b.skipped_measures
     assert cli["metrics"]["subsets"]["random"]["pixel_change"] == dash["metrics"]["subsets"]["random"]["pixel_change"]
     assert "No reference data" in (tmp_path / "cli" / "MODEL_CARD.md").read_text()
+    report = (tmp_path / "cli" / "report.md").read_text()  # a run without flags shows samples 0-7, and links only what exists
+    assert "![random](before_after_random.png)" in report and "before_after_flagged" not in report
+    assert (tmp_path / "cli" / "before_after_random.png").is_file()
 
 
 def test_cli_and_dashboard_repair_alike(tiny, tmp_path):

@@ -42,6 +42,7 @@ def write_manifest(manifest: dict[str, Any], out: Path) -> None:
     forest_md, sweep_md = report_pictures(manifest, out)
     card = model_card(manifest) + forest_md
     write_text_atomic(out / "MODEL_CARD.md", card)
+    pictures = "".join(f"\n![{name}](before_after_{name}.png)\n" for name in ("flagged", "clean", "random")
+                       if (out / f"before_after_{name}.png").is_file())  # only the sets the run had
     write_text_atomic(out / "report.md", card + sweep_md +
-                      "\n## Before / after\n\nRows: before; approved units removed; "
-                      "random-unit control.\n\n![flagged](before_after_flagged.png)\n\n![clean](before_after_clean.png)\n")
+                      "\n## Before / after\n\nRows: before; approved units removed; random-unit control.\n" + pictures)

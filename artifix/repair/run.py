@@ -116,9 +116,11 @@ def _collateral(g: LoadedGenerator, plan: RepairPlan, segmenter: Any, seed: int,
 
 def _before_after(led: Ledger, plan: RepairPlan, control: Mapping[str, Sequence[int]], flagged: Sequence[int],
                   clean: Sequence[int], out: Path) -> None:
-    """before_after_{flagged,clean}.png: rows before, repaired, random control, for up to 8 samples of each."""
+    """before_after_{flagged,clean}.png: rows before, repaired, random control, for up to 8 samples of each;
+    before_after_random.png (samples 0-7) when the run has no flags."""
     ids_f, ids_c = list(flagged)[:8], list(clean)[:8]
-    for name, ids in (("flagged", ids_f), ("clean", ids_c)):
+    sets = (("flagged", ids_f), ("clean", ids_c)) if ids_f or ids_c else (("random", list(range(8))),)
+    for name, ids in sets:
         if ids:
             rows = [led.images(e, ids) for e in (None, plan.ablations(), _edits(control))]
             save_png(out / f"before_after_{name}.png", grid(np.concatenate(rows), ncol=len(ids), scale=2))
