@@ -35,7 +35,9 @@ def unit_cautions(scores: Mapping[str, Any], concepts: Sequence[tuple[str, float
     """Why approving this unit needs care: causal effect missing, negative or within its interval; concepts it also draws."""
     out = []
     causal, se = _num(scores, "causal"), _num(scores, "causal_se")
-    if math.isnan(causal):
+    if not scores:
+        out.append("it was proposed without scores: rank the units on the Units page to measure its causal effect.")
+    elif math.isnan(causal):
         out.append("its causal effect was not measured (no flagged samples yet, or it was not among the exactly ablated candidates).")
     elif causal <= 0:
         out.append(f"its causal effect is {causal:+.3f} (not positive): removing it does not reduce the flagged artifacts "

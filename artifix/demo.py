@@ -23,6 +23,7 @@ from .io import check_output_folder, save_torch_atomic, output_folder, write_jso
 from .labels import LabelStore
 from .planted import PlantedSite, low_impact_units, plant_defects, simulate_reviewer
 from .scoring import recall_at_k, score_units, collect_stats
+from .workflow import propose_top
 from .report import table_markdown, unit_cards
 
 DEMO_REVIEWER = "demo-reviewer"
@@ -111,7 +112,7 @@ def _score_and_approve(bad: Any, cfg: DemoConfig, review: Any, store: LabelStore
     write_text_atomic(out / "unit_scores.csv", table.to_csv(index=False))
     unit_cards(bad, stats, ranking[:k + 2], cfg.seed, out / "cards")
     top = table.head(k)
-    store.propose_units(run_id, [(cfg.layer, int(u)) for u in top.unit], "artifix", note="top of the ranking")
+    propose_top(store, run_id, table, k, note="top of the ranking")  # with their scores: the Approvals page's cautions read them
 
     say(f"[5/6] approving the top {k} units as {DEMO_APPROVER} (recall@{k} of the planted units: {recall:.2f})")
     for u in top.unit:

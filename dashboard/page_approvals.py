@@ -8,6 +8,7 @@ browser is never the check.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -16,6 +17,7 @@ from artifix import session
 from artifix.cautions import check_approval, ranking_caution, unit_cautions
 from artifix.errors import UserError
 
+from .page_units import current_scores, layer_dissection, unit_concepts
 from .state import Dash
 
 
@@ -58,6 +60,7 @@ def render(d: Dash) -> None:
         st.warning(few.replace("This ranking", "The ranking behind these proposals (if it used the current labels)"),
                    icon=":material/warning:")
     diss = _dissection(d) if not dec.empty else None
+    fresh = {(d.layer, u): v for u, v in current_scores(d).items()}  # the Units page's ranking, when it is for these labels
     if dec.empty:
         st.info("No units proposed yet: score the units and propose the top ones on the Units page.")
     for status in ("proposed", "approved", "rejected"):
@@ -69,9 +72,9 @@ def render(d: Dash) -> None:
             with st.container(border=True, key=f"dec-{r.layer}-{r.unit}"):
                 c = st.columns([1.2, 3, 3, 1, 1])
                 c[0].markdown(f"**unit {r.unit}**  \n`{r.layer}`")
-                sc = r.scores or {}
+                sc, source = _scores(r, fresh)
                 c[1].caption(", ".join(f"{k} {sc[k]:.3f}" for k in ("combined", "causal", "iou", "auc") if isinstance(sc.get(k), (int, float)))
-                             + f"  \nlast: {r.status} by {r.reviewer}" + (f" — “{r.note}”" if r.note else ""))
+                             + source + f"  \nlast: {r.status} by {r.reviewer}" + (f" — “{r.note}”" if r.note else ""))
                 cautions = unit_cautions(sc, _concepts(diss, r.layer, r.unit) if r.layer == d.layer else [])
                 c[2].text_input("note", key=f"note-{r.layer}-{r.unit}",
                                 placeholder=("required: why approve it despite the caution" if cautions and status != "approved"
@@ -95,16 +98,23 @@ def render(d: Dash) -> None:
     st.caption("The audit log is append-only (database triggers refuse updates and deletes).")
 
 
+def _scores(r: Any, fresh: dict[tuple[str, int], dict[str, float]]) -> tuple[dict[str, Any], str]:
+    """A proposal's scores and where they come from: stored with it, else the current ranking's (proposed without scores)."""
+    stored = r.scores if isinstance(r.scores, dict) else {}
+    if isinstance(stored.get("causal"), (int, float)):
+        return stored, ""
+    now = fresh.get((str(r.layer), int(r.unit)))
+    if now:
+        return now, " (from the Units page's ranking of the current labels: proposed without a measured causal effect)"
+    return stored, ""
+
+
 def _dissection(d: Dash):
     """The run layer's dissection for collateral cautions, or None (no segmenter, or it failed: the Units page says why)."""
-    from .page_units import layer_dissection
-
     return layer_dissection(d)[0]
 
 
 def _concepts(diss, layer: str, unit: int) -> list[tuple[str, float]]:
-    from .page_units import unit_concepts
-
     return unit_concepts(diss, int(unit))
 
 

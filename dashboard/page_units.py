@@ -29,11 +29,24 @@ def _score(fingerprint: str, layer: str, seed: int, labels: str, clf_key: str, s
                                  exact_top=exact_top, collateral_weight=collateral_weight, rare_rate=rare_rate)
 
 
+def _score_args(d: Dash) -> tuple:
+    """What a score report depends on: generator, layer, seed, the labels' state, the classifier and the settings."""
+    o = d.opts
+    return (d.g.fingerprint, d.layer, d.seed, session.label_state(d.store, d.run_id), d.classifier_key(),
+            (int(o["exact_top"]), float(o["collateral_weight"]), float(o["rare_rate"])))
+
+
+def current_scores(d: Dash) -> dict[int, dict[str, float]]:
+    """{unit: its numeric scores} of this session's ranking when it is for the current labels, else {}."""
+    rep = st.session_state.get("last_report")
+    if rep is None or st.session_state.get("scored") != "score:" + repr(_score_args(d)):
+        return {}
+    return {int(r["unit"]): {k: float(v) for k, v in r.items() if isinstance(v, float)} for r in rep.table.to_dict("records")}
+
+
 def score_report(d: Dash, compute: bool):
     """The cached report for the current labels; computed only when `compute` (a button) asks for it."""
-    o = d.opts
-    args = (d.g.fingerprint, d.layer, d.seed, session.label_state(d.store, d.run_id), d.classifier_key(),
-            (int(o["exact_top"]), float(o["collateral_weight"]), float(o["rare_rate"])))
+    args = _score_args(d)
     key = "score:" + repr(args)
     if compute or st.session_state.get("scored") == key:
         with stages("scoring units: statistics, IoU against the painted regions, exact ablations of the candidates"):

@@ -172,3 +172,28 @@ def test_undo_of_ones_own_paint_is_an_audit_event(tmp_path, monkeypatch):
     flag_undos = audit[audit.action == "undo_flag"]
     assert [(x["sample"], x["undone_label"], x["restored_label"]) for x in flag_undos.detail] == [(a, "artifact", None)]
     assert len(store.flag_history(run)) == 3  # nothing deleted
+
+
+def test_approvals_read_the_current_ranking_for_units_proposed_without_scores(tmp_path, monkeypatch):
+    """Regression: units proposed without scores (the demo, the bundled review) were cautioned as 'causal effect not
+    measured' even after the Units page had just measured it for the current labels."""
+    opts = settings(tmp_path)
+    store, run = run_of(opts)
+    store.set_flags(run, {1: "artifact", 2: "artifact", 3: "clean", 4: "clean"}, "alice")
+    at = app(monkeypatch, opts, "Units")
+    button(at, "score").click().run()
+    table = at.dataframe[0].value
+    top = [int(u) for u in table.unit[:2]]
+    store.propose_units(run, [("main.8", u) for u in top], "artifix")  # proposed without scores
+    at.sidebar.radio(key="page").set_value("Approvals").run()
+    assert not at.exception, at.exception
+    caps = [c.value for c in at.caption]
+    for u in top:
+        causal = float(table.causal[table.unit == u].iloc[0])
+        assert any(f"causal {causal:.3f}" in c and "from the Units page's ranking of the current labels" in c for c in caps), (u, caps)
+    assert not any("proposed without scores" in w.value for w in at.warning)
+    # a new label makes that ranking stale: the page no longer borrows it, and says the units were proposed without scores
+    store.set_flag(run, 5, "clean", "alice")
+    at.run()
+    warn = [w.value for w in at.warning]
+    assert all(any(w.startswith(f"Caution on unit {u}: it was proposed without scores") for w in warn) for u in top)
