@@ -30,7 +30,6 @@ from . import devices
 from .errors import UserError
 from .generator import _is_torchscript
 from .profiles import default_profile
-from .scenes import CLASSES as SCENE_CLASSES
 
 WIDTH = 16
 
@@ -43,7 +42,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class SceneSegmenter(nn.Module):
     """A three-level U-Net: image (N, 3, H, W) in [0, 1] -> class logits (N, K, H, W); H, W divisible by 4."""
 
-    def __init__(self, classes: int = len(SCENE_CLASSES), width: int = WIDTH) -> None:
+    def __init__(self, classes: int, width: int = WIDTH) -> None:
         super().__init__()
         w = width
         self.enc1, self.enc2, self.enc3 = _block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w)
@@ -110,6 +109,15 @@ def _sidecar_classes(path: Path) -> tuple[str, ...] | None:
     return tuple(classes)
 
 
+def _named(p: Path, names: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The class names given, else the sidecar's; UserError when there are none."""
+    names = names or _sidecar_classes(p)
+    if names is None:
+        raise UserError(f"segmenter {p} has no class names: pass --segmenter-classes 'a,b,c' or put a {p.with_suffix('.json').name} "
+                        "with a \"classes\" list next to it.")
+    return names
+
+
 def parse_classes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """Parse 'a,b,c' (or a list) into class names; None stays None."""
     if text is None:
@@ -136,10 +144,6 @@ def load_segmenter(path: str | Path | None = None, classes: str | Sequence[str] 
             module: nn.Module = torch.jit.load(str(p), map_location="cpu")
         except RuntimeError as e:
             raise UserError(f"cannot load TorchScript segmenter {p} ({str(e).splitlines()[0][:200]}).") from None
-        names = names or _sidecar_classes(p)
-        if names is None:
-            raise UserError(f"segmenter {p} has no class names: pass --segmenter-classes 'a,b,c' or put a {p.with_suffix('.json').name} "
-                            "with a \"classes\" list next to it.")
     else:
         if not zipfile.is_zipfile(p):
             raise UserError(f"segmenter {p} is neither a TorchScript file nor a PyTorch state dict file.")
@@ -150,15 +154,16 @@ def load_segmenter(path: str | Path | None = None, classes: str | Sequence[str] 
         if not isinstance(sd, dict) or "head.weight" not in sd or "enc1.0.weight" not in sd:
             raise UserError(f"segmenter {p} is not a SceneSegmenter state dict; give a TorchScript file for your own network.")
         k, width = int(sd["head.weight"].shape[0]), int(sd["enc1.0.weight"].shape[0])
-        names = names or _sidecar_classes(p) or (SCENE_CLASSES if k == len(SCENE_CLASSES) else None)
-        if names is None or len(names) != k:
-            raise UserError(f"segmenter {p} predicts {k} classes but {0 if names is None else len(names)} class names were given.")
+        names = _named(p, names)
+        if len(names) != k:
+            raise UserError(f"segmenter {p} predicts {k} classes but {len(names)} class names were given.")
         module = SceneSegmenter(k, width)
         try:
             module.load_state_dict(sd, strict=True)
         except RuntimeError as e:
             raise UserError(f"segmenter {p} does not fit SceneSegmenter ({str(e).splitlines()[0][:160]}).") from None
     module.eval()
+    names = _named(p, names)
     module.to(devices.current())
     seg = Segmenter(module, tuple(names), str(p))
     try:
