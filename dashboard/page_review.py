@@ -130,8 +130,9 @@ def render(d: Dash) -> None:
             skeleton.empty()
         st.success("Every sample of the review pool is labelled. Score the units on the Units page.")
         return
-    labels = dict(zip(d.store.flags(d.run_id)["sample"].astype(int), d.store.flags(d.run_id)["label"]))
-    masked = set(int(s) for s in d.store.mask_records(d.run_id).query("pixels > 0")["sample"])
+    flags, recs = d.store.flags(d.run_id), d.store.mask_records(d.run_id)
+    labels = dict(zip(flags["sample"].astype(int), flags["label"]))
+    masked = set(int(s) for s in recs[recs["pixels"] > 0]["sample"])  # not DataFrame.query: 0.34 s of a first load (cProfile)
     images = d.images(batch)
     if skeleton is not None:
         skeleton.empty()  # the progress and skeleton give way to the grid
