@@ -1,5 +1,6 @@
-"""Time the Review page's first load in headless Chromium: `artifix dashboard` started -> the grid's tiles drawn, on the
-bundled example at its defaults: a cold start (an empty cache folder: unit statistics, reference features and the queue
+"""Time the Review page's first load in headless Chromium: `artifix dashboard` started -> the grid's tiles drawn.
+
+On the bundled example at its defaults: a cold start (an empty cache folder: unit statistics, reference features and the queue
 order are all computed), then --warm warm starts (the caches the cold start wrote). The browser is started before the
 clock, as a reviewer's is already running. Hold both CPU slots while it runs.
 Usage: python scripts/dashboard_first_load.py [--pool 256] [--warm 3] [--cache DIR (its queue orders are deleted first)]
