@@ -43,7 +43,10 @@ def _prepare(d: Dash) -> tuple[session.Queue, Any]:
         return queue_for(d), None
     slot = st.empty()
     with slot.container():
-        with st.status("Preparing the review queue", expanded=True) as status:
+        progress_box, grid = st.container(), st.container()
+        for c in grid.columns(3):  # a skeleton of the grid, drawn before any heavy work (the grid replaces it)
+            c.container(border=True, height=180).caption("…")
+        with progress_box, st.status("Preparing the review queue", expanded=True) as status:
             st.write(f"1/3 unit statistics of `{d.layer}` on {d.opts['stats_n']} samples (cached on disk after the first start)")
             d.stats()
             st.write(f"2/3 ordering the {d.opts['pool']} samples of the pool (priors"
@@ -51,9 +54,6 @@ def _prepare(d: Dash) -> tuple[session.Queue, Any]:
             q = queue_for(d)
             st.write(f"3/3 drawing the first {d.opts['page_size']} tiles")
             status.update(label="Review queue ready", state="complete")
-        cols = st.columns(3)
-        for c in cols:  # a skeleton of the grid while the tiles are drawn
-            c.container(border=True, height=180).caption("…")
     st.session_state["_queue_ready"] = key
     return q, slot
 
@@ -130,8 +130,9 @@ def render(d: Dash) -> None:
             skeleton.empty()
         st.success("Every sample of the review pool is labelled. Score the units on the Units page.")
         return
-    labels = dict(zip(d.store.flags(d.run_id)["sample"].astype(int), d.store.flags(d.run_id)["label"]))
-    masked = set(int(s) for s in d.store.mask_records(d.run_id).query("pixels > 0")["sample"])
+    flags, recs = d.store.flags(d.run_id), d.store.mask_records(d.run_id)
+    labels = dict(zip(flags["sample"].astype(int), flags["label"]))
+    masked = set(int(s) for s in recs[recs["pixels"] > 0]["sample"])  # not DataFrame.query: 0.34 s of a first load (cProfile)
     images = d.images(batch)
     if skeleton is not None:
         skeleton.empty()  # the progress and skeleton give way to the grid

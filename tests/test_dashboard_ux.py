@@ -197,3 +197,33 @@ def test_approvals_read_the_current_ranking_for_units_proposed_without_scores(tm
     at.run()
     warn = [w.value for w in at.warning]
     assert all(any(w.startswith(f"Caution on unit {u}: it was proposed without scores") for w in warn) for u in top)
+
+
+def test_first_load_draws_the_skeleton_and_the_stages_before_the_queue_is_ready(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from artifix import serve, session
+    from artifix.generator import load_generator
+    from dashboard import queue_cache
+    from tests.test_dashboard_pages import APP, CACHE
+
+    opts = settings(tmp_path, pool=15)  # a pool no other test orders: the order is in neither the memory nor the disk cache
+    key = queue_cache.queue_key(load_generator().fingerprint, "main.8", opts["seed"], opts["start"], 15, opts["stats_n"], None)
+    (Path(CACHE) / "dashboard" / f"queue-{key}.json").unlink(missing_ok=True)
+
+    def still_ordering(*a, **k):
+        raise RuntimeError("still ordering the pool")
+
+    monkeypatch.setattr(session, "review_queue", still_ordering)  # the page as a reviewer sees it while the order is computed
+    monkeypatch.setenv(serve.SETTINGS_ENV, json.dumps(opts))
+    at = AppTest.from_file(APP, default_timeout=600).run()
+    assert "still ordering the pool" in str(at.exception[0].message)
+    stages = [m.value for m in at.markdown if m.value[:4] in ("1/3 ", "2/3 ", "3/3 ")]
+    assert [s[:3] for s in stages] == ["1/3", "2/3"] and "unit statistics of `main.8` on 200 samples" in stages[0]
+    assert "ordering the 15 samples of the pool" in stages[1]
+    assert [c.value for c in at.caption].count("…") == 3  # the skeleton of the grid is already drawn
+    assert not batch_of(at)
+    monkeypatch.undo()
+    at = app(monkeypatch, opts)  # the order computed: the grid replaces the progress box and the skeleton
+    assert len(batch_of(at)) == 6
+    assert "…" not in [c.value for c in at.caption] and not any(m.value.startswith("1/3 ") for m in at.markdown)

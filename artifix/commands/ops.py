@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +11,7 @@ from ..gate import GateSettings, parse_criteria, run_gate
 from ..generator import spec_from_options
 from ..io import check_output_folder, output_folder
 from ..registry import Context, command
-from ..serve import is_local, launch_command, launch_env
+from ..serve import is_local, launch_command, serve_here
 from ..stats import unit_summary
 from .common import check_n, default_layer, load
 
@@ -74,14 +71,10 @@ DASHBOARD_OPTIONS = {"generator": None, "sample": ["seed", "start", "layer"], "l
          DASHBOARD_OPTIONS)
 def cmd_dashboard(ctx: Context) -> dict[str, Any]:
     o = ctx.opts
-    cmd = launch_command(o)
+    launch_command(o)  # a bad port or a missing Streamlit: exit 2 before anything is said
     if not is_local(o["host"]):
         ctx.say(f"warning: the dashboard listens on {o['host']}: anyone who can reach this address can label and approve "
                 "as any reviewer name; put it behind an authenticating proxy.")
     ctx.say(f"artifix dashboard on http://{o['host']}:{o['port']}/ (store {o['store']}); Ctrl+C stops it")
-    if os.name == "posix":  # become the server: a signal to this process (Ctrl+C, kill) reaches Streamlit itself
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(cmd[0], cmd, launch_env(o))
-    code = subprocess.call(cmd, env=launch_env(o))
-    return {"exit_code": 0 if code in (0, -2, 130) else 3, "url": f"http://{o['host']}:{o['port']}/"}
+    serve_here(o)  # this process becomes the server: Ctrl+C or a kill reaches Streamlit itself
+    return {"exit_code": 0, "url": f"http://{o['host']}:{o['port']}/"}
