@@ -24,7 +24,8 @@ from .labels import LabelStore
 from .planted import PlantedSite, low_impact_units, plant_defects, simulate_reviewer
 from .scoring import recall_at_k, score_units, collect_stats
 from .workflow import propose_top
-from .report import table_markdown, unit_cards
+from .report import table_markdown
+from .unitviz import unit_cards
 
 DEMO_REVIEWER = "demo-reviewer"
 DEMO_APPROVER = "demo-approver"

@@ -4,14 +4,16 @@ and its peak marked (instead of a global-scale wash that looks the same everywhe
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .generator import LoadedGenerator
-from .images import grid
+from .images import grid, save_png
 from .scoring import trace_batches
+from .stats import UnitStats
 
 OUTLINE = (255, 220, 0)  # the firing region's contour
 PEAK = (255, 40, 40)  # the peak marker
@@ -49,3 +51,29 @@ def unit_card(g: LoadedGenerator, layer: str, seed: int, unit: int, samples: Seq
         for im, a in zip(imgs.numpy(), acts[:, unit].float().numpy()):
             tiles += [im, marked(im, a)]
     return grid(np.stack(tiles), ncol=min(len(tiles), 2 * per_row), scale=2)
+
+
+def top_card(g: LoadedGenerator, stats: UnitStats, unit: int, seed: int, k: int = 8) -> np.ndarray:
+    """The unit card of the `k` samples where `unit` fires most (by its spatial max): what the CLI writes and the dashboard shows."""
+    idx, _ = stats.top_samples(k)
+    return unit_card(g, stats.layer, seed, int(unit), idx[int(unit)].tolist()[:k])
+
+
+def captioned(card: np.ndarray, text: str) -> np.ndarray:
+    """The card with a white strip of text above it (e.g. the unit's high-activation score)."""
+    im = Image.new("RGB", (card.shape[1], card.shape[0] + 14), (255, 255, 255))
+    im.paste(Image.fromarray(card), (0, 14))
+    ImageDraw.Draw(im).text((2, 1), text, fill=(0, 0, 0))
+    return np.asarray(im)
+
+
+def unit_cards(g: LoadedGenerator, stats: UnitStats, units: Sequence[int], seed: int, out_dir: str | Path, k: int = 8,
+               captions: Mapping[int, str] | None = None) -> list[Path]:
+    """Write `unit_<layer>_<u>.png` for each unit: its `top_card` (+ caption)."""
+    paths = []
+    for u in units:
+        path = Path(out_dir) / f"unit_{stats.layer}_{int(u)}.png"
+        card = top_card(g, stats, int(u), seed, k)
+        save_png(path, captioned(card, captions[int(u)]) if captions and int(u) in captions else card)
+        paths.append(path)
+    return paths

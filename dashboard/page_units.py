@@ -11,7 +11,7 @@ import streamlit as st
 from artifix import progress, session
 from artifix.cautions import ranking_caution, unit_cautions
 from artifix.images import grid, heat_overlay
-from artifix.unitviz import unit_card
+from artifix.unitviz import top_card
 
 from .progress_ui import stages
 from .state import Dash
@@ -123,9 +123,8 @@ def render(d: Dash) -> None:
 
 def _card(d: Dash, u: int, diss: Any = None, why: str | None = None) -> None:
     stats = d.stats()
-    idx, _ = stats.top_samples(8)
     with d.using_g() as g:
-        img = unit_card(g, d.layer, d.seed, u, idx[u].tolist()[:8])
+        img = top_card(g, stats, u, d.seed)
     st.image(img, width=min(img.shape[1], 1100),
              caption=f"unit {u}: its top activating samples, each beside where the unit fires on it (its map normalised per "
              f"sample; outlined: above half its range; red cross: its peak; firing rate {float(stats.firing_rate()[u]):.1%})")

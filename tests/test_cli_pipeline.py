@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 
 from artifix.example import CHECKPOINT
-from artifix.generator import load_generator
+from artifix.generator import GeneratorSpec, load_generator
 from artifix.planted import plant_defects, simulate_reviewer
+from artifix.scoring import collect_stats
+from artifix.unitviz import top_card
 from tests.conftest import run_cli
 
 TRUTH = [5, 17, 40]
@@ -53,6 +55,12 @@ def test_import_score_and_classify(planted_project):
     assert len(set(top3) & set(TRUTH)) >= 3 * 0.9, res["top"][:3]
     assert (d / "out" / "unit_scores.csv").is_file() and len(res["cards"]) == 5
     assert all((d / "out" / "cards" / f"unit_main.8_{u}.png").is_file() for u in top3)
+    # the dashboard's Units page draws the same card (same function, same statistics): pixel for pixel
+    g = load_generator(GeneratorSpec(generator="artifix.example:make_generator", checkpoint=str(d / "planted.pt")))
+    stats = collect_stats(g, "main.8", 0, 400)
+    for u in top3[:2]:
+        written = np.asarray(Image.open(d / "out" / "cards" / f"unit_main.8_{u}.png").convert("RGB"))
+        assert np.array_equal(written, top_card(g, stats, u, 0)), u
 
     code, out, err = cli(d, "classify", "train", "--classifier", str(d / "clf.pt"), "--json")
     assert code == 0, err

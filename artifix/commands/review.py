@@ -16,7 +16,7 @@ from ..generator import images_at, probe
 from ..io import check_output_folder, output_folder, write_json_atomic, write_text_atomic
 from ..labels import LabelStore
 from ..registry import Context, command
-from ..report import unit_cards
+from ..unitviz import unit_cards
 from .common import cached_stats, check_n, default_layer, load, load_classifier, open_run, reviewer, score_run
 
 
