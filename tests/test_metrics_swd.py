@@ -120,3 +120,15 @@ def test_bootstrap_replicates_are_exact_resamples(imgs):
             dirs = S.directions(2, lvl)[:, :128]
             lv.append(S.sliced_wasserstein(S.normalise(d), S.normalise(r.level(lvl)), dirs) * 1e3)
         assert boot[b] == pytest.approx(np.mean(lv), rel=1e-4)
+
+
+def test_bootstrap_direction_chunks_do_not_change_the_bits(imgs, monkeypatch):
+    a, r = S.SWDSet(0, 24), S.SWDSet(0, 24)
+    a.add(imgs)
+    r.add(_noisy(imgs, 10))
+    counts = np.random.default_rng(1).multinomial(24, np.ones(24) / 24, size=3).T
+    boots = []
+    for chunk in (128, 32, 64):  # all directions at once, the default, and another multiple of the GEMM tiles
+        monkeypatch.setattr(S, "_BOOT_DIR_CHUNK", chunk)
+        boots.append(S.swd_compare([a], r, seed=2, counts=counts)[0]["boot"])
+    assert np.array_equal(boots[0], boots[1]) and np.array_equal(boots[0], boots[2])

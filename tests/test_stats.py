@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from artifix.errors import UserError
 from artifix.stats import QuantileSketch, UnitStats, merge_all
+from artifix.stats.sketch import _bucket_of_bits
 
 QS = [0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0]
 
@@ -383,3 +384,14 @@ def test_firing_compares_float32_maxima_with_float64_thresholds_exactly():
     assert s.firing_rate(1.0).tolist() == [1 / 3]  # strictly greater
     assert s.firing_rate(1.0 + 1e-12).tolist() == [1 / 3]
     assert s.firing_rate(-math.inf).tolist() == [1.0] and s.firing_rate(math.inf).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("accuracy", [0.005, 1e-4])  # a layout read from the bucket table, one computed per value
+def test_recorded_buckets_match_each_values_own_bucket(accuracy):
+    sk = QuantileSketch(3, relative_accuracy=accuracy)
+    x = (torch.randn(4, 3, 50, generator=torch.Generator().manual_seed(3)) * torch.logspace(-9, 9, 50)).contiguous()
+    x[0, 0, :10] = torch.tensor([0.0, -0.0, math.inf, -math.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, 1e-4, -1e4])
+    sk.add_(x, x.amin((0, 2)), x.amax((0, 2)))
+    for c in range(3):
+        own = _bucket_of_bits(sk, x[:, c].contiguous().view(torch.int32)).view(-1)
+        assert torch.equal(sk.bins[c], torch.bincount(own, minlength=sk.nbins))

@@ -363,6 +363,11 @@ def _channel_projections(desc: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     return out
 
 
+# Bootstrap directions handled at once: bounds the replicates' projections to a quarter block. A multiple of the GEMM
+# kernels' tiles, so the bits equal those of all 128 at once (a chunk of 5 changed the last bits in a test).
+_BOOT_DIR_CHUNK = 32
+
+
 def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.ndarray, real_sorted: np.ndarray,
                 counts: np.ndarray) -> np.ndarray:
     """One level's bootstrap replicates of one set (B,): mean over `dirs` of mean |sorted resample - real_sorted|.
@@ -370,24 +375,28 @@ def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.
     Replicate b takes image i counts[i, b] times and re-normalises with the resample's channel statistics. The
     normalisation only rescales each channel's part of a projection and shifts it, so the three channel projections
     are computed once (one GEMM's worth) and each replicate combines them (x @ d' - k = sum_c q_c / std_c - k) instead
-    of projecting again; the shift is applied after sorting (it does not change the order).
+    of projecting again; the shift is applied after sorting (it does not change the order). Directions are handled
+    `_BOOT_DIR_CHUNK` at a time (each direction's row is sorted on its own), so memory holds a chunk's projections.
     """
-    q = _channel_projections(desc, dirs)
-    flat = q.reshape(3, -1)
     csum = dirs.astype(np.float64).reshape(3, PATCH * PATCH, -1).sum(axis=1)  # (3, k): each channel's direction sums
-    out = np.zeros(counts.shape[1])
-    for b in range(counts.shape[1]):
-        mean, std = channel_stats(*sums, weights=counts[:, b])
-        inv = 1.0 / std
-        shift = ((mean * inv) @ csum).astype(np.float32)  # (k,)
-        p = (inv.astype(np.float32) @ flat).reshape(q.shape[1:])
-        p = sort_rows(np.repeat(p, np.repeat(counts[:, b], PATCHES_PER_IMAGE), axis=1))
-        p -= shift[:, None]
-        p -= real_sorted
-        np.abs(p, out=p)
-        out[b] = float(p.mean(axis=1, dtype=np.float64).mean())
-        del p
-    return out
+    stats = [channel_stats(*sums, weights=counts[:, b]) for b in range(counts.shape[1])]
+    row_means = np.zeros((counts.shape[1], dirs.shape[1]))
+    for c in range(0, dirs.shape[1], _BOOT_DIR_CHUNK):
+        cs = slice(c, c + _BOOT_DIR_CHUNK)
+        q = _channel_projections(desc, np.ascontiguousarray(dirs[:, cs]))
+        flat = q.reshape(3, -1)
+        for b, (mean, std) in enumerate(stats):
+            inv = 1.0 / std
+            shift = ((mean * inv) @ csum[:, cs]).astype(np.float32)  # (chunk,)
+            p = (inv.astype(np.float32) @ flat).reshape(q.shape[1:])
+            p = sort_rows(np.repeat(p, np.repeat(counts[:, b], PATCHES_PER_IMAGE), axis=1))
+            p -= shift[:, None]
+            p -= real_sorted[cs]
+            np.abs(p, out=p)
+            row_means[b, cs] = p.mean(axis=1, dtype=np.float64)
+            del p
+        del q, flat
+    return row_means.mean(axis=1)
 
 
 def swd_compare(sets: Sequence[SWDSet], real: SWDSet, seed: int, counts: np.ndarray | None = None) -> list[dict[str, Any]]:
@@ -429,12 +438,13 @@ def swd_compare(sets: Sequence[SWDSet], real: SWDSet, seed: int, counts: np.ndar
             rs = _sorted_projections(r, np.ascontiguousarray(r_dp[:, cs]), r_k[cs])
             for k, desc in enumerate(descs):
                 ps = _sorted_projections(desc, np.ascontiguousarray(projs[k][0][:, cs]), projs[k][1][cs])
-                per_level[k, lvl] += float(np.abs(ps - rs).mean(axis=1, dtype=np.float64).sum())
+                ps -= rs  # in place: no third block of projections at the peak
+                per_level[k, lvl] += float(np.abs(ps, out=ps).mean(axis=1, dtype=np.float64).sum())
                 del ps
             if c == 0:
                 first_real = rs
         per_level[:, lvl] /= dirs.shape[1]
-        del rs
+        del rs, r  # the replicates read only the sets' descriptors and the first block of the real projections
         d0 = dirs[:, :DIRS_PER_REPEAT]
         if B:
             for k in range(len(descs)):

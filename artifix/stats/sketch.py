@@ -16,6 +16,7 @@ DEFAULT_MAX_ABS = 1e4
 _F32_MANTISSA = 23
 _F32_BIAS = 127
 _ABS_MASK = 0x7FFFFFFF
+_LUT_MAX_BITS = 20  # bucket tables of up to 2^20 int64 entries (8 MiB); finer layouts compute buckets
 
 Quantiles = float | Sequence[float] | torch.Tensor
 
@@ -70,6 +71,24 @@ def _as_fractions(q: Quantiles, name: str, low_open: bool = False) -> tuple[torc
     return t, scalar
 
 
+def _all_keys(key_bits: int, shift: int) -> torch.Tensor:
+    """Every float32 bit pattern's top key_bits bits, low bits zero, in key order (int32)."""
+    keys = torch.arange(1 << key_bits, dtype=torch.int64) - (1 << (key_bits - 1))
+    return (keys << shift).to(torch.int32)
+
+
+def _bucket_of_bits(sk: "QuantileSketch", u: torch.Tensor) -> torch.Tensor:
+    """The bucket (column of `sk.bins`) of float32 values given as their int32 bit patterns, int64."""
+    j = torch.bitwise_and(u, _ABS_MASK).to(torch.int64)
+    j >>= sk._shift
+    j -= sk._kmin - 1
+    j.clamp_(0, sk._nb + 1)  # 0: zero bucket (|x| < min_abs); nb + 1: overflow
+    sign = torch.bitwise_right_shift(u, 31).to(torch.int64)  # 0/-1
+    j ^= sign
+    j -= sign  # negate for negative values
+    return j + sk._center
+
+
 class QuantileSketch:
     """Per-unit relative-accuracy quantile sketch (int64 bucket counts on a fixed range, exact min/max)."""
 
@@ -103,9 +122,10 @@ class QuantileSketch:
         self.bins = torch.zeros(channels, self.nbins, dtype=torch.int64, device=self.device)
         self.min = torch.full((channels,), math.inf, dtype=torch.float32)
         self.max = torch.full((channels,), -math.inf, dtype=torch.float32)
-        idx_dtype = torch.int32 if channels * self.nbins < 2**31 else torch.int64
-        self._offsets = (torch.arange(channels, dtype=idx_dtype, device=self.device) * self.nbins
-                         + self._center).view(1, channels, 1)
+        key_bits = 32 - self._shift  # a value's bucket depends only on its top key_bits bits
+        self._key_offset = 1 << (key_bits - 1)  # (bits >> shift) + offset lies in [0, 2^key_bits)
+        self._lut = (_bucket_of_bits(self, _all_keys(key_bits, self._shift)).to(self.device)
+                     if key_bits <= _LUT_MAX_BITS else None)
         self._values: torch.Tensor | None = None
         self._scratch = _Scratch()
 
@@ -149,29 +169,25 @@ class QuantileSketch:
         return self._values
 
     # -- recording ------------------------------------------------------------------------------------------
-    def _bucket_index(self, x: torch.Tensor) -> torch.Tensor:
-        """Flat (unit, bucket) index of every value of x (B, C, P) float32 contiguous."""
-        u = x.view(torch.int32)
-        j = torch.bitwise_and(u, _ABS_MASK, out=self._scratch.get("j", u.shape, torch.int32, u.device))
-        j >>= self._shift
-        j -= self._kmin - 1
-        j.clamp_(0, self._nb + 1)  # 0: zero bucket (|x| < min_abs); nb + 1: overflow
-        sign = torch.bitwise_right_shift(u, 31, out=self._scratch.get("s", u.shape, torch.int32, u.device))  # 0/-1
-        j ^= sign
-        j -= sign  # negate for negative values
-        if self._offsets.dtype != j.dtype:
-            j = j.to(self._offsets.dtype)
-        j += self._offsets
-        return j.view(-1)
+    def _bucket_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Bucket of every value of x (B, C, P) float32 contiguous, laid out unit-major as (C, B * P) int64."""
+        b, c, p = x.shape
+        u = x.view(torch.int32).transpose(0, 1)
+        if self._lut is None:
+            return _bucket_of_bits(self, u).contiguous().view(c, b * p)
+        k = torch.bitwise_right_shift(u, self._shift, out=self._scratch.get("k", (c, b, p), torch.int64, u.device))
+        k += self._key_offset
+        rows = self._lut.expand(c, -1)  # gather along rows runs in parallel over units (index_select does not)
+        return torch.gather(rows, 1, k.view(c, b * p), out=self._scratch.get("j", (c, b * p), torch.int64, u.device))
 
     def add_(self, x: torch.Tensor, unit_min: torch.Tensor, unit_max: torch.Tensor) -> None:
         """Count x (B, C, P) float32 contiguous, whose per-unit min/max are given (no validation)."""
         if x.numel() == 0:
             return
         x = x.to(self.device)
-        idx = self._bucket_index(x)
-        ones = torch.ones((), dtype=torch.int64, device=self.device).expand(idx.numel())
-        self.bins.view(-1).index_add_(0, idx, ones)
+        j = self._bucket_rows(x)
+        # a scatter along each unit's row of buckets: exact integer counts, parallel over units (index_add_ is not)
+        self.bins.scatter_add_(1, j, torch.ones((), dtype=torch.int64, device=self.device).expand(j.shape))
         torch.minimum(self.min, unit_min.to(torch.float32).cpu(), out=self.min)
         torch.maximum(self.max, unit_max.to(torch.float32).cpu(), out=self.max)
 
