@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
@@ -44,7 +47,6 @@ def _fit_lr(z: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, float]:
     of the Gram matrix z z^T; Newton steps) and maps back by w = V beta = z^T U S^-1 beta: the L2-penalised
     optimum lies in the row space of z and ||w|| = ||beta||, so this is the same model, found much faster.
     """
-    from sklearn.linear_model import LogisticRegression  # scikit-learn on first use: see _auc
     if z.shape[1] > z.shape[0]:
         ev, u = np.linalg.eigh(z @ z.T)
         keep = ev > 1e-10 * max(float(ev.max()), 1e-300)
@@ -59,17 +61,11 @@ def _fit_lr(z: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, float]:
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
     """ROC-AUC (ties count one half)."""
-    # scikit-learn (with scipy.stats) costs about 1.3 s of import; only training needs it, so the dashboard's first load
-    # and `artifix --help` do not pay for it. These three imports stay in the functions on purpose.
-    from sklearn.metrics import roc_auc_score
-
     return float(roc_auc_score(y, s))
 
 
 def _folds(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Seeded stratified k-fold splits (train, test)."""
-    from sklearn.model_selection import StratifiedKFold  # scikit-learn on first use: see _auc
-
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr, te) for tr, te in skf.split(np.zeros(len(y)), y)]
 

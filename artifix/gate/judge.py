@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from scipy.special import stdtrit
+from scipy.stats import t as student_t
 
 from .. import intervals
 from ..errors import RuntimeFailure
@@ -20,7 +20,7 @@ def _quantile(confidence: float, df: float | None) -> float:
     """Two-sided quantile: Student's t with `df` degrees of freedom (se estimated from few replicates), else normal."""
     if df is None or not math.isfinite(df):
         return _z(confidence)
-    return float(stdtrit(max(float(df), 1.0), 0.5 + confidence / 2.0))  # scipy.special: scipy.stats costs 0.7 s of import
+    return float(student_t.ppf(0.5 + confidence / 2.0, max(float(df), 1.0)))
 
 
 def _welch_df(se_a: float, df_a: float | None, se_b: float, df_b: float | None) -> float | None:
