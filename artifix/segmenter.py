@@ -144,6 +144,7 @@ def load_segmenter(path: str | Path | None = None, classes: str | Sequence[str] 
             module: nn.Module = torch.jit.load(str(p), map_location="cpu")
         except RuntimeError as e:
             raise UserError(f"cannot load TorchScript segmenter {p} ({str(e).splitlines()[0][:200]}).") from None
+        names = _named(p, names)
     else:
         if not zipfile.is_zipfile(p):
             raise UserError(f"segmenter {p} is neither a TorchScript file nor a PyTorch state dict file.")
@@ -163,7 +164,6 @@ def load_segmenter(path: str | Path | None = None, classes: str | Sequence[str] 
         except RuntimeError as e:
             raise UserError(f"segmenter {p} does not fit SceneSegmenter ({str(e).splitlines()[0][:160]}).") from None
     module.eval()
-    names = _named(p, names)
     module.to(devices.current())
     seg = Segmenter(module, tuple(names), str(p))
     try:
