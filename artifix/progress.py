@@ -14,7 +14,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm as _auto_tqdm
+
+
+class tqdm(_auto_tqdm):  # noqa: N801  (tqdm.auto's class, as tqdm names it)
+    """tqdm.auto without its monitor thread: a process that forks (torchrun workers, a test's kill check) while that
+    thread holds tqdm's write lock would leave the child waiting on it forever. The bars still refresh on update."""
+
+    monitor_interval = 0
+
 
 T = TypeVar("T")
 QUIET = False  # --quiet: no bars and no human text

@@ -111,9 +111,11 @@ def browser():
     return webdriver.Chrome(service=Service(DRIVER), options=o)
 
 
-def open_review(drv, url: str, page_size: int = 6) -> list[int]:
-    """Load the app; the sample ids of the review grid (once all `page_size` tiles are drawn), in queue order."""
-    drv.get(url)
+def open_review(drv, url: str | None, page_size: int = 6) -> list[int]:
+    """Load the app (unless `url` is None: the page already open); the sample ids of the review grid (once all
+    `page_size` tiles are drawn), in queue order."""
+    if url is not None:
+        drv.get(url)
 
     def batch():
         els = drv.find_elements(By.CSS_SELECTOR, "[class*='st-key-flag-'][class*='-clean']")
@@ -303,10 +305,12 @@ def test_paint_on_a_lower_tile_brings_the_canvas_into_view(server):
     drv = browser()
     try:
         drv.set_window_size(1600, 700)
-        batch = open_review(drv, url)
+        open_review(drv, url)
         wait_for(lambda: idle(drv), "the first page to finish its run", STARTUP)
+        batch = open_review(drv, None)  # re-read once idle: a rerun after the first draw may bring another batch
         sel = f".st-key-paint-{batch[-1]} button"  # the last tile, on the lower row
-        drv.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'end'})", sel)
+        scroll = "const e = document.querySelector(arguments[0]); if (!e) return false; e.scrollIntoView({block: 'end'}); return true"
+        wait_for(lambda: drv.execute_script(scroll, sel), "the Paint button of the lower tile", STARTUP)
         time.sleep(0.5)
 
         def canvas_box():

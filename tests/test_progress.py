@@ -1,9 +1,15 @@
 """Progress: tqdm bars on stderr, nested; silent under --quiet and --json; listeners see the same stages."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from artifix import progress
 from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -47,3 +53,13 @@ def test_cli_draws_no_bars_under_quiet_and_json(eager, tmp_path, flag):
     assert "sampling" not in err and "it/s" not in err and "%|" not in err
     code, out, err = run_cli("sample", "--n", "4", "--grid", str(tmp_path / "t.png"))
     assert code == 0 and "sampling" in err  # the same command without the flag does draw its bar
+
+
+def test_bars_start_no_monitor_thread_so_a_fork_cannot_inherit_a_held_lock():
+    """tqdm's monitor thread takes its write lock every few seconds; a process forked meanwhile hung forever in the
+    child's first bar (seen in the kill test). A bar of ours starts no such thread."""
+    code = ("import threading, sys; from artifix import progress; progress.DELAY = 0; "
+            "p = progress.Progress(3, 'x'); p.update(3); p.close(); "
+            "from tqdm._monitor import TMonitor; "
+            "sys.exit(any(isinstance(t, TMonitor) for t in threading.enumerate()))")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
