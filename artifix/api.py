@@ -24,15 +24,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import cautions, defaults, log, progress, workflow
+from . import defaults, log, progress, workflow
 from .errors import UserError
-from .generator import GeneratorSpec, LoadedGenerator, fingerprint, latents, load_generator, parse_latent, probe
-from .generator import sample as _sample
 from .labels import LabelStore
+from .model.generator import GeneratorSpec, LoadedGenerator, fingerprint, latents, load_generator, parse_latent, probe
+from .model.generator import sample as _sample
+from .model.trace import layer_shapes
 from .profiles import profile_for
 from .repair import RepairPlan, plan_from_store, repair
 from .session import layer_channels
-from .trace import layer_shapes
+from .units import cautions
 
 __all__ = ["from_module", "load", "bundled_example", "layers", "sample", "open", "Run", "Ranking", "RepairReport"]
 

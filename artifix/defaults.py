@@ -145,7 +145,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("run", "threads", 0, "torch CPU threads (0 = torch's default)", int),
     Option("run", "device", None, "compute device: auto (CUDA when available; under torchrun the rank's LOCAL_RANK GPU), "
            "cpu, cuda, cuda:N or mps (default: $ARTIFIX_DEVICE, else auto)"),
-    # -- artifact classifier (artifix/classifier/)
+    # -- artifact classifier (artifix/review/classifier/)
     Option("classify", "classifier", "artifix-classifier.pt", "the artifact classifier file written by 'classify train'"),
     Option("classify", "backbone", "effnet-lite0", "classifier backbone with a spatial feature grid (for localisation maps)"),
     Option("classify", "cv_folds", 5, "outer cross-validation folds (clipped to the smaller class count)", int),
@@ -160,7 +160,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("classify", "calibration_bins", 5, "bins of the reliability (calibration) table", int),
     Option("classify", "top_fraction", 0.1, "fraction of pixels of each localisation map kept as the pseudo artifact mask", float),
     Option("classify", "review_k", 32, "number of samples in the review queue", int),
-    # -- concept dissection and painting (artifix/dissect.py, artifix/segmenter.py)
+    # -- concept dissection and painting (artifix/concepts/dissect.py, artifix/concepts/segmenter.py)
     Option("dissect", "layers", None,
            "comma-separated layers to dissect, e.g. 'main.5,main.8' (default for the example: main.2,main.5,main.8,main.11)"),
     Option("dissect", "dissect_n", 500, "generated samples to dissect (samples 0..N-1 of --seed)", int),
@@ -192,7 +192,7 @@ OPTIONS: tuple[Option, ...] = (
            "measure the candidate and write the report without judging it (to store as a baseline report)", _bool, flag=True),
 
 
-    # -- set selection and layer comparison (artifix/selection.py, 'artifix select')
+    # -- set selection and layer comparison (artifix/units/selection.py, 'artifix select')
     Option("select", "select_layers", None, "layers to compare: 'all' (every ReLU layer) or a comma list (default: --layer)"),
     Option("select", "pool", 16, "candidate units per layer (the best by flagged-vs-clean AUC of the spatial max)", int),
     Option("select", "max_units", 10, "most units the set selection may choose per layer", int),
@@ -201,7 +201,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("select", "select_flagged", 40, "flagged (and as many clean) samples the selection evaluates (0 = all)", int),
     Option("select", "high_q", 0, "per-unit high-activation score: top-q samples per unit (0 = off; 'artifix score' and 'select')", int),
     Option("select", "unit_set", None, "repair: remove the unit set (and use the layer) that 'artifix select' wrote to this unit_set.json"),
-    # -- blind A/B preference study (artifix/ab.py, 'artifix ab')
+    # -- blind A/B preference study (artifix/review/ab.py, 'artifix ab')
     Option("ab", "manifest", None, "the repair's manifest.json (its edits and random-unit control)"),
     Option("ab", "study", "artifix-ab", "the A/B study folder a reviewer sees"),
     Option("ab", "ab_key", None, "the study's key file (default: <study>-key.json next to the folder)"),

@@ -23,11 +23,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .generator import LoadedGenerator, images_at
 from .io import atomic_path
 from .metrics.reference import cache_dir
+from .model.generator import LoadedGenerator, images_at
+from .model.trace import Ablation, Trace
 from .progress import Progress
-from .trace import Ablation, Trace
 
 LEDGER_VERSION = 1
 

@@ -4,7 +4,7 @@ A `Profile` says what artifix may assume about one family of generators: the lay
 `--layer` is not given, the layers to dissect and the layer of the causal check, the segmenter for
 concepts, the reference ("real") images that come with it, and a bundled review. The generic profile
 assumes nothing: every such choice must then come from the user's flags. The bundled example is one profile
-(`artifix.example.example_profile`); this registry is the only generic module that knows it. The library's
+(`artifix.example.model.example_profile`); this registry is the only generic module that knows it. The library's
 own defaults (`segmenter.load_segmenter()` without a path, `metrics.load_real(None)`) are those of
 `default_profile()`, the profile of the generator artifix opens when none is given.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from .example import FACTORY as EXAMPLE_FACTORY, example_profile
+from .example.model import FACTORY as EXAMPLE_FACTORY, example_profile
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import workflow as W
-from .dissect import LayerDissection, cached_dissect, paint
+from .concepts.dissect import LayerDissection, cached_dissect, paint
 from .errors import UserError
-from .generator import LoadedGenerator, images_at
+from .model.generator import LoadedGenerator, images_at
+from .model.trace import Trace, ablation
 from .profiles import profile_for
 from .repair import plan_from_store, repair
-from .scoring import trace_batches
-from .trace import Trace, ablation
+from .units.scoring import trace_batches
 
 Say = Callable[[str], None]
 

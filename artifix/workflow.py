@@ -7,7 +7,7 @@ a run, the bundled review (which must fit the generator, the layer *and* the see
 from the flags, the review queue, unit scores and proposals, which measures a repair or a gate may run
 without reference data, the segmenter and layers for concepts, paint units and the region outline.
 
-`artifix/commands/` parses flags, calls these and prints; `dashboard/` draws widgets and calls these
+`artifix/cli/commands/` parses flags, calls these and prints; `dashboard/` draws widgets and calls these
 (through `artifix/session.py`); compute modules never import this one.
 """
 
@@ -20,17 +20,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import classifier as C, dist
-from .classifier import review_queue as order_queue, train_classifier
+from . import dist
+from .concepts.segmenter import Segmenter, load_segmenter
 from .errors import UserError
-from .generator import LoadedGenerator, images_at, latents, load_generator, probe, spec_from_options
 from .io import sha256_json
 from .labels import LabelStore
 from .metrics import get_extractor, load_real
+from .model.generator import LoadedGenerator, images_at, latents, load_generator, probe, spec_from_options
+from .model.trace import get_layer, layer_shapes
 from .profiles import BundledReview, Profile, profile_for
-from .scoring import cached_stats, collect_stats, realism_scores, review_priors, score_units
-from .segmenter import Segmenter, load_segmenter
-from .trace import get_layer, layer_shapes
+from .review import classifier as C
+from .review.classifier import review_queue as order_queue, train_classifier
+from .units.scoring import cached_stats, collect_stats, realism_scores, review_priors, score_units
 
 Say = Callable[[str], None]
 REFERENCE_MEASURES = ("fd", "kid", "swd")  # the measures that need reference data

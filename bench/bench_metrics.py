@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
 
-from artifix import scenes  # noqa: E402
+from artifix.example import scenes  # noqa: E402
 from artifix.metrics import features as FE  # noqa: E402
 from artifix.metrics.fd import FDReference, Moments, lapack_single_thread, trace_sqrt_product  # noqa: E402
 from artifix.metrics.swd import swd as artifix_swd  # noqa: E402

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from artifix.generator import load_generator
-from artifix.planted import low_impact_units, plant_defects, simulate_reviewer
-from artifix.scoring import collect_stats, recall_at_k, score_units
+from artifix.model.generator import load_generator
+from artifix.example.planted import low_impact_units, plant_defects, simulate_reviewer
+from artifix.units.scoring import collect_stats, recall_at_k, score_units
 
 
 def main() -> None:

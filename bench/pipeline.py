@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _CLI_CHILD = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
-from artifix.cli import run
+from artifix.cli.main import run
 t = time.perf_counter()
 code = run(sys.argv[2:])
 dt = time.perf_counter() - t
@@ -38,11 +38,11 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np
 from artifix import progress
 progress.QUIET = True
-from artifix.generator import load_generator
+from artifix.model.generator import load_generator
 from artifix.ledger import Ledger
 from artifix.metrics import get_extractor
 from artifix.repair import high_activation_samples
-from artifix.trace import ablation
+from artifix.model.trace import ablation
 m = json.load(open(sys.argv[2]))
 n, seed = int(m["metrics"]["n"]), int(m["metrics"]["seed"])
 pool = int(sys.argv[3])
@@ -61,7 +61,7 @@ for ids in sets:
         led.images(e, ids)
 t_render = time.perf_counter() - t
 from artifix import scenes
-from artifix.example import REAL_SCENES_SEED
+from artifix.example.model import REAL_SCENES_SEED
 real = np.concatenate([b.images for b in scenes.stream(REAL_SCENES_SEED, n, 256)])  # the reference: a cold cache extracts it
 t_render = time.perf_counter() - t
 for ids in sets:

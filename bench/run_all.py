@@ -75,9 +75,9 @@ def alternate(a: Callable[[], Any], b: Callable[[], Any], rounds: int) -> tuple[
 
 def bench_recording(n: int, batch: int, rounds: int) -> dict:
     """Sampling + per-unit statistics at main.8 vs bare sampling (latents, G forward, uint8), same seeds."""
-    from artifix.generator import load_generator, sample_batches
-    from artifix.scoring import trace_batches
-    from artifix.stats import UnitStats
+    from artifix.model.generator import load_generator, sample_batches
+    from artifix.units.scoring import trace_batches
+    from artifix.units.stats import UnitStats
 
     g = load_generator()
     layer = "main.8"
@@ -158,7 +158,7 @@ def bench_frechet(d: int, rounds: int, n_small: int) -> dict:
 
 def bench_swd(n: int, rounds: int) -> dict:
     """artifix SWD vs the plain numpy reference implementation, same images and seeds."""
-    from artifix import scenes
+    from artifix.example import scenes
     from artifix.metrics.swd import swd
     from swd_numpy import swd_reference
 
@@ -176,7 +176,7 @@ def bench_swd(n: int, rounds: int) -> dict:
 
 def bench_features(n: int, rounds: int) -> dict:
     """EfficientNet-Lite0 features: artifix's extractor vs a naive eager loop, at 1 thread and torch's default."""
-    from artifix import scenes
+    from artifix.example import scenes
     from artifix.metrics import features as FE
 
     imgs = scenes.render(1, 0, n).images
@@ -221,9 +221,9 @@ def magenta_score(out: torch.Tensor) -> torch.Tensor:
 
 def bench_causal(layer: str, n: int, k: int, top: int, rounds: int) -> dict:
     """Top-`top` units by score drop: first-order pre-ranking + exact ablation of k units vs exact ablation of all."""
-    from artifix.generator import forward, latents, load_generator
-    from artifix.scoring import first_order_effect
-    from artifix.trace import Trace, ablation, get_layer
+    from artifix.model.generator import forward, latents, load_generator
+    from artifix.units.scoring import first_order_effect
+    from artifix.model.trace import Trace, ablation, get_layer
 
     g = load_generator()
     idx = list(range(n))
@@ -269,8 +269,8 @@ import json, os, resource, sys, time
 sys.path.insert(0, sys.argv[3])
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from artifix.generator import load_generator
-from artifix.scoring import collect_stats
+from artifix.model.generator import load_generator
+from artifix.units.scoring import collect_stats
 from artifix import progress
 progress.QUIET = True
 

@@ -3,7 +3,7 @@
 Start it with `artifix dashboard [artifix options]` (binds 127.0.0.1, XSRF protection on), or with
 `streamlit run dashboard/app.py -- [artifix options]` from the checkout (its .streamlit/config.toml keeps the
 same safe settings). With no options it opens the bundled example and its label store. Every page calls the
-same library functions as the CLI (artifix.session, artifix.labels, artifix.report, artifix.repair).
+same library functions as the CLI (artifix.session, artifix.labels, artifix.report.tables, artifix.repair).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ if CHECKOUT and str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` p
 
 import streamlit as st  # noqa: E402
 
-from artifix import serve, session  # noqa: E402
+from artifix import session  # noqa: E402
+from artifix.cli import serve  # noqa: E402
 from artifix.errors import ArtifixError  # noqa: E402
 
 if CHECKOUT:

@@ -76,7 +76,7 @@ def _drawable_canvas(image: np.ndarray, key: str, *, mode: str, brush: int, scal
 
 
 def _box(image: np.ndarray, key: str, *, mode: str = "box", brush: int = 0, scale: int = 5) -> np.ndarray | None:
-    from artifix.images import heat_overlay
+    from artifix.model.images import heat_overlay
 
     h, w = image.shape[:2]
     c1, c2 = st.columns(2)

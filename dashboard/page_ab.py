@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from artifix import ab
+from artifix.review import ab
 from artifix.errors import UserError
 
 from .state import Dash

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from artifix import session
-from artifix.cautions import check_approval, ranking_caution, unit_cautions
+from artifix.units.cautions import check_approval, ranking_caution, unit_cautions
 from artifix.errors import UserError
 
 from .page_units import current_scores, layer_dissection, unit_concepts

@@ -2,7 +2,7 @@
 
 The user picks a sample, a layer, a concept (its top units by IoU in the layer's dissection) or explicit units,
 add or remove, and draws the region with the region painter (`canvas.paint_region`). The edit itself is
-`artifix.session.paint_sample` -> `artifix.dissect.paint`, the same code as `artifix paint`.
+`artifix.session.paint_sample` -> `artifix.concepts.dissect.paint`, the same code as `artifix paint`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import streamlit as st
 
 from artifix import session
 from artifix.errors import UserError
-from artifix.images import png_bytes
+from artifix.model.images import png_bytes
 
 from . import canvas
 from .state import Dash

@@ -13,7 +13,7 @@ import streamlit as st
 
 from artifix import session
 from artifix.errors import UserError
-from artifix.images import heat_overlay
+from artifix.model.images import heat_overlay
 
 from . import canvas, queue_cache
 from .state import Dash
@@ -263,7 +263,7 @@ def _train_panel(d: Dash) -> None:
         r = clf.report
         st.caption(f"current classifier: cross-validated ROC-AUC {r.get('auc', float('nan')):.3f} "
                    f"on {r.get('n_pos')} flagged / {r.get('n_neg')} clean")
-    need = 2  # what cross-validated training needs (artifix.classifier.train_classifier)
+    need = 2  # what cross-validated training needs (artifix.review.classifier.train_classifier)
     short = min(len(flagged), len(clean)) < need
     why = (f"disabled: needs at least {need} artifact and {need} clean flags; you have {len(flagged)} artifact and {len(clean)} clean"
            if short else "train on the current flags (cross-validated)")

@@ -9,9 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from artifix import progress, session
-from artifix.cautions import ranking_caution, unit_cautions
-from artifix.images import grid, heat_overlay
-from artifix.unitviz import top_card
+from artifix.units.cautions import ranking_caution, unit_cautions
+from artifix.model.images import grid, heat_overlay
+from artifix.report.unitviz import top_card
 
 from .progress_ui import stages
 from .state import Dash
@@ -150,7 +150,7 @@ def unit_concepts(diss: Any, u: int, top: int = 3) -> list[tuple[str, float]]:
     """The concepts unit `u` draws above the dissection's IoU threshold (none without a dissection)."""
     if diss is None:
         return []
-    from artifix.dissect import concepts_of_units
+    from artifix.concepts.dissect import concepts_of_units
 
     (row,) = concepts_of_units(diss, [int(u)], top=top)
     return [(str(c["concept"]), float(c["iou"])) for c in row["concepts"]]
@@ -158,7 +158,7 @@ def unit_concepts(diss: Any, u: int, top: int = 3) -> list[tuple[str, float]]:
 
 def concepts_line(d: Dash, u: int, diss: Any, why: str | None) -> None:
     """The unit's best-matching concepts with their IoU, or one line saying why there are none."""
-    from artifix.dissect import concepts_of_units
+    from artifix.concepts.dissect import concepts_of_units
 
     if diss is None:
         st.caption(why or NO_SEGMENTER)

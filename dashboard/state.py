@@ -19,7 +19,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import streamlit as st
 
-from artifix import config, progress, serve, session, workflow
+from artifix import config, progress, session, workflow
+from artifix.cli import serve
 from artifix.profiles import Profile, profile_for
 from artifix.errors import UserError
 from .progress_ui import stages
@@ -30,7 +31,7 @@ def resolve_settings(argv: Sequence[str] | None = None, environ: dict[str, str] 
     given = serve.settings_from_env(environ)
     if given is not None:
         return given
-    from artifix.cli import COMMANDS, build_parser
+    from artifix.cli.main import COMMANDS, build_parser
 
     args = build_parser().parse_args(["dashboard", *(sys.argv[1:] if argv is None else argv)])
     cfg = config.load_config(args.config)
@@ -44,7 +45,7 @@ def resolve_settings(argv: Sequence[str] | None = None, environ: dict[str, str] 
 def _generator(spec_json: str):
     import json
 
-    from artifix.generator import GeneratorSpec, load_generator
+    from artifix.model.generator import GeneratorSpec, load_generator
 
     d = json.loads(spec_json)
     d["latent"] = tuple(d["latent"])
@@ -65,7 +66,7 @@ def _store(location: str):
 
 @st.cache_resource(show_spinner="collecting unit statistics (once per generator, layer, seed and n)")
 def _stats(fingerprint: str, layer: str, seed: int, n: int, cache: str, _g: Any):
-    from artifix.scoring import cached_stats
+    from artifix.units.scoring import cached_stats
 
     with _lock(fingerprint), progress.muted():  # a cached function: no live updates of a box outside it
         return cached_stats(_g, layer, seed, n, cache)
@@ -73,7 +74,7 @@ def _stats(fingerprint: str, layer: str, seed: int, n: int, cache: str, _g: Any)
 
 @st.cache_resource
 def _classifier(path: str, mtime: float):
-    from artifix.classifier import ArtifactClassifier
+    from artifix.review.classifier import ArtifactClassifier
 
     return ArtifactClassifier.load(path)
 
@@ -142,7 +143,7 @@ class Dash:
         seg = self.segmenter()
         if seg is None:
             return None
-        from artifix.dissect import segmenter_id
+        from artifix.concepts.dissect import segmenter_id
 
         layer = layer or self.layer
         n = int(self.opts.get("dissect_n") or 500)
@@ -157,7 +158,7 @@ class Dash:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _images(fingerprint: str, seed: int, ids: tuple[int, ...], _dash: Dash) -> np.ndarray:
-    from artifix.generator import images_at
+    from artifix.model.generator import images_at
 
     with _dash.using_g() as g:
         return images_at(g, seed, list(ids))
@@ -170,7 +171,7 @@ def default_layer(opts: dict[str, Any], g: Any) -> str:
 
 def open_dash(opts: dict[str, Any]) -> Dash:
     """Load (cached) the generator and the store, register the run, and work out this session's reviewer."""
-    from artifix.generator import spec_from_options
+    from artifix.model.generator import spec_from_options
 
     if opts.get("threads"):
         import torch

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 from artifix import devices
-from artifix.generator import example_spec, load_generator, sample
+from artifix.model.generator import example_spec, load_generator, sample
 from artifix.metrics.features import get_extractor
 from artifix.metrics.fd import FDReference, Moments
 

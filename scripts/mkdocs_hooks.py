@@ -26,7 +26,7 @@ def readme_as_index() -> str:
 
 def on_files(files, config):  # noqa: ANN001, ANN201  (mkdocs hook signature)
     """Add index.md (README), cli.md (generated) and the example's files to the site."""
-    from artifix.cli_reference import markdown
+    from artifix.cli.reference import markdown
 
     files.append(File.generated(config, "index.md", content=readme_as_index()))
     files.append(File.generated(config, "cli.md", content=markdown()))

@@ -3,7 +3,7 @@
     python scripts/train_example.py [--steps 6000] [--out data/example/dcgan_scenes.pt]
 
 Recipe: the PyTorch DCGAN tutorial (BCE loss, Adam 2e-4, betas (0.5, 0.999), batch 64, N(0, 0.02)
-init), 64x64 procedural scenes from `artifix.scenes` stream seed 1 (a fixed pool, re-shuffled per
+init), 64x64 procedural scenes from `artifix.example.scenes` stream seed 1 (a fixed pool, re-shuffled per
 epoch). Writes a DCGAN-tutorial-style checkpoint {'netG_state_dict', 'netD_state_dict', ...} every
 `--save-every` steps (atomically), so a partial run is usable, plus a JSON log of losses and times.
 """
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from artifix import scenes  # noqa: E402
-from artifix.example import NDF, NGF, NZ, make_discriminator, make_generator  # noqa: E402
+from artifix.example import scenes  # noqa: E402
+from artifix.example.model import NDF, NGF, NZ, make_discriminator, make_generator  # noqa: E402
 
 DATA_SEED = 1
 
@@ -103,7 +103,7 @@ def main() -> None:
                 "train_seconds": round(time.time() - t_train, 1),
                 "render_seconds": round(t_render, 1),
                 "threads": args.threads,
-                "data": f"artifix.scenes stream seed {DATA_SEED}, {args.pool} scenes",
+                "data": f"artifix.example.scenes stream seed {DATA_SEED}, {args.pool} scenes",
                 "nz": NZ,
                 "ngf": NGF,
                 "ndf": NDF,

@@ -2,7 +2,7 @@
 
     python scripts/train_segmenter.py [--steps 1000] [--out data/example/segmenter.pt]
 
-Training data: `artifix.scenes` stream seed 21 (a fixed pool, re-shuffled per epoch); held-out evaluation:
+Training data: `artifix.example.scenes` stream seed 21 (a fixed pool, re-shuffled per epoch); held-out evaluation:
 stream seed 22 (never trained on; the example GAN was trained on seed 1 and its reference set is seed 2).
 Augmentation (so that blurry, noisy GAN samples still segment): random horizontal flips, brightness and
 contrast jitter, Gaussian pixel noise and a random 3x3 blur. Loss: cross-entropy with class weights
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from artifix import scenes  # noqa: E402
-from artifix.segmenter import SceneSegmenter, Segmenter, confusion, iou_from_confusion  # noqa: E402
+from artifix.example import scenes  # noqa: E402
+from artifix.concepts.segmenter import SceneSegmenter, Segmenter, confusion, iou_from_confusion  # noqa: E402
 
 TRAIN_SEED = 21
 EVAL_SEED = 22
@@ -167,7 +167,7 @@ def main() -> None:
     real_prop = torch.bincount(torch.from_numpy(held).reshape(-1).long(), minlength=K).double()
     real_prop = real_prop / real_prop.sum()
     pred_real = ev["confusion"].sum(0).double() / ev["confusion"].sum()
-    from artifix.generator import load_generator, sample_batches
+    from artifix.model.generator import load_generator, sample_batches
 
     g = load_generator()
     gan_counts = torch.zeros(K, dtype=torch.float64)
@@ -180,12 +180,12 @@ def main() -> None:
 
     card = {
         "classes": list(scenes.CLASSES),
-        "architecture": f"artifix.segmenter.SceneSegmenter(classes={K}, width={args.width}): 3-level U-Net",
+        "architecture": f"artifix.concepts.segmenter.SceneSegmenter(classes={K}, width={args.width}): 3-level U-Net",
         "parameters": sum(p.numel() for p in model.parameters()),
-        "train": {"data": f"artifix.scenes stream seed {TRAIN_SEED}, {args.pool} scenes", "steps": step, "batch": args.batch,
+        "train": {"data": f"artifix.example.scenes stream seed {TRAIN_SEED}, {args.pool} scenes", "steps": step, "batch": args.batch,
                   "lr": args.lr, "seed": args.seed, "threads": args.threads, "train_seconds": round(seconds, 1),
                   "torch": str(torch.__version__), "final_loss": log[-1]["loss"] if log else None},
-        "heldout": {"data": f"artifix.scenes stream seed {EVAL_SEED}, scenes 0..{args.eval_n - 1}",
+        "heldout": {"data": f"artifix.example.scenes stream seed {EVAL_SEED}, scenes 0..{args.eval_n - 1}",
                     "iou": {c: r(v) for c, v in zip(scenes.CLASSES, ev["iou"].tolist())},
                     "mean_iou": r(torch.nanmean(ev["iou"]).item()), "pixel_accuracy": round(ev["pixel_accuracy"], 4),
                     "baseline": {"what": "per-position majority class of the training label maps",

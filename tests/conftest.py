@@ -34,7 +34,7 @@ def run_cli(*args: str, cwd=None):
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    from artifix.cli import run
+    from artifix.cli.main import run
 
     out, err = io.StringIO(), io.StringIO()
     old = os.getcwd()

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from artifix import ab
+from artifix.review import ab
 from artifix.errors import UserError
 from artifix.labels import LabelStore
 from tests.conftest import run_cli
@@ -104,7 +104,7 @@ def test_cli_import_and_report_with_bad_sheets(tmp_path):
 
 
 def test_preference_is_recorded_in_the_manifest(tmp_path):
-    from artifix.commands.natural import record_preference
+    from artifix.cli.commands.natural import record_preference
 
     res = make_study(tmp_path)
     key = ab.load_key(res["key"], res["study"])

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from artifix.trace import Trace, ablation
+from artifix.model.trace import Trace, ablation
 from tests.conftest import FIXTURES, GENS, run_cli
 
 ROS = FIXTURES / "rosinality_like.py"
@@ -234,7 +234,7 @@ RELOAD = {"stylegan": _reload_stylegan, "rosinality": _reload_rosinality, "progg
 def test_stylegan_layer_behind_demodulation_exports_verified_torchscript(world, tmp_path):
     """b8.conv1 feeds b16.conv0 (demodulated): no weight change is exact, so the export is a verified TorchScript module."""
     from artifix.repair.export import export_cleaned
-    from artifix.generator import load_generator, spec_from_options
+    from artifix.model.generator import load_generator, spec_from_options
 
     g = load_generator(spec_from_options({"checkpoint": str(world / "network.pkl"), "trust_pickle": True,
                                           "code_path": str(world / "checkout")}))

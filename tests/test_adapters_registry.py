@@ -19,7 +19,7 @@ def test_unknown_adapter_is_one_sentence():
 
 
 def test_torchscript_samples_but_refuses_hooks(tmp_path, tiny_ckpt):
-    from artifix.generator import load_generator, spec_from_options
+    from artifix.model.generator import load_generator, spec_from_options
 
     g = load_generator(spec_from_options({"generator": f"{GENS}:tiny_dcgan", "checkpoint": str(tiny_ckpt), "latent": "16,1,1"}))
     assert g.adapter.name == "module"

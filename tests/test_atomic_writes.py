@@ -84,7 +84,7 @@ def _w_json(path, v):
 
 
 def _w_png(path, v):
-    from artifix.images import save_png
+    from artifix.model.images import save_png
 
     save_png(path, np.full((32, 32, 3), 40 * v, np.uint8))
 
@@ -96,7 +96,7 @@ def _w_csv_export(path, v):
 
 
 def _w_unit_stats(path, v):
-    from artifix.stats import UnitStats
+    from artifix.units.stats import UnitStats
 
     s = UnitStats("main.3", 4, 8)
     s.update(torch.full((8, 4, 3, 3), float(v)), range(8))
@@ -104,7 +104,7 @@ def _w_unit_stats(path, v):
 
 
 def _w_classifier(path, v):
-    from artifix.classifier import ArtifactClassifier
+    from artifix.review.classifier import ArtifactClassifier
 
     fake = SimpleNamespace(to_dict=lambda: {"format": "test", "coef": torch.full((100,), float(v))})
     ArtifactClassifier.save(fake, path)
@@ -175,7 +175,7 @@ def test_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(name, tmp_
 def test_cleaned_generator_export_interrupted_keeps_the_previous_export(tmp_path, monkeypatch, tiny_ckpt):
     """The cleaned checkpoint (torch.save in the input's layout) and its safetensors copy, through export_cleaned."""
     from artifix.repair.export import export_cleaned
-    from artifix.generator import load_generator, spec_from_options
+    from artifix.model.generator import load_generator, spec_from_options
 
     g = load_generator(spec_from_options({"generator": f"{GENS}:tiny_dcgan", "checkpoint": str(tiny_ckpt), "latent": "16,1,1"}))
     out = tmp_path / "cleaned"

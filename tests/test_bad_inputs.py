@@ -47,7 +47,7 @@ def bad_gen(name: str) -> list[str]:
 
 def make_store(w: Path, ckpt: Path, flags: list[tuple[int, str]] = (), approve: list[int] = ()) -> Path:
     """A label store in the working folder with the tiny generator's run registered (and some flags)."""
-    from artifix.generator import load_generator, spec_from_options
+    from artifix.model.generator import load_generator, spec_from_options
     from artifix.labels import LabelStore
 
     g = load_generator(spec_from_options({"generator": f"{GENS}:tiny_dcgan", "checkpoint": str(ckpt), "latent": "16,1,1"}))

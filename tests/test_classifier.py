@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from artifix import classifier as C
-from artifix.classifier import cam, training
-from artifix import defaults, scenes
+from artifix.review import classifier as C
+from artifix.review.classifier import cam, training
+from artifix import defaults
+from artifix.example import scenes
 from artifix.errors import UserError
 
 N = 64

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from artifix.example import CHECKPOINT
-from artifix.generator import GeneratorSpec, load_generator
-from artifix.planted import plant_defects, simulate_reviewer
-from artifix.scoring import collect_stats
-from artifix.unitviz import top_card
+from artifix.example.model import CHECKPOINT
+from artifix.model.generator import GeneratorSpec, load_generator
+from artifix.example.planted import plant_defects, simulate_reviewer
+from artifix.units.scoring import collect_stats
+from artifix.report.unitviz import top_card
 from tests.conftest import run_cli
 
 TRUTH = [5, 17, 40]

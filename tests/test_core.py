@@ -7,10 +7,8 @@ import pytest
 import torch
 
 from artifix.errors import UserError
-from artifix.generator import (
-    GeneratorSpec, forward, latents, load_generator, read_checkpoint, sample, spec_from_options, to_uint8,
-)
-from artifix.trace import Trace, ablation, get_layer
+from artifix.model.generator import (GeneratorSpec, forward, latents, load_generator, read_checkpoint, sample, spec_from_options, to_uint8)
+from artifix.model.trace import Trace, ablation, get_layer
 from tests.conftest import GENS, run_cli
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from artifix import devices
-from artifix.generator import example_spec, load_generator, sample, sample_batches
+from artifix.model import devices
+from artifix.model.generator import example_spec, load_generator, sample, sample_batches
 from tests.fixtures.device_gens import OOMOnCalls
 
 pytestmark = pytest.mark.cuda
@@ -34,7 +34,7 @@ def test_generator_runs_on_the_gpu_and_repeats_exactly(gens):
 
 
 def test_hooks_and_unit_stats_on_the_gpu(gens):
-    from artifix.scoring import collect_stats
+    from artifix.units.scoring import collect_stats
 
     cpu, gpu = gens
     s_gpu = collect_stats(gpu, "main.5", seed=0, n=64, batch=32)
@@ -58,7 +58,7 @@ def test_features_on_the_gpu_match_the_cpu(gens):
 
 
 def test_classifier_on_the_gpu(gens):
-    from artifix.classifier import differentiable_score, train_classifier
+    from artifix.review.classifier import differentiable_score, train_classifier
 
     cpu, gpu = gens
     imgs = sample(cpu, seed=2, n=24, batch=24)

@@ -335,7 +335,7 @@ def test_paint_on_a_lower_tile_brings_the_canvas_into_view(server):
 
 def test_browser_ab_study_hides_the_key_until_the_end_and_records_every_answer(server):
     """The A/B page in a real browser: one blind pair at a time, no result until the last answer, every click stored."""
-    from artifix import ab
+    from artifix.review import ab
 
     url, store, tmp = server
     rng = np.random.default_rng(1)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from artifix import serve, session
+from artifix.cli import serve
+from artifix import session
 from artifix.labels import LabelStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def open_page(monkeypatch, opts: dict, page: str):
 
 def run_of(opts: dict) -> tuple[LabelStore, int]:
     """The store and run id the dashboard opened for these settings."""
-    from artifix.generator import load_generator
+    from artifix.model.generator import load_generator
 
     store = LabelStore(opts["store"])
     g = load_generator()
@@ -131,9 +132,9 @@ def test_units_page_ranks_every_component_previews_and_proposes(tmp_path, monkey
     assert "concept" in table.columns and "concept_iou" in table.columns
     u = int(table.unit.iloc[0])
     (line,) = [m.value for m in at.markdown if m.value.startswith(f"**Unit {u} draws**")]
-    from artifix.dissect import concepts_of_units
-    from artifix.generator import load_generator
-    from artifix.segmenter import load_segmenter
+    from artifix.concepts.dissect import concepts_of_units
+    from artifix.model.generator import load_generator
+    from artifix.concepts.segmenter import load_segmenter
 
     diss = session.layer_dissection(load_generator(), "main.8", load_segmenter(), 0, 100, CACHE)  # the page's, from the disk cache
     (want,) = concepts_of_units(diss, [u], top=3)
@@ -180,16 +181,16 @@ TREE = "tree"
 
 def _class_pixels(image: np.ndarray, mask: np.ndarray, concept: str) -> int:
     """Pixels inside `mask` that the bundled segmenter calls `concept`."""
-    from artifix.segmenter import load_segmenter
+    from artifix.concepts.segmenter import load_segmenter
 
     seg = load_segmenter()
     return int(((seg.labels(image[None])[0].numpy() == seg.classes.index(concept)) & mask).sum())
 
 
 def test_paint_page_adds_a_concept_inside_the_region(tmp_path, monkeypatch):
-    from artifix import dissect
-    from artifix.generator import load_generator
-    from artifix.segmenter import load_segmenter
+    from artifix.concepts import dissect
+    from artifix.model.generator import load_generator
+    from artifix.concepts.segmenter import load_segmenter
 
     opts = settings(tmp_path)
     at = open_page(monkeypatch, opts, "Paint")
@@ -268,7 +269,7 @@ def test_units_page_says_when_there_is_no_segmenter(tmp_path, monkeypatch):
 
 
 def test_sidebar_loads_the_maintainers_example_review_into_an_empty_run(tmp_path, monkeypatch):
-    from artifix.example import bundled_review
+    from artifix.example.model import bundled_review
 
     opts = settings(tmp_path)
     at = open_page(monkeypatch, opts, "Approvals")

@@ -128,7 +128,7 @@ def test_disabled_controls_say_why(tmp_path, monkeypatch):
 
 
 def test_unit_card_marks_where_the_unit_fires():
-    from artifix.unitviz import OUTLINE, PEAK, marked, normalised
+    from artifix.report.unitviz import OUTLINE, PEAK, marked, normalised
 
     image = np.full((64, 64, 3), 128, np.uint8)
     act = np.zeros((8, 8), np.float32) + 5.0  # a high, even background: a global scale would wash it all
@@ -202,8 +202,9 @@ def test_approvals_read_the_current_ranking_for_units_proposed_without_scores(tm
 def test_first_load_draws_the_skeleton_and_the_stages_before_the_queue_is_ready(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from artifix import serve, session
-    from artifix.generator import load_generator
+    from artifix.cli import serve
+    from artifix import session
+    from artifix.model.generator import load_generator
     from dashboard import queue_cache
     from tests.test_dashboard_pages import APP, CACHE
 

@@ -2,7 +2,7 @@
 
 import json
 
-from artifix.demo import DemoConfig, run_demo
+from artifix.example.demo import DemoConfig, run_demo
 
 
 def test_demo_finds_and_removes_planted_units(tmp_path):

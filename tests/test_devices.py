@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from artifix import defaults, devices
+from artifix import defaults
+from artifix.model import devices
 from artifix.errors import UserError
-from artifix.generator import GeneratorSpec, latents, load_generator, sample, sample_batches
+from artifix.model.generator import GeneratorSpec, latents, load_generator, sample, sample_batches
 from tests.conftest import FIXTURES, run_cli
 from tests.fixtures.device_gens import NAN_THRESHOLD, OOMOnCalls
 
@@ -31,7 +32,7 @@ def tiny():
 def test_device_option_is_in_the_defaults_table_and_every_command():
     opt = defaults.option("run", "device")
     assert opt.default is None and "auto" in opt.help and "cuda:N" in opt.help
-    from artifix.cli import COMMANDS, build_parser
+    from artifix.cli.main import COMMANDS, build_parser
 
     build_parser()
     assert all("device" in (c.options.get("run") or []) for c in COMMANDS.values())
@@ -97,7 +98,7 @@ def test_sampling_oom_backoff_gives_the_same_images(tiny):
 
 
 def test_stats_oom_backoff_gives_the_same_statistics(tiny):
-    from artifix.scoring import collect_stats
+    from artifix.units.scoring import collect_stats
 
     want = collect_stats(tiny, "main.2", seed=1, n=12, batch=8)
     tiny.module = OOMOnCalls(tiny.module, fail=1)

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from artifix import dissect as D
-from artifix import scenes
+from artifix.concepts import dissect as D
+from artifix.report import dissection as R
+from artifix.example import scenes
 from artifix.errors import UserError
-from artifix.generator import load_generator
-from artifix.scoring import TOP_FRACTIONS, iou_iqr, iqr_from_counts
-from artifix.segmenter import confusion, iou_from_confusion, load_segmenter
+from artifix.model.generator import load_generator
+from artifix.units.scoring import TOP_FRACTIONS, iou_iqr, iqr_from_counts
+from artifix.concepts.segmenter import confusion, iou_from_confusion, load_segmenter
 from tests.conftest import run_cli
 
 K = len(scenes.CLASSES)
@@ -83,9 +84,9 @@ def test_dissection_finds_object_units_and_reports(main5, tmp_path):
     assert cards[0]["concepts"] and "building" in [x["concept"] for x in cards[0]["concepts"]]
     again = D.LayerDissection.from_json(json.loads(json.dumps(main5.to_json())))
     assert np.allclose(again.iou, main5.iou, atol=1e-5) and again.counts() == main5.counts()
-    png = D.charts({"main.5": main5, "copy": again})
+    png = R.charts({"main.5": main5, "copy": again})
     assert png.ndim == 3 and png.shape[2] == 3
-    assert "| main.5 |" in D.report_markdown({"main.5": main5}, concepts=["tree"])
+    assert "| main.5 |" in R.report_markdown({"main.5": main5}, concepts=["tree"])
 
 
 def test_ablating_top_tree_units_removes_more_tree_than_random_units(g, seg, main5):

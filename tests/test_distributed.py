@@ -81,9 +81,9 @@ def test_blocks_cover_the_samples_in_order():
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A planted-defect checkpoint and a store holding a reviewer's flags and painted masks."""
-    from artifix.example import CHECKPOINT
-    from artifix.generator import load_generator
-    from artifix.planted import plant_defects, simulate_reviewer
+    from artifix.example.model import CHECKPOINT
+    from artifix.model.generator import load_generator
+    from artifix.example.planted import plant_defects, simulate_reviewer
     from tests.conftest import run_cli
 
     d = tmp_path_factory.mktemp("dist")
@@ -142,8 +142,8 @@ def test_metrics_two_ranks_equal_one_process(project):
 SCRIPT = r'''
 import sys, torch
 from artifix import dist
-from artifix.generator import load_generator
-from artifix.scoring import exact_effect, first_order_effect, iou_iqr
+from artifix.model.generator import load_generator
+from artifix.units.scoring import exact_effect, first_order_effect, iou_iqr
 dist.init()
 torch.manual_seed(0)
 g = load_generator()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from artifix.example import CHECKPOINT, make_generator
+from artifix.example.model import CHECKPOINT, make_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def test_bundled_review_notes_give_the_ranks_artifix_score_finds(tmp_path):
     import json
     import re
 
-    from artifix.example import REVIEW_DIR, bundled_review
+    from artifix.example.model import REVIEW_DIR, bundled_review
     from tests.conftest import run_cli
 
     store = str(tmp_path / "labels.sqlite")

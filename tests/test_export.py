@@ -8,13 +8,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from artifix.errors import UserError
-from artifix.example import Generator
+from artifix.example.model import Generator
 from artifix.repair.bake import bake_ablation, bake_edits
 from artifix.repair.export import export_cleaned
 from artifix.repair.verification import verify
-from artifix.generator import GeneratorSpec, LoadedGenerator, latents, load_generator, spec_from_options
+from artifix.model.generator import GeneratorSpec, LoadedGenerator, latents, load_generator, spec_from_options
 from artifix.io import sha256_file
-from artifix.trace import Trace, ablation
+from artifix.model.trace import Trace, ablation
 from tests.conftest import GENS
 
 TOL = 1e-5

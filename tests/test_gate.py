@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from artifix.example import CHECKPOINT
-from artifix.generator import images_at, load_generator
+from artifix.example.model import CHECKPOINT
+from artifix.model.generator import images_at, load_generator
 from tests.conftest import run_cli
 
 N = 200
@@ -65,9 +65,9 @@ def proj(tmp_path_factory, one_torch_thread):
     """The project folder described in the module docstring, with a stored baseline report (seed 1000)."""
     from safetensors.torch import save_file
 
-    from artifix.classifier import train_classifier
+    from artifix.review.classifier import train_classifier
     from artifix.repair.export import export_cleaned
-    from artifix.planted import plant_defects, simulate_reviewer
+    from artifix.example.planted import plant_defects, simulate_reviewer
 
     d = tmp_path_factory.mktemp("gate")
     ck = torch.load(CHECKPOINT, weights_only=True)
@@ -261,8 +261,8 @@ def test_input_errors_exit_2_before_sampling(proj):
 
 def test_classifier_reuses_the_metrics_features(proj):
     """With effnet-lite0 metrics, the artifact calls come from the metrics' features and match the classifier's own pass."""
-    from artifix.classifier import ArtifactClassifier
-    from artifix.generator import GeneratorSpec
+    from artifix.review.classifier import ArtifactClassifier
+    from artifix.model.generator import GeneratorSpec
 
     crit = '[{"metric": "fd", "against": "absolute", "threshold": 1e9}, {"metric": "artifact_rate", "threshold": 1.0}]'
     code, out, err = gate(proj, "--features", "effnet-lite0", "--n", "16", "--bootstrap", "2", "--checkpoint", "planted.pt",

@@ -86,7 +86,7 @@ MODELS = '''
 import torch
 from torch import nn
 
-from artifix.example import Generator as DCGAN
+from artifix.example.model import Generator as DCGAN
 
 
 class Generator(nn.Module):
@@ -210,7 +210,7 @@ def test_library_messages_go_through_logging_and_the_cli_prints_them(caplog, tmp
 
 
 def test_help_has_examples_and_closed_sets_are_choices(capsys):
-    from artifix import cli, cli_help
+    from artifix.cli import main as cli, help as cli_help
 
     parser = cli.build_parser()
     for name in cli.COMMANDS:
@@ -233,7 +233,7 @@ def test_shell_completion_scripts():
 # ------------------------------------------------------------------------------------------ report pictures
 
 def test_forest_plot_draws_repair_beside_control_and_gate_thresholds():
-    from artifix import plots
+    from artifix.report import plots
 
     sub = {"repair": {"fd_x": {"a": 10.0, "b": 8.0, "diff": -2.0, "ci": [-3.0, -1.0]}},
            "control": {"fd_x": {"a": 10.0, "b": 10.1, "diff": 0.1, "ci": [-0.5, 0.7]}},
@@ -256,7 +256,7 @@ def test_forest_plot_draws_repair_beside_control_and_gate_thresholds():
 
 def test_cli_reference_is_generated_from_the_defaults_table():
     from artifix import defaults
-    from artifix.cli_reference import markdown
+    from artifix.cli.reference import markdown
 
     md = markdown()
     used = {o for o in defaults.OPTIONS if f"`[{o.section}] {o.name}`" in md}

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from artifix.cli import run
+from artifix.cli.main import run
 from artifix.io import COMPLETE_MARKER, folder_is_complete, output_folder, recover_output_folder
 
 KILLS = 20
@@ -71,8 +71,8 @@ def leftovers(target: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A folder with a label store holding the bundled review of the example (flags and approved units)."""
-    from artifix.example import LAYER, seed_bundled_review
-    from artifix.generator import load_generator
+    from artifix.example.model import LAYER, seed_bundled_review
+    from artifix.model.generator import load_generator
     from artifix.labels import LabelStore
 
     torch.set_num_threads(1)  # fork-safe: no intra-op worker threads in the parent
@@ -86,8 +86,8 @@ def project(tmp_path_factory):
 
 def _library_repair(d: Path, out: Path, seed: int) -> int:
     """The repair stage as `artifix repair` calls it, with cheap metrics (KID only, n = 8, no classifier)."""
-    from artifix.example import LAYER
-    from artifix.generator import load_generator
+    from artifix.example.model import LAYER
+    from artifix.model.generator import load_generator
     from artifix.labels import LabelStore
     from artifix.repair import plan_from_store, repair
     from artifix.session import flagged_and_clean
@@ -103,7 +103,7 @@ def _library_repair(d: Path, out: Path, seed: int) -> int:
 
 
 def _demo(out: Path, seed: int) -> int:
-    from artifix.demo import DemoConfig, run_demo
+    from artifix.example.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, seed=seed, scan=60, n_flag=6, n_clean=6, stats_n=64, metrics_n=8, metrics="swd",
                         high_pool=0, collateral_n=0, planted_units=(5, 50, 55)), say=lambda m: None)

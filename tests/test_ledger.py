@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from artifix.generator import images_at, load_generator
+from artifix.model.generator import images_at, load_generator
 from artifix.ledger import Ledger, edit_key, set_key
 from artifix.metrics import features as FE
 from artifix.metrics.extractor import Extractor
 from artifix.metrics.reference import load_real
 from artifix.repair import RepairPlan, measure
-from artifix.scenes import render
-from artifix.trace import Trace, ablation
+from artifix.example.scenes import render
+from artifix.model.trace import Trace, ablation
 
 
 @pytest.fixture(scope="module")

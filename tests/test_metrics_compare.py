@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from artifix import scenes
+from artifix.example import scenes
 from artifix.errors import UserError
 from artifix.metrics import compute_metrics, format_n, metric_name, paired_compare, parse_metrics
 from tests.test_metrics_reference import PixelFeatures

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from artifix import scenes
+from artifix.example import scenes
 from artifix.errors import UserError
 from artifix.metrics import extractor as EX
 from artifix.metrics import features as FE

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from artifix import example, scenes
+from artifix.example import model as example, scenes
 from artifix.errors import UserError
 from artifix.metrics.extractor import Extractor
 from artifix.metrics import reference as R

@@ -4,7 +4,7 @@ batch-size independence, storage modes and exact bootstrap replicates."""
 import numpy as np
 import pytest
 
-from artifix import scenes
+from artifix.example import scenes
 from artifix.errors import UserError
 import artifix.metrics.swd as S
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from artifix.generator import GeneratorSpec, LoadedGenerator, fingerprint, images_at, latents
-from artifix.highact import fd_to_reference, high_activation
-from artifix.scoring import collect_stats, score_units
-from artifix.selection import compare_layers, joint_ablation_images, select_set
-from artifix.trace import Trace, ablation
+from artifix.model.generator import GeneratorSpec, LoadedGenerator, fingerprint, images_at, latents
+from artifix.units.highact import fd_to_reference, high_activation
+from artifix.units.scoring import collect_stats, score_units
+from artifix.units.selection import compare_layers, joint_ablation_images, select_set
+from artifix.model.trace import Trace, ablation
 
 
 def magenta_fraction(images: np.ndarray) -> np.ndarray:
@@ -111,8 +111,8 @@ def test_fd_to_reference_matches_the_full_formula():
 
 @pytest.fixture(scope="module")
 def planted():
-    from artifix.generator import load_generator
-    from artifix.planted import plant_defects
+    from artifix.model.generator import load_generator
+    from artifix.example.planted import plant_defects
 
     g = load_generator()
     truth = [5, 17, 40]
@@ -149,7 +149,7 @@ def test_select_and_repair_unit_set_report_user_mistakes(tmp_path):
 def test_select_cli_compares_layers_and_proposes_the_set(tmp_path):
     import json
 
-    from artifix.example import REVIEW_DIR
+    from artifix.example.model import REVIEW_DIR
     from tests.conftest import run_cli
 
     store = str(tmp_path / "l.sqlite")

@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from artifix import cli, config, defaults
+from artifix.cli import main as cli
+from artifix import config, defaults
 from artifix.errors import UserError
 from artifix.labels import LABELS, LabelStore
-from artifix.stats import UnitStats, merge_all
+from artifix.units.stats import UnitStats, merge_all
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from artifix.example import make_generator
+from artifix.example.model import make_generator
 from artifix.labels import LabelStore
 from tests.test_cli_pipeline import TRUTH, cli, planted_project  # noqa: F401  (module fixture reused)
 

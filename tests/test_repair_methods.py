@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from artifix.classifier import differentiable_score, train_classifier
-from artifix.example import REVIEW_DIR, bundled_review, seed_bundled_review
-from artifix.generator import forward, images_at, latents, load_generator
-from artifix.planted import low_impact_units, plant_defects, simulate_reviewer
+from artifix.review.classifier import differentiable_score, train_classifier
+from artifix.example.model import REVIEW_DIR, bundled_review, seed_bundled_review
+from artifix.model.generator import forward, images_at, latents, load_generator
+from artifix.example.planted import low_impact_units, plant_defects, simulate_reviewer
 from artifix.repair import (RepairPlan, combine, high_activation_samples, optimise_alpha, paired_rate_diff, plan_auto,
                             random_control, sequential_auto, sweep)
-from artifix.trace import Trace, ablation
+from artifix.model.trace import Trace, ablation
 
 TRUTH = [5, 17, 40]
 

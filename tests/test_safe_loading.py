@@ -79,7 +79,7 @@ def test_source_audit_every_load_is_safe():
 
 
 def test_checkpoint_pickle_refused_unless_trusted(tmp_path, tiny_ckpt):
-    from artifix.generator import read_checkpoint
+    from artifix.model.generator import read_checkpoint
 
     marker = tmp_path / "pwned"
     sd = torch.load(tiny_ckpt, weights_only=True)["netG_state_dict"]
@@ -94,7 +94,7 @@ def test_checkpoint_pickle_refused_unless_trusted(tmp_path, tiny_ckpt):
 def test_export_reads_the_source_checkpoint_safely(tmp_path, tiny_ckpt):
     """export_cleaned re-reads the input checkpoint for its layout: the same refusal applies there."""
     from artifix.repair.export import export_cleaned
-    from artifix.generator import load_generator, spec_from_options
+    from artifix.model.generator import load_generator, spec_from_options
 
     g = load_generator(spec_from_options({"generator": f"{GENS}:tiny_dcgan", "checkpoint": str(tiny_ckpt), "latent": "16,1,1"}))
     marker = tmp_path / "pwned"
@@ -106,7 +106,7 @@ def test_export_reads_the_source_checkpoint_safely(tmp_path, tiny_ckpt):
 
 
 def test_unit_stats_file_pickle_refused(tmp_path):
-    from artifix.stats import UnitStats
+    from artifix.units.stats import UnitStats
 
     marker = tmp_path / "pwned"
     torch.save({"format": "artifix.unit_stats", "x": Evil(marker)}, tmp_path / "stats.pt")
@@ -116,8 +116,8 @@ def test_unit_stats_file_pickle_refused(tmp_path):
 
 
 def test_poisoned_stats_cache_is_refused_and_recomputed(tmp_path, tiny_ckpt):
-    from artifix.generator import load_generator, spec_from_options
-    from artifix.scoring import cached_stats
+    from artifix.model.generator import load_generator, spec_from_options
+    from artifix.units.scoring import cached_stats
 
     g = load_generator(spec_from_options({"generator": f"{GENS}:tiny_dcgan", "checkpoint": str(tiny_ckpt), "latent": "16,1,1"}))
     good = cached_stats(g, "main.3", 0, 8, tmp_path / "cache")
@@ -127,13 +127,13 @@ def test_poisoned_stats_cache_is_refused_and_recomputed(tmp_path, tiny_ckpt):
     again = cached_stats(g, "main.3", 0, 8, tmp_path / "cache")
     assert not marker.exists()
     assert torch.equal(again.max, good.max)
-    from artifix.stats import UnitStats
+    from artifix.units.stats import UnitStats
 
     assert torch.equal(UnitStats.load(entry).max, good.max)  # the entry was replaced by a good one
 
 
 def test_classifier_file_pickle_refused(tmp_path):
-    from artifix.classifier import ArtifactClassifier
+    from artifix.review.classifier import ArtifactClassifier
 
     marker = tmp_path / "pwned"
     torch.save({"format": "artifix.artifact_classifier", "x": Evil(marker)}, tmp_path / "clf.pt")

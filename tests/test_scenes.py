@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from artifix import scenes
+from artifix.example import scenes
 
 
 def test_pure_function_of_seed_and_index():

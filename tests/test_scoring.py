@@ -6,12 +6,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from artifix.generator import load_generator
-from artifix.planted import plant_defects, simulate_reviewer
-from artifix.scoring import (
-    TOP_FRACTIONS, auc, collect_stats, combined_score, iou_iqr, iqr_from_counts, recall_at_k, robust_z, score_units,
-)
-from artifix.tally import IouTally
+from artifix.model.generator import load_generator
+from artifix.example.planted import plant_defects, simulate_reviewer
+from artifix.units.scoring import (TOP_FRACTIONS, auc, collect_stats, combined_score, iou_iqr, iqr_from_counts, recall_at_k, robust_z, score_units)
+from artifix.units.tally import IouTally
 
 
 def brute_iqr(a: np.ndarray, s: np.ndarray) -> float:
@@ -45,7 +43,7 @@ def test_iqr_and_iou_match_brute_force():
 
 
 def _iou_iqr_before_the_shared_tally(acts, masks, thresholds, chunk):
-    """The artifact scorer's IoU@IQR as it was before `artifix.tally`: F.interpolate, one threshold at a time."""
+    """The artifact scorer's IoU@IQR as it was before `artifix.units.tally`: F.interpolate, one threshold at a time."""
     b, c = acts.shape[:2]
     s = masks.reshape(b, -1).float()
     ns = s.sum().double()
@@ -144,8 +142,8 @@ def test_flags_without_masks_use_classifier_pseudo_masks(planted_setup):
     Measured on this example (README): the region-based causal effect then singles out the planted units,
     while the combined ranking is weaker than with painted regions, because pseudo masks are coarse.
     """
-    from artifix.classifier import pseudo_masks, train_classifier
-    from artifix.generator import images_at
+    from artifix.review.classifier import pseudo_masks, train_classifier
+    from artifix.model.generator import images_at
 
     g, bad, truth, review, stats = planted_setup
     ids = review.artifact + review.clean
@@ -168,7 +166,7 @@ def test_cold_start_prior_without_labels(planted_setup):
 
 
 def test_realism_score_matches_definition_and_flags_outliers():
-    from artifix.scoring import realism_scores
+    from artifix.units.scoring import realism_scores
 
     rng = np.random.default_rng(0)
     real = rng.normal(size=(200, 5))
@@ -183,7 +181,7 @@ def test_realism_score_matches_definition_and_flags_outliers():
 
 
 def test_review_priors_put_planted_samples_first(planted_setup):
-    from artifix.scoring import review_priors
+    from artifix.units.scoring import review_priors
 
     g, bad, truth, review, stats = planted_setup
     ids = list(range(300))

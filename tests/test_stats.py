@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from artifix.errors import UserError
-from artifix.stats import QuantileSketch, UnitStats, merge_all
-from artifix.stats.sketch import _bucket_of_bits
+from artifix.units.stats import QuantileSketch, UnitStats, merge_all
+from artifix.units.stats.sketch import _bucket_of_bits
 
 QS = [0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0]
 

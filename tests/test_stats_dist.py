@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from artifix.errors import UserError
-from artifix.stats import UnitStats, all_reduce_, gather
+from artifix.units.stats import UnitStats, all_reduce_, gather
 
 N, C, H, W = 23, 3, 4, 5
 WORLD = 2

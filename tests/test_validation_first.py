@@ -29,14 +29,14 @@ def test_kwargs_for_another_generator_are_refused_not_ignored_with_the_example(t
 
 def test_auto_k_larger_than_the_layer_is_refused_before_any_ablation(tmp_path, monkeypatch):
     import artifix.session
-    import artifix.scoring
+    import artifix.units.scoring
 
     def no_work(*a, **k):
         raise AssertionError("ranked or collected statistics before refusing --k")
 
     monkeypatch.setattr(artifix.session, "score_run", no_work)
-    monkeypatch.setattr(artifix.scoring, "collect_stats", no_work)
-    monkeypatch.setattr(artifix.scoring, "cached_stats", no_work)
+    monkeypatch.setattr(artifix.units.scoring, "collect_stats", no_work)
+    monkeypatch.setattr(artifix.units.scoring, "cached_stats", no_work)
     code, out, err = run_cli("repair", "--auto", "--k", "1000", "--store", str(tmp_path / "s.sqlite"),
                              "--out", str(tmp_path / "rep"), "--cache", str(tmp_path / "cache"))
     _one_line_error(code, err, "--k 1000 is too many for layer main.8: it has 64 units")
@@ -57,12 +57,12 @@ def test_auto_k_larger_than_the_layer_is_refused_before_any_ablation(tmp_path, m
     (["classify", "predict", "--review-k", "0"], "--review-k must be a positive number"),
 ])
 def test_out_of_range_options_are_refused_before_the_generator_is_loaded(argv, text, tmp_path, monkeypatch):
-    import artifix.generator
+    import artifix.model.generator
 
     def no_load(*a, **k):
         raise AssertionError("loaded the generator before checking the options")
 
-    monkeypatch.setattr(artifix.generator, "load_generator", no_load)
+    monkeypatch.setattr(artifix.model.generator, "load_generator", no_load)
     code, out, err = run_cli(*argv, "--out", str(tmp_path / "o"), cwd=tmp_path) if argv[0] in (
         "repair", "dissect", "paint", "score", "stats", "gate") else run_cli(*argv, cwd=tmp_path)
     _one_line_error(code, err, text)
@@ -71,13 +71,13 @@ def test_out_of_range_options_are_refused_before_the_generator_is_loaded(argv, t
 
 @pytest.mark.parametrize("cmd", ["score", "dissect", "paint", "gate", "stats"])
 def test_an_output_folder_artifix_did_not_write_is_refused_up_front(cmd, tmp_path, monkeypatch):
-    import artifix.generator
+    import artifix.model.generator
 
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     if cmd != "gate":
-        monkeypatch.setattr(artifix.generator, "load_generator", lambda *a, **k: (_ for _ in ()).throw(
+        monkeypatch.setattr(artifix.model.generator, "load_generator", lambda *a, **k: (_ for _ in ()).throw(
             AssertionError("loaded the generator before checking --out")))
     extra = {"paint": ["--units", "1"], "gate": ["--measure-only", "--criteria", '[{"metric": "swd"}]']}.get(cmd, [])
     code, out, err = run_cli(cmd, *extra, "--out", str(mine), cwd=tmp_path)

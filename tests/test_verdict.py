@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from artifix import provenance, verdict
-from artifix.repair import model_card
+from artifix.report.card import model_card
 
 
 def _m(fd=(-6.8, (-8.1, -5.4)), swd=(1.03, (0.84, 1.23)), rate=None, collateral=None) -> dict:

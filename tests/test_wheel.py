@@ -81,7 +81,7 @@ def test_wheel_holds_the_example_and_the_dashboard(installed):
 
 def test_installed_wheel_runs_outside_the_checkout(installed):
     py, work, env, _, site = installed
-    probe = _run([str(py), "-c", "import artifix, artifix.example as e; print(artifix.__file__); print(e.DATA_DIR)"],
+    probe = _run([str(py), "-c", "import artifix, artifix.example.model as e; print(artifix.__file__); print(e.DATA_DIR)"],
                  work, env).stdout.split()
     assert all(Path(p).is_relative_to(site) for p in probe), probe  # not the checkout
     artifix = str(py.parent / "artifix")
@@ -104,7 +104,7 @@ def _free_port() -> int:
 def test_installed_dashboard_serves_its_page(installed):
     py, work, env, _, site = installed
     # the installed app renders (its pages import from the installed package) ...
-    check = ("from streamlit.testing.v1 import AppTest; import artifix.serve as s; "
+    check = ("from streamlit.testing.v1 import AppTest; import artifix.cli.serve as s; "
              "at = AppTest.from_file(str(s.APP), default_timeout=240).run(); "
              "print(s.APP); print('exceptions', len(at.exception)); print('radio', list(at.radio[0].options))")
     out = _run([str(py), "-c", check], work, env).stdout

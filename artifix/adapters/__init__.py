@@ -15,7 +15,7 @@ import difflib
 from importlib.metadata import entry_points
 
 from ..errors import UserError
-from ..generator import EXAMPLE_FACTORY, GeneratorSpec
+from ..model.generator import EXAMPLE_FACTORY, GeneratorSpec
 from .base import Adapter
 from .module import REFUSAL, ModuleAdapter, TorchScriptAdapter
 from .proggan import ProGANAdapter

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..model.generator import GeneratorSpec, LoadedGenerator, extract_state_dict, fingerprint, latents, read_checkpoint
 from ..repair.bake import BakeResult, LayerBake, bake_edits
-from ..generator import GeneratorSpec, LoadedGenerator, extract_state_dict, fingerprint, latents, read_checkpoint
 
 Edits = Mapping[str, tuple[tuple[int, ...], tuple[float, ...]]]  # {layer: (units, alphas)} as export normalises them
 Rule = Callable[[nn.Module, str, torch.Tensor], "tuple[str, list[str]] | str"]  # (work, layer, scales) -> (method, names) | reason

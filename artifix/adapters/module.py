@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..generator import GeneratorSpec, _is_torchscript
+from ..model.generator import GeneratorSpec, _is_torchscript
 from .base import Adapter
 
 TS_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".zip", ".torchscript")

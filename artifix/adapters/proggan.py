@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..model.generator import GeneratorSpec, LoadedGenerator, extract_state_dict, load_into, read_checkpoint
 from ..repair.bake import bake_edits
-from ..generator import GeneratorSpec, LoadedGenerator, extract_state_dict, load_into, read_checkpoint
 from .base import Adapter, Edits, bake_with_rules, finish, named, state_dict_keys
 
 LAYER = re.compile(r"layer(\d+)\.conv\.weight")

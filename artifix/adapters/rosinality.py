@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..generator import GeneratorSpec, LoadedGenerator, extract_state_dict, load_into, read_checkpoint, resolve_factory
+from ..model.generator import (GeneratorSpec, LoadedGenerator, extract_state_dict, load_into, read_checkpoint, resolve_factory)
 from .base import Adapter, Edits, add_code_path, bake_with_rules, finish, fixed_normal, named, scale_rows, state_dict_keys
 
 MEAN_N = 4096

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from ..errors import RuntimeFailure, UserError
+from ..io import atomic_path, sha256_file, write_json_atomic
+from ..model.generator import GeneratorSpec, LoadedGenerator, fingerprint, latents
 from ..repair.export import ExportResult
 from ..repair.verification import TOLERANCE, save_hooked_torchscript, verify
-from ..generator import GeneratorSpec, LoadedGenerator, fingerprint, latents
-from ..io import atomic_path, sha256_file, write_json_atomic
 from .base import Adapter, Edits, add_code_path, bake_with_rules, finish, named, scale_rows
 
 PERSISTENCE = "torch_utils.persistence"

@@ -36,8 +36,7 @@ baked into the layer's own output or into its consumer's weights (as artifix's e
 Everything is seeded, so the same inputs give the same report; wall-clock facts sit under the "run" key.
 
 The package: `criteria` (parsing and validating [[gate.criteria]]), `inputs` (GateSettings, the files a run
-reads), `measure` (sampling and measuring), `judge` (the decision rule), `outputs` (JSON, JUnit XML, Markdown)
-and `run` (`run_gate`, which ties them together).
+reads), `measure` (sampling and measuring), `judge` (the decision rule) and `run` (`run_gate`, which ties them together); `artifix.report.gate` writes the JSON, JUnit XML and Markdown.
 """
 
 from .criteria import (AGAINST, CRITERION_KEYS, DIRECTIONS, FOREST_NAME, FORMAT, FORMAT_VERSION, GATE_METRICS, JUNIT_NAME,
@@ -45,12 +44,11 @@ from .criteria import (AGAINST, CRITERION_KEYS, DIRECTIONS, FOREST_NAME, FORMAT,
 from .inputs import GateSettings, dist_metrics, read_baseline_report, read_manifest, read_preference, validate
 from .judge import judge
 from .measure import measure
-from .outputs import junit_xml, markdown_summary, write_outputs
 from .run import run_gate
 
 __all__ = [
     "AGAINST", "CRITERION_KEYS", "DIRECTIONS", "FOREST_NAME", "FORMAT", "FORMAT_VERSION", "GATE_METRICS", "JUNIT_NAME",
     "REPORT_NAME", "SUMMARY_NAME", "TIERS", "Criterion", "parse_criteria", "parse_criteria_option",
     "GateSettings", "dist_metrics", "read_baseline_report", "read_manifest", "read_preference", "validate",
-    "judge", "measure", "junit_xml", "markdown_summary", "write_outputs", "run_gate",
+    "judge", "measure", "run_gate",
 ]

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..classifier import ArtifactClassifier
 from ..errors import UserError
 from ..io import check_output_folder, read_json, sha256_file
 from ..results import RepairManifest
+from ..review.classifier import ArtifactClassifier
 from .criteria import DIST_METRICS, FORMAT, FORMAT_VERSION, Criterion
 
 

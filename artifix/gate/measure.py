@@ -8,13 +8,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .. import intervals
-from ..classifier import FeatureSet, pixel_stats
 from ..errors import RuntimeFailure
-from ..generator import sample_batches
 from ..ledger import Ledger
 from ..metrics import compute_metrics, get_extractor, paired_compare_many
 from ..metrics.extractor import Extractor
-from ..trace import Trace, ablation
+from ..model.generator import sample_batches
+from ..model.trace import Trace, ablation
+from ..review.classifier import FeatureSet, pixel_stats
 from .inputs import GateSettings, dist_metrics
 
 

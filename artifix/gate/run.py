@@ -7,18 +7,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .. import __version__, generator
+from .. import __version__
 from ..errors import UserError
 from ..io import sha256_file
+from ..model import generator
+from ..model.trace import get_layer
 from ..profiles import profile_for
 from ..provenance import provenance
-from ..trace import get_layer
+from ..report.gate import write_outputs
 from ..verdict import gate_verdict
 from .criteria import DIST_METRICS, FORMAT, FORMAT_VERSION
 from .inputs import GateSettings, dist_metrics, validate
 from .judge import judge
 from .measure import measure
-from .outputs import write_outputs
 
 
 def run_gate(s: GateSettings, cand_spec: Any, say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:

@@ -12,7 +12,7 @@
 
 from .schema import SCHEMA_VERSION
 from .store import LabelStore
-from .transfer import _replace_dir  # noqa: F401  (used by artifix.ab)
+from .transfer import _replace_dir  # noqa: F401  (used by artifix.review.ab)
 from .values import LABELS, STATUSES, ApprovedUnit, Run, decode_mask, encode_mask, format_time, parse_time
 
 __all__ = [

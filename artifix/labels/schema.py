@@ -11,7 +11,7 @@ Data model (every table keeps history; nothing is updated in place except a run'
 - `audit`: append-only log, one row written in the same transaction as every change. SQLite and
   PostgreSQL triggers reject UPDATE and DELETE on it (PostgreSQL also TRUNCATE); a DROP TABLE by someone
   with owner rights is not prevented.
-- `ab_answers`: blind A/B preference answers (artifix.ab).
+- `ab_answers`: blind A/B preference answers (artifix.review.ab).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ audit_t = sa.Table(
     sa.Index("ix_audit_run", "run_id", "id"),
 )
 
-ab_answers_t = sa.Table(  # blind A/B preference study answers (artifix.ab); latest per (study, pair, reviewer) counts
+ab_answers_t = sa.Table(  # blind A/B preference study answers (artifix.review.ab); latest per (study, pair, reviewer) counts
     "ab_answers", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("study", sa.String(64), nullable=False),  # the study's content id (study.json)

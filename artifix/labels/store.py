@@ -456,7 +456,7 @@ class LabelStore(LabelTransfer):
         df["time"] = time_col(df["time"])
         return df
 
-    # -- blind A/B preference answers (artifix.ab)
+    # -- blind A/B preference answers (artifix.review.ab)
 
     def add_ab_answers(self, study: str, answers: Mapping[int, str] | Iterable[tuple[int, str]], reviewer: str) -> list[int]:
         """Record a reviewer's 'left' / 'right' / 'same' answers to pairs of an A/B study in one transaction; returns the ids."""

@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .. import defaults, devices
+from .. import defaults
 from ..errors import UserError
+from ..model import devices
 from ..progress import Progress
 
 #: Version of the preprocessing pipeline; part of every cache key (bump when the pixels fed to a network change).

@@ -4,7 +4,7 @@
 features themselves (KID) and an SWD sample. Sources:
 
 - None: the reference images of the default generator's profile (`profiles.default_profile`): for the
-  bundled example its held-out procedural scenes (`artifix.example.reference_scenes`), rendered on demand;
+  bundled example its held-out procedural scenes (`artifix.example.model.reference_scenes`), rendered on demand;
 - a folder of .png/.jpg/.jpeg/.bmp/.webp images (searched recursively, sorted by relative path, converted
   to RGB); all images must have one size unless `real_resize` is set (then each is resized to the first
   image's size with PIL bicubic);

@@ -13,14 +13,13 @@ The data flow, one module a step:
         verification.py the copy checked against the hooked original; the TorchScript fallback
     measurement.py  the proof: paired before/after metrics, artifact rates, pixel change
     manifest.py     the manifest (what was removed, the export, the proof, the verdict) and its files
-    card.py         the manifest as a Markdown model card, with forest and k-sweep plots
+                    (the model card and its plots are drawn by artifix.report.card)
     run.py          `repair`: all of the above into one output folder, as one transaction
 """
 
 from __future__ import annotations
 
 from .bake import BakeResult, LayerBake, bake_ablation, bake_edits
-from .card import model_card, report_pictures
 from .export import ExportResult, export_cleaned
 from .ksweep import sweep
 from .measurement import fd_recovery, high_activation_samples, measure, paired_rate_diff, pixel_change
@@ -31,6 +30,6 @@ from .verification import TOLERANCE, VERIFY_N, hooked_torchscript, verify
 __all__ = [
     "BakeResult", "ExportResult", "LayerBake", "RepairPlan", "TOLERANCE", "VERIFY_N", "bake_ablation", "bake_edits",
     "check_repair_out", "combine", "export_cleaned", "fd_recovery", "high_activation_samples", "hooked_torchscript",
-    "measure", "model_card", "optimise_alpha", "paired_rate_diff", "pixel_change", "plan_auto", "plan_from_store",
-    "random_control", "repair", "repair_into", "report_pictures", "sequential_auto", "sweep", "verify",
+    "measure", "optimise_alpha", "paired_rate_diff", "pixel_change", "plan_auto", "plan_from_store",
+    "random_control", "repair", "repair_into", "sequential_auto", "sweep", "verify",
 ]

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from ..trace import get_layer
+from ..model.trace import get_layer
 from .edits import Inputs, _normalize_edits
 from .rules import Applied, _Probe, _probe, apply_rules
 

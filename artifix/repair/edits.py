@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Union
 import torch
 
 from ..errors import UserError
-from ..trace import Ablation, ablation
+from ..model.trace import Ablation, ablation
 
 Inputs = Union[torch.Tensor, tuple]  # z, or (z, y) for a conditional G (y may be None)
 Call = Callable[[Any, tuple[Any, ...]], Any]  # (model, args) -> images; an adapter's forward (default: model(*args))

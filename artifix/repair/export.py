@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import RuntimeFailure, UserError
-from ..generator import COMMON_KEYS, LoadedGenerator, extract_state_dict, fingerprint, latents, load_into, read_checkpoint
+from ..model.generator import (COMMON_KEYS, LoadedGenerator, extract_state_dict, fingerprint, latents, load_into, read_checkpoint)
 from ..io import atomic_path, save_torch_atomic, sha256_file, write_json_atomic
 from .bake import bake_edits
 from .edits import Call, _as_args, _normalize_edits

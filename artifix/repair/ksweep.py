@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .. import intervals, log
-from ..generator import LoadedGenerator
 from ..ledger import Ledger
 from ..metrics import get_extractor, needs_features, paired_compare_many
+from ..model.generator import LoadedGenerator
+from ..model.trace import Ablation
 from ..progress import Progress
-from ..trace import Ablation
 from .measurement import _proba, _rate, paired_rate_diff
 from .plan import RepairPlan, Say
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import __version__
-from ..generator import LoadedGenerator
 from ..io import write_json_atomic, write_text_atomic
+from ..model.generator import LoadedGenerator
 from ..provenance import provenance
+from ..report.card import model_card, report_pictures
 from ..verdict import repair_verdict
-from .card import model_card, report_pictures
 from .export import ExportResult
 from .plan import RepairPlan
 

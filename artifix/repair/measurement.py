@@ -16,10 +16,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import intervals, log
-from ..generator import LoadedGenerator
 from ..ledger import Ledger
+from ..model.generator import LoadedGenerator
+from ..model.trace import Ablation
 from ..progress import track
-from ..trace import Ablation
 from .plan import RepairPlan, Say, _edits
 
 
@@ -47,7 +47,7 @@ def pixel_change(before: list[np.ndarray], after: list[np.ndarray], seed: int, c
 
 def high_activation_samples(g: LoadedGenerator, units: Mapping[str, Sequence[int]], seed: int, n: int, pool: int) -> list[int]:
     """The n samples of 0..pool-1 where the given units fire most (sum over layers of each unit's spatial max)."""
-    from ..scoring import trace_batches
+    from ..units.scoring import trace_batches
 
     score = np.zeros(pool)
     for layer, us in units.items():
@@ -87,7 +87,7 @@ def _compare(led: Ledger, ids: Sequence[int], sets: Mapping[str, Mapping[str, Ab
 
 def _proba(clf: Any, led: Ledger, edits: Mapping[str, Ablation] | None, ids: Sequence[int]) -> np.ndarray:
     """The classifier's p(artifact) on a ledger set, reading the backbone features the metrics extracted."""
-    from ..classifier import ArtifactClassifier, _backbone
+    from ..review.classifier import ArtifactClassifier, _backbone
 
     if not isinstance(clf, ArtifactClassifier):  # any other scorer with predict_proba(images) sees the images
         return np.asarray(clf.predict_proba(led.images(edits, ids)))

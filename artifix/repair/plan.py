@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from .. import defaults, log
-from ..cautions import check_approved
 from ..errors import UserError
-from ..generator import LoadedGenerator, forward, latents
-from ..trace import Ablation, Trace, ablation
+from ..model.generator import LoadedGenerator, forward, latents
+from ..model.trace import Ablation, Trace, ablation
+from ..units.cautions import check_approved
 
 Say = Callable[[str], None]
 

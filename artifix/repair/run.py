@@ -11,14 +11,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import intervals, log
-from ..classifier import differentiable_score
-from ..dissect import concept_collateral
+from ..concepts.dissect import concept_collateral
 from ..errors import UserError
-from ..generator import LoadedGenerator
-from ..images import grid, save_png
 from ..io import check_output_folder, output_folder
 from ..ledger import Ledger
-from ..trace import Trace
+from ..model.generator import LoadedGenerator
+from ..model.images import grid, save_png
+from ..model.trace import Trace
+from ..review.classifier import differentiable_score
 from .export import export_cleaned
 from .ksweep import sweep
 from .manifest import build_manifest, write_manifest

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import RuntimeFailure
 from ..io import atomic_path
-from ..trace import Ablation, Trace
+from ..model.trace import Ablation, Trace
 from .edits import Call, Inputs, _as_args, _call, _edit_fns, _normalize_edits
 
 TOLERANCE = 1e-5

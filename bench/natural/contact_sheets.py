@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from artifix.generator import load_generator, sample
+from artifix.model.generator import load_generator, sample
 
 
 def sheet(images: np.ndarray, first: int, ncol: int = 10, scale: int = 3) -> Image.Image:

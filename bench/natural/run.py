@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from artifix.classifier import train_classifier
-from artifix.generator import images_at, load_generator
-from artifix.highact import high_activation
+from artifix.review.classifier import train_classifier
+from artifix.model.generator import images_at, load_generator
+from artifix.units.highact import high_activation
 from artifix.repair import RepairPlan, measure, random_control
-from artifix.scoring import auc, collect_stats, trace_batches
-from artifix.selection import compare_layers, select_set
+from artifix.units.scoring import auc, collect_stats, trace_batches
+from artifix.units.selection import compare_layers, select_set
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "data" / "example" / "natural"
@@ -91,7 +91,7 @@ def prepare(args, say) -> None:
     train, held = flags()
     clf_a, clf_b, res = classifiers(g, train, held, say)
     res["unit_shape"] = unit_shape(g, train, clf_a, say)
-    from artifix.commands.natural import auc_pool
+    from artifix.cli.commands.natural import auc_pool
 
     f_ids, c_ids = train["artifact"][: args.sel_n], train["clean"][: args.sel_n]
 
@@ -111,7 +111,7 @@ def prepare(args, say) -> None:
     m = measure(g, plan, control, seed=1, n=args.n, flagged=[], clf=clf_b, metrics="fd,swd", high_pool=4 * args.n, say=say)
     res["repair"] = {"layer": layer, "units": units, "control": control, "metrics": m}
     manifest = {"fingerprint_before": g.fingerprint, "edits": plan.to_json(), "random_control": control, "layer": layer, "units": units}
-    from artifix.commands.natural import ab_export
+    from artifix.cli.commands.natural import ab_export
 
     res["ab_export"] = ab_export(g, manifest, seed=2, folder=args.study, key=args.key, n=args.ab_n, n_control=args.ab_control_n,
                                  pool=args.ab_pool, ab_seed=18)
@@ -139,7 +139,7 @@ def overview(folder: Path, per: int = 30) -> None:
 
 
 def score(args, say) -> None:
-    from artifix import ab
+    from artifix.review import ab
 
     s = ab.load_study(args.study)
     answers = ab.read_sheet(DATA / "ab_answers.csv", s["n_pairs"])  # written by eye before this stage runs

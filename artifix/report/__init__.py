@@ -1,0 +1,1 @@
+"""Presentation: results rendered as Markdown tables, PNG plots and unit cards, the model card of a repair and the gate's JUnit XML and Markdown summary. Compute modules return typed results; only this package draws them."""

@@ -1,0 +1,1 @@
+"""Human and automatic review: the artifact classifier and the blind A/B preference study."""
