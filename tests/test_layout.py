@@ -137,3 +137,13 @@ def test_the_command_handlers_do_not_import_the_entry_point():
     for p in sorted((ROOT / "artifix" / "cli" / "commands").glob("*.py")):
         assert "artifix.cli.main" not in _imported(p), p
     assert not {m for m in _imported(ROOT / "artifix" / "cli" / "registry.py") if m.startswith(("artifix.cli.main", "artifix.cli.commands"))}
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject names every package directory, so a new subpackage ships in the wheel (a missing one fails on import)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "artifix").rglob("__init__.py")}
+    assert on_disk - listed == set(), f"add these to [tool.setuptools] packages in pyproject.toml: {sorted(on_disk - listed)}"
+    assert {p for p in listed if p.startswith("artifix.") and p not in ("artifix.dashboard", "artifix.example_data")} <= on_disk
