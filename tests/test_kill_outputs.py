@@ -10,11 +10,14 @@ Sizes are tiny (8-64 samples) so the whole file stays within about a minute on t
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import os
 import random
 import shutil
 import signal
+import sys
+import tempfile
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -26,6 +29,8 @@ from artifix.cli.main import run
 from artifix.io import COMPLETE_MARKER, folder_is_complete, output_folder, recover_output_folder
 
 KILLS = 20
+HANG_S = 300  # a child still running after this long is hung, not slow (warm runs take well under 10 s): the test
+# fails with the child's stacks instead of waiting forever
 
 
 def quiet_run(argv: list[str]) -> int:
@@ -35,29 +40,40 @@ def quiet_run(argv: list[str]) -> int:
 
 
 def forked(fn, delay: float | None = None) -> tuple[str, float]:
-    """Run fn() in a forked child; SIGKILL it after `delay` s unless it ended. ('killed' | 'exit <code>', seconds)."""
+    """Run fn() in a forked child; SIGKILL it after `delay` s unless it ended. ('killed' | 'exit <code>', seconds).
+
+    A child still running after HANG_S s (with no delay) is hung: it is made to write every thread's stack (SIGUSR1,
+    faulthandler) and killed, and the status carries the stacks."""
     t0 = time.monotonic()
+    stacks = Path(tempfile.gettempdir()) / f"artifix-kill-child-{os.getpid()}.txt"
+    stacks.unlink(missing_ok=True)
     pid = os.fork()
     if pid == 0:  # the child: no pytest machinery, no atexit handlers, no output
         code = 3
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
         os.dup2(null, 2)
-        try:
+        try:  # a signal handler, not dump_traceback_later: pytest's own watchdog holds that lock in the parent
+            faulthandler.register(signal.SIGUSR1, file=open(stacks, "w"), all_threads=True)
             code = int(fn() or 0)
         finally:
             os._exit(code)
+    limit = HANG_S if delay is None else delay
     status = None
-    if delay is not None:  # poll, so that a child ending before the kill reports its own duration
-        while status is None and time.monotonic() - t0 < delay:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            status = st if done else None
-            time.sleep(0 if status is not None else 0.002)
-        if status is None:
-            os.kill(pid, signal.SIGKILL)
+    while status is None and time.monotonic() - t0 < limit:  # poll: a child ending early reports its own duration
+        done, st = os.waitpid(pid, os.WNOHANG)
+        status = st if done else None
+        time.sleep(0 if status is not None else 0.002)
+    hung = status is None and delay is None
+    if hung:
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(2)
     if status is None:
+        os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     took = time.monotonic() - t0
+    if hung:
+        return f"hung for {HANG_S} s; its threads:\n{stacks.read_text() if stacks.exists() else '(none written)'}", took
     if os.WIFSIGNALED(status):
         return "killed", took
     return f"exit {os.WEXITSTATUS(status)}", took
@@ -174,9 +190,15 @@ def test_sigkill_never_leaves_a_half_written_folder(project, name):
         else:
             assert not target.exists() or folder_is_complete(target)
     status, _ = forked(lambda: fn(target, 99))  # the next complete run leaves only its output
-    assert status == "exit 0" and folder_is_complete(target) and not leftovers(target)
+    assert status == "exit 0" and folder_is_complete(target) and not leftovers(target), status
     print(f"\n{name}: run {took:.2f}s warm; {KILLS} kills: {outcomes}")
     assert outcomes["killed"] >= KILLS // 2  # the delays really fall inside the runs
+
+
+def test_a_hung_child_reports_its_stacks_instead_of_waiting_forever(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "HANG_S", 1)
+    status, _ = forked(lambda: time.sleep(30))
+    assert status.startswith("hung for 1 s") and "in <lambda>" in status, status
 
 
 def test_a_kill_between_the_two_renames_puts_the_earlier_output_back(tmp_path):
