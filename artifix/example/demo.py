@@ -15,16 +15,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-
 from .. import log
 from ..io import check_output_folder, save_torch_atomic, output_folder, write_json_atomic, write_text_atomic
 from ..labels import LabelStore
-from ..model.generator import load_generator, sample
+from ..model.generator import images_at, load_generator, sample
 from ..model.images import grid, save_png
+from ..profiles import profile_for
+from ..repair import fd_recovery, plan_from_store, repair
 from ..report.tables import table_markdown
 from ..report.unitviz import unit_cards
+from ..review.classifier import train_classifier
 from ..units.scoring import recall_at_k, score_units, collect_stats
-from ..workflow import propose_top
+from ..workflow import propose_top, segmenter_for
+from .demo_natural import natural_story
+from .model import CHECKPOINT
 from .planted import PlantedSite, low_impact_units, plant_defects, simulate_reviewer
 
 DEMO_REVIEWER = "demo-reviewer"
@@ -125,13 +129,6 @@ def _score_and_approve(bad: Any, cfg: DemoConfig, review: Any, store: LabelStore
 def _repair(g: Any, bad: Any, cfg: DemoConfig, review: Any, store: LabelStore, run_id: int, channels: int,
             say: Callable[[str], None]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Step 6: train the classifier on the review, repair the planted generator, measure the FD change undone."""
-    from ..model.generator import images_at
-    from ..profiles import profile_for
-    from ..repair import fd_recovery, plan_from_store, repair
-    from ..review.classifier import train_classifier
-    from ..workflow import segmenter_for
-    from .model import CHECKPOINT
-
     out = cfg.out
     say("[6/6] training the artifact classifier, then repairing: remove the approved units, measure, export")
     ids = review.artifact + review.clean
@@ -193,8 +190,6 @@ def _run_demo_into(cfg: DemoConfig, say: Callable[[str], None]) -> dict[str, Any
     g = load_generator()
     say(f"[1/6] example generator {g.fingerprint}: sampling a grid")
     save_png(out / "samples.png", grid(sample(g, cfg.seed, 0, 64), scale=2))
-    from .demo_natural import natural_story
-
     natural = natural_story(g, out, say)  # part 1: the example's own defects; the planted story below is part 2
     bad = _plant(g, cfg, say)
     review, store, run_id = _review(g, bad, cfg, say)

@@ -17,9 +17,12 @@ import numpy as np
 
 from .. import intervals, log
 from ..ledger import Ledger
+from ..metrics import get_extractor, needs_features, paired_compare_many
 from ..model.generator import LoadedGenerator
 from ..model.trace import Ablation
 from ..progress import track
+from ..review.classifier import ArtifactClassifier, _backbone
+from ..units.scoring import trace_batches
 from .plan import RepairPlan, Say, _edits
 
 
@@ -47,8 +50,6 @@ def pixel_change(before: list[np.ndarray], after: list[np.ndarray], seed: int, c
 
 def high_activation_samples(g: LoadedGenerator, units: Mapping[str, Sequence[int]], seed: int, n: int, pool: int) -> list[int]:
     """The n samples of 0..pool-1 where the given units fire most (sum over layers of each unit's spatial max)."""
-    from ..units.scoring import trace_batches
-
     score = np.zeros(pool)
     for layer, us in units.items():
         for idx, acts, _ in trace_batches(g, layer, seed, list(range(pool))):
@@ -66,8 +67,6 @@ def _compare(led: Ledger, ids: Sequence[int], sets: Mapping[str, Mapping[str, Ab
              confidence: float = intervals.DEFAULT_CONFIDENCE) -> dict[str, dict[str, Any]]:
     """Paired metrics of each edited set in `sets` against the unedited one on samples `ids` ({} each when no metric is
     asked): every set rendered and extracted once (the feature ledger), 'before' measured once for all of them."""
-    from ..metrics import get_extractor, needs_features, paired_compare_many
-
     out: dict[str, dict[str, Any]] = {name: {} for name in sets}
     if not metrics:
         return out
@@ -87,8 +86,6 @@ def _compare(led: Ledger, ids: Sequence[int], sets: Mapping[str, Mapping[str, Ab
 
 def _proba(clf: Any, led: Ledger, edits: Mapping[str, Ablation] | None, ids: Sequence[int]) -> np.ndarray:
     """The classifier's p(artifact) on a ledger set, reading the backbone features the metrics extracted."""
-    from ..review.classifier import ArtifactClassifier, _backbone
-
     if not isinstance(clf, ArtifactClassifier):  # any other scorer with predict_proba(images) sees the images
         return np.asarray(clf.predict_proba(led.images(edits, ids)))
     clf.check_extractor()
@@ -143,8 +140,6 @@ def measure(g: LoadedGenerator, plan: RepairPlan, control: Mapping[str, Sequence
 def fd_recovery(clean: LoadedGenerator, damaged: LoadedGenerator, manifest: dict[str, Any], seed: int = 0,
                 real: Any = None, cache: str | None = None) -> dict[str, Any]:
     """Share of the FD damage (damaged vs clean generator, paired on the same seeds) that the repair and its control undo."""
-    from ..metrics import get_extractor, paired_compare_many
-
     n = int(manifest["metrics"]["n"])
     ids, ex = list(range(n)), get_extractor(None)
     a, b = Ledger(clean, seed, cache), Ledger(damaged, seed, cache)  # the damaged set is the repair's cached 'before'

@@ -55,9 +55,8 @@ def iou_iqr(acts: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor, c
     Under torchrun each rank tallies some chunks of `chunk` samples and the integer counts are summed over ranks.
     """
     tally = IouTally(thresholds, 2)  # class 1: artifact pixels
-    for i in range(0, acts.shape[0], chunk):
-        if (i // chunk) % dist.world_size() == dist.rank():
-            tally.update(acts[i:i + chunk], masks[i:i + chunk])
+    for i in range(dist.rank() * chunk, acts.shape[0], dist.world_size() * chunk):  # this rank's chunks, round robin
+        tally.update(acts[i:i + chunk], masks[i:i + chunk])
     iou, iqr, best = tally.all_reduce_().result()
     col = best[:, 1]
     return IouResult(iou[:, 1].float(), iqr[:, 1].float(), thresholds[torch.arange(len(col)), col])

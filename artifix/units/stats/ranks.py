@@ -5,20 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from ...errors import UserError
 from .units import UnitStats, _merge_moments
 
 
 def _dist_active() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized()
 
 
 def _comm_device(group: Any) -> torch.device:
-    import torch.distributed as dist
-
     if "nccl" in str(dist.get_backend(group)).lower():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -28,8 +25,6 @@ class _Comm:
     """The collectives of one merge: to every rank (dst None) or to global rank `dst` only, on the group's device."""
 
     def __init__(self, dst: int | None, group: Any) -> None:
-        import torch.distributed as dist
-
         self.dist, self.dst, self.group = dist, dst, group
         self.world = dist.get_world_size(group)
         self.receive = dst is None or dist.get_rank() == dst
@@ -98,8 +93,6 @@ def _gather_rows(stats: UnitStats, comm: _Comm) -> tuple[torch.Tensor, list[torc
 
 def _collect(stats: UnitStats, dst: int | None, group: Any) -> UnitStats | None:
     """Merge `stats` across the ranks of `group`: on every rank (dst None) or on global rank `dst` only."""
-    import torch.distributed as dist
-
     comm = _Comm(dst, group)
     spatials, seen = _check_ranks(stats, comm)
     # Sketch counts and min/max are sums and extremes.
