@@ -30,7 +30,7 @@ from .model.generator import LoadedGenerator, images_at, latents, load_generator
 from .model.trace import get_layer, layer_shapes
 from .profiles import BundledReview, Profile, profile_for
 from .review import classifier as C
-from .review.classifier import review_queue as order_queue, train_classifier
+from .review.classifier import review_queue as order_queue
 from .units.scoring import cached_stats, collect_stats, realism_scores, review_priors, score_units
 
 Say = Callable[[str], None]
@@ -221,7 +221,7 @@ def train_from_store(g: LoadedGenerator, store: Any, run_id: int, seed: int, pat
     if min(len(flagged), len(clean)) < 2:
         raise UserError(not_enough_labels(where, len(flagged), len(clean)))
     y = np.r_[np.ones(len(flagged)), np.zeros(len(clean))].astype(int)
-    clf = train_classifier(images_at(g, seed, flagged + clean), y, **kwargs)
+    clf = C.train_classifier(images_at(g, seed, flagged + clean), y, **kwargs)
     if path is not None:
         clf.save(path)
     return clf

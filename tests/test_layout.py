@@ -147,3 +147,17 @@ def test_the_wheel_lists_every_package():
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "artifix").rglob("__init__.py")}
     assert on_disk - listed == set(), f"add these to [tool.setuptools] packages in pyproject.toml: {sorted(on_disk - listed)}"
     assert {p for p in listed if p.startswith("artifix.") and p not in ("artifix.dashboard", "artifix.example_data")} <= on_disk
+
+
+def test_no_function_over_80_lines_and_no_module_over_600():
+    """Small modules, short functions, in the library and the dashboard (blank lines and docstrings count)."""
+    long = []
+    for p in sorted([*(ROOT / "artifix").rglob("*.py"), *(ROOT / "dashboard").rglob("*.py")]):
+        text = p.read_text()
+        rel = p.relative_to(ROOT).as_posix()
+        if len(text.splitlines()) > 600:
+            long.append(f"{rel}: {len(text.splitlines())} lines")
+        for f in ast.walk(ast.parse(text)):
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.end_lineno - f.lineno >= 80:
+                long.append(f"{rel}:{f.lineno} {f.name}: {f.end_lineno - f.lineno + 1} lines")
+    assert not long, long

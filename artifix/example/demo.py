@@ -24,7 +24,7 @@ from ..profiles import profile_for
 from ..repair import fd_recovery, plan_from_store, repair
 from ..report.tables import table_markdown
 from ..report.unitviz import unit_cards
-from ..review.classifier import train_classifier
+from ..review import classifier
 from ..units.scoring import recall_at_k, score_units, collect_stats
 from ..workflow import propose_top, segmenter_for
 from .demo_natural import natural_story
@@ -132,7 +132,7 @@ def _repair(g: Any, bad: Any, cfg: DemoConfig, review: Any, store: LabelStore, r
     out = cfg.out
     say("[6/6] training the artifact classifier, then repairing: remove the approved units, measure, export")
     ids = review.artifact + review.clean
-    clf = train_classifier(images_at(bad, cfg.seed, ids), np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int))
+    clf = classifier.train_classifier(images_at(bad, cfg.seed, ids), np.r_[np.ones(len(review.artifact)), np.zeros(len(review.clean))].astype(int))
     ck = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
     ck["netG_state_dict"] = bad.module.state_dict()
     save_torch_atomic(ck, out / "planted.pt")  # the generator under repair, in the example's checkpoint layout

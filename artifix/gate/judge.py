@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from scipy.stats import t as student_t
+from scipy.special import stdtrit  # Student's t quantile (scipy.stats itself is about 0.7 s of import)
 
 from .. import intervals
 from ..errors import RuntimeFailure
@@ -20,7 +20,7 @@ def _quantile(confidence: float, df: float | None) -> float:
     """Two-sided quantile: Student's t with `df` degrees of freedom (se estimated from few replicates), else normal."""
     if df is None or not math.isfinite(df):
         return _z(confidence)
-    return float(student_t.ppf(0.5 + confidence / 2.0, max(float(df), 1.0)))
+    return float(stdtrit(max(float(df), 1.0), 0.5 + confidence / 2.0))
 
 
 def _welch_df(se_a: float, df_a: float | None, se_b: float, df_b: float | None) -> float | None:

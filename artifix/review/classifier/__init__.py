@@ -31,7 +31,22 @@ from .backbone import GRID_MODULES, PIXEL_STAT_NAMES, PIXEL_STATS, FeatureSet, _
 from .cam import differentiable_score, localize, pseudo_masks
 from .model import FORMAT, FORMAT_VERSION, MODELS, ArtifactClassifier, Precomputed
 from .review import review_queue
-from .training import reliability_table, train_classifier
+
+_TRAINING = ("train_classifier", "reliability_table")  # in .training, which imports scikit-learn
+
+
+def __getattr__(name: str):
+    """`train_classifier` and `reliability_table`, imported on first use.
+
+    Their module imports scikit-learn (about 1 s, with the scipy.stats it pulls in), which only training needs:
+    scoring with a saved classifier, the dashboard's first page and `artifix --help` start without it.
+    """
+    if name in _TRAINING:
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MODELS", "PIXEL_STATS", "PIXEL_STAT_NAMES", "GRID_MODULES", "Precomputed",
