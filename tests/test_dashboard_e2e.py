@@ -103,10 +103,11 @@ def server(tmp_path_factory):
         wait_for(closed, "the server to stop with the command", 30)
 
 
-def browser():
+def browser(extra: tuple[str, ...] = ()):
+    """A headless Chromium session (`extra` flags after the usual ones: a later --window-size wins)."""
     o = Options()
     o.binary_location = CHROMIUM
-    for a in CHROME_FLAGS:
+    for a in (*CHROME_FLAGS, *extra):
         o.add_argument(a)
     return webdriver.Chrome(service=Service(DRIVER), options=o)
 

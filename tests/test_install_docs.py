@@ -71,7 +71,7 @@ def test_readme_first_screen_has_pitch_picture_install_and_three_commands():
 # flags appended so they fit the test budget).
 ELSEWHERE = {
     "bash scripts/setup.sh && .venv/bin/artifix demo": "tests/test_demo.py (the demo at a small size)",
-    "bash scripts/setup.sh dev && .venv/bin/python -m pytest -q": ".ci/run",
+    "bash scripts/setup.sh dev && .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile": ".ci/run",
     'pip install "artifix[dashboard]"': "tests/test_wheel.py",
     "artifix demo": "tests/test_demo.py",
 }
