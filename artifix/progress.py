@@ -8,7 +8,9 @@ the dashboard shows the same stages with st.status / st.progress.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,10 +20,26 @@ from tqdm.auto import tqdm as _auto_tqdm
 
 
 class tqdm(_auto_tqdm):  # noqa: N801  (tqdm.auto's class, as tqdm names it)
-    """tqdm.auto without its monitor thread: a process that forks (torchrun workers, a test's kill check) while that
-    thread holds tqdm's write lock would leave the child waiting on it forever. The bars still refresh on update."""
+    """tqdm.auto without its monitor thread, and with a lock of this process only.
+
+    - No monitor thread: a process that forks (torchrun workers, a test's kill check) while that thread holds the
+      write lock would leave the child waiting on it forever. The bars still refresh on update.
+    - A threading lock, not tqdm's default, which adds a multiprocessing semaphore shared with every forked process:
+      a forked process killed while drawing a bar left that semaphore taken, and the next bar in the parent and in
+      every later child waited forever (what hung the kill test). Bars of other processes may interleave; none blocks.
+    """
 
     monitor_interval = 0
+    _lock = threading.RLock()
+
+
+def _new_lock_in_child() -> None:
+    """A forked child starts with a free lock (the parent's may be held by one of its threads at the fork)."""
+    tqdm._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 T = TypeVar("T")

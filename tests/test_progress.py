@@ -63,3 +63,29 @@ def test_bars_start_no_monitor_thread_so_a_fork_cannot_inherit_a_held_lock():
             "from tqdm._monitor import TMonitor; "
             "sys.exit(any(isinstance(t, TMonitor) for t in threading.enumerate()))")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def test_a_child_killed_while_drawing_a_bar_does_not_block_the_parent():
+    """tqdm's default lock includes a multiprocessing semaphore that forked processes share: a child SIGKILLed while it
+    held it (drawing a bar) left every later bar of the parent waiting forever. Ours is a lock of one process."""
+    code = """
+import os, signal, sys, threading, time
+from artifix import progress
+progress.DELAY = 0
+progress.Progress(1, 'warm').close()  # the parent has drawn a bar before the fork, as the kill test's parent has
+pid = os.fork()
+if pid == 0:
+    progress.tqdm.get_lock().acquire()  # a child killed in the middle of drawing a bar
+    time.sleep(60)
+    os._exit(0)
+time.sleep(1.0)
+os.kill(pid, signal.SIGKILL)
+os.waitpid(pid, 0)
+done = threading.Event()
+def bar():
+    p = progress.Progress(2, 'after'); p.update(2); p.close(); done.set()
+threading.Thread(target=bar, daemon=True).start()
+sys.exit(0 if done.wait(60) else 1)  # a hang guard: a blocked bar never sets it
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
