@@ -25,7 +25,7 @@ class _Comm:
     """The collectives of one merge: to every rank (dst None) or to global rank `dst` only, on the group's device."""
 
     def __init__(self, dst: int | None, group: Any) -> None:
-        self.dist, self.dst, self.group = dist, dst, group
+        self.dst, self.group = dst, group
         self.world = dist.get_world_size(group)
         self.receive = dst is None or dist.get_rank() == dst
         self.dev = _comm_device(group)
@@ -34,9 +34,9 @@ class _Comm:
         """`t` reduced with `op` over the ranks, on the CPU (meaningful on receiving ranks)."""
         t = t.to(self.dev).clone()
         if self.dst is None:
-            self.dist.all_reduce(t, op=op, group=self.group)
+            dist.all_reduce(t, op=op, group=self.group)
         else:
-            self.dist.reduce(t, dst=self.dst, op=op, group=self.group)
+            dist.reduce(t, dst=self.dst, op=op, group=self.group)
         return t.cpu()
 
     def collect(self, t: torch.Tensor) -> list[torch.Tensor]:
@@ -44,9 +44,9 @@ class _Comm:
         t = t.to(self.dev).contiguous()
         parts = [torch.empty_like(t) for _ in range(self.world)] if self.receive else None
         if self.dst is None:
-            self.dist.all_gather(parts, t, group=self.group)
+            dist.all_gather(parts, t, group=self.group)
         else:
-            self.dist.gather(t, parts, dst=self.dst, group=self.group)
+            dist.gather(t, parts, dst=self.dst, group=self.group)
         return [p.cpu() for p in parts] if parts is not None else []
 
 
@@ -54,7 +54,7 @@ def _check_ranks(stats: UnitStats, comm: _Comm) -> tuple[set[Any], torch.Tensor]
     """Every rank must hold stats of the same run, one spatial size and disjoint samples: (spatial sizes, ranks per sample)."""
     sig = (stats._config(), stats.spatial)
     sigs: list[Any] = [None] * comm.world
-    comm.dist.all_gather_object(sigs, sig, group=comm.group)
+    dist.all_gather_object(sigs, sig, group=comm.group)
     for cfg, _ in sigs:
         if cfg != sigs[0][0]:
             raise UserError(f"cannot merge unit stats across ranks: ranks hold different configurations "
@@ -64,7 +64,7 @@ def _check_ranks(stats: UnitStats, comm: _Comm) -> tuple[set[Any], torch.Tensor]
         raise UserError(f"cannot merge unit stats of layer {stats.layer!r} across ranks: spatial sizes differ "
                         f"({sorted(spatials)}).")
     seen = stats._seen.to(comm.dev, torch.int32)  # how many ranks recorded each sample
-    comm.dist.all_reduce(seen, group=comm.group)
+    dist.all_reduce(seen, group=comm.group)
     if bool((seen > 1).any()):
         i = int(torch.nonzero(seen > 1)[0]) + stats.start
         raise UserError(f"cannot merge unit stats of layer {stats.layer!r} across ranks: sample {i} was "
@@ -77,7 +77,7 @@ def _gather_rows(stats: UnitStats, comm: _Comm) -> tuple[torch.Tensor, list[torc
     dev = comm.dev
     table = stats.samples()
     sizes_list = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(comm.world)]
-    comm.dist.all_gather(sizes_list, torch.tensor([table.index.numel()], dtype=torch.int64, device=dev), group=comm.group)
+    dist.all_gather(sizes_list, torch.tensor([table.index.numel()], dtype=torch.int64, device=dev), group=comm.group)
     sizes = torch.cat(sizes_list).cpu()
     kmax = int(sizes.max())
     c = stats.channels
