@@ -21,6 +21,7 @@ import streamlit as st  # noqa: E402
 from artifix import session  # noqa: E402
 from artifix.cli import serve  # noqa: E402
 from artifix.errors import ArtifixError  # noqa: E402
+from artifix.workflow import bundled_review_for  # noqa: E402
 
 if CHECKOUT:
     from dashboard import page_ab, page_approvals, page_paint, page_repair, page_review, page_units  # noqa: E402
@@ -76,8 +77,6 @@ def run_facts(d) -> None:
 
 def is_example_run(d) -> bool:
     """Whether the generator profile's bundled review is about this run (its generator, layer and seed), labels or not."""
-    from artifix.workflow import bundled_review_for
-
     return bundled_review_for(session.profile_for(d.g.spec), d.g.fingerprint, d.layer, d.seed) is not None
 
 

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 import streamlit as st
+
+from artifix.model.images import heat_overlay
 from PIL import Image, ImageDraw
 
 Painter = Callable[..., "np.ndarray | None"]
@@ -63,7 +65,7 @@ def _upscaled_png(image: np.ndarray, scale: int) -> bytes:
 
 def _drawable_canvas(image: np.ndarray, key: str, *, mode: str, brush: int, scale: int) -> np.ndarray | None:
     try:
-        from streamlit_drawable_canvas import st_canvas
+        from streamlit_drawable_canvas import st_canvas  # optional, and only importable in a running server (docstring)
     except Exception as e:  # noqa: BLE001  (the component's own import errors vary by Streamlit version)
         raise _Unavailable(f"{type(e).__name__}: {e}") from None
     h, w = image.shape[:2]
@@ -76,8 +78,6 @@ def _drawable_canvas(image: np.ndarray, key: str, *, mode: str, brush: int, scal
 
 
 def _box(image: np.ndarray, key: str, *, mode: str = "box", brush: int = 0, scale: int = 5) -> np.ndarray | None:
-    from artifix.model.images import heat_overlay
-
     h, w = image.shape[:2]
     c1, c2 = st.columns(2)
     x0, x1 = c1.slider("x range (pixels)", 0, w, (0, 0), key=f"{key}-x")

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
+from streamlit.components.v1 import html
 
 from artifix import session
 from artifix.errors import UserError
@@ -206,8 +207,6 @@ def _scroll_here() -> None:
     """After a click on Paint, scroll the paint panel into view (a lower tile's canvas would be off-screen above)."""
     n = st.session_state.get("scroll_to_paint", 0)
     if n:  # drawn on every rerun with the same content: the frame (and its one scroll) survives later reruns
-        from streamlit.components.v1 import html
-
         # repeated for 3 s: the canvas and the tiles' images above it finish their layout after this script runs
         html(f"<script>/* {n} */ let k = 0; const t = setInterval(() => {{"
              " const p = window.parent.document.querySelector('.st-key-paint-panel');"

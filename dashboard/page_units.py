@@ -9,6 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from artifix import progress, session
+from artifix.concepts.dissect import concepts_of_units
+from artifix.errors import UserError
 from artifix.units.cautions import ranking_caution, unit_cautions
 from artifix.model.images import grid, heat_overlay
 from artifix.report.unitviz import top_card
@@ -137,8 +139,6 @@ NO_SEGMENTER = ("No segmenter for this generator, so no concepts: start the dash
 
 def layer_dissection(d: Dash) -> tuple[Any, str | None]:
     """(the run layer's concept dissection, None) or (None, why there is none)."""
-    from artifix.errors import UserError
-
     try:
         diss = d.dissection(d.layer)
     except UserError as e:
@@ -150,16 +150,12 @@ def unit_concepts(diss: Any, u: int, top: int = 3) -> list[tuple[str, float]]:
     """The concepts unit `u` draws above the dissection's IoU threshold (none without a dissection)."""
     if diss is None:
         return []
-    from artifix.concepts.dissect import concepts_of_units
-
     (row,) = concepts_of_units(diss, [int(u)], top=top)
     return [(str(c["concept"]), float(c["iou"])) for c in row["concepts"]]
 
 
 def concepts_line(d: Dash, u: int, diss: Any, why: str | None) -> None:
     """The unit's best-matching concepts with their IoU, or one line saying why there are none."""
-    from artifix.concepts.dissect import concepts_of_units
-
     if diss is None:
         st.caption(why or NO_SEGMENTER)
         return

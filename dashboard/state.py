@@ -8,6 +8,7 @@ repair) holds one lock: a session's ablation hook can never leak into another se
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -18,11 +19,19 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import streamlit as st
+import torch
 
 from artifix import config, progress, session, workflow
 from artifix.cli import serve
-from artifix.profiles import Profile, profile_for
+from artifix.cli.main import COMMANDS, build_parser
+from artifix.concepts.dissect import segmenter_id
 from artifix.errors import UserError
+from artifix.labels import LabelStore
+from artifix.model.generator import GeneratorSpec, images_at, load_generator, spec_from_options
+from artifix.profiles import Profile, profile_for
+from artifix.review.classifier import ArtifactClassifier
+from artifix.units.scoring import cached_stats
+
 from .progress_ui import stages
 
 
@@ -31,8 +40,6 @@ def resolve_settings(argv: Sequence[str] | None = None, environ: dict[str, str] 
     given = serve.settings_from_env(environ)
     if given is not None:
         return given
-    from artifix.cli.main import COMMANDS, build_parser
-
     args = build_parser().parse_args(["dashboard", *(sys.argv[1:] if argv is None else argv)])
     cfg = config.load_config(args.config)
     opts: dict[str, Any] = {}
@@ -43,10 +50,6 @@ def resolve_settings(argv: Sequence[str] | None = None, environ: dict[str, str] 
 
 @st.cache_resource(show_spinner="loading the generator")
 def _generator(spec_json: str):
-    import json
-
-    from artifix.model.generator import GeneratorSpec, load_generator
-
     d = json.loads(spec_json)
     d["latent"] = tuple(d["latent"])
     return load_generator(GeneratorSpec(**d))
@@ -59,23 +62,17 @@ def _lock(_fingerprint: str) -> threading.RLock:
 
 @st.cache_resource
 def _store(location: str):
-    from artifix.labels import LabelStore
-
     return LabelStore(location)
 
 
 @st.cache_resource(show_spinner="collecting unit statistics (once per generator, layer, seed and n)")
 def _stats(fingerprint: str, layer: str, seed: int, n: int, cache: str, _g: Any):
-    from artifix.units.scoring import cached_stats
-
     with _lock(fingerprint), progress.muted():  # a cached function: no live updates of a box outside it
         return cached_stats(_g, layer, seed, n, cache)
 
 
 @st.cache_resource
 def _classifier(path: str, mtime: float):
-    from artifix.review.classifier import ArtifactClassifier
-
     return ArtifactClassifier.load(path)
 
 
@@ -143,8 +140,6 @@ class Dash:
         seg = self.segmenter()
         if seg is None:
             return None
-        from artifix.concepts.dissect import segmenter_id
-
         layer = layer or self.layer
         n = int(self.opts.get("dissect_n") or 500)
         with stages(f"dissecting {layer}: matching every unit to the segmenter's classes on {n} samples "
@@ -158,8 +153,6 @@ class Dash:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _images(fingerprint: str, seed: int, ids: tuple[int, ...], _dash: Dash) -> np.ndarray:
-    from artifix.model.generator import images_at
-
     with _dash.using_g() as g:
         return images_at(g, seed, list(ids))
 
@@ -171,15 +164,9 @@ def default_layer(opts: dict[str, Any], g: Any) -> str:
 
 def open_dash(opts: dict[str, Any]) -> Dash:
     """Load (cached) the generator and the store, register the run, and work out this session's reviewer."""
-    from artifix.model.generator import spec_from_options
-
     if opts.get("threads"):
-        import torch
-
         torch.set_num_threads(int(opts["threads"]))
     spec = spec_from_options(opts)
-    import json
-
     g = _generator(json.dumps(spec.to_json(), sort_keys=True))
     layer = default_layer(opts, g)
     store = _store(str(opts["store"]))

@@ -1,11 +1,16 @@
 """Train the bundled example DCGAN on procedural scenes (fixed seed, CPU).
 
     python scripts/train_example.py [--steps 6000] [--out data/example/dcgan_scenes.pt]
+    python scripts/train_example.py --resume data/example/dcgan_scenes.pt --steps 8000 --out runs/long.pt
 
 Recipe: the PyTorch DCGAN tutorial (BCE loss, Adam 2e-4, betas (0.5, 0.999), batch 64, N(0, 0.02)
 init), 64x64 procedural scenes from `artifix.example.scenes` stream seed 1 (a fixed pool, re-shuffled per
 epoch). Writes a DCGAN-tutorial-style checkpoint {'netG_state_dict', 'netD_state_dict', ...} every
 `--save-every` steps (atomically), so a partial run is usable, plus a JSON log of losses and times.
+The optimiser states go to a separate `<out>.opt.pt`, so the generator file stays small.
+`--resume` continues a checkpoint up to `--steps` in all: G and D from it, the Adam states from its
+`.opt.pt` when present (fresh otherwise), the log extended; the data order is re-drawn from `--seed` plus
+the resumed step, so a resumed run is reproducible but not identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -44,6 +49,30 @@ def save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def opt_path(ckpt: Path) -> Path:
+    """Where the optimiser states of a checkpoint live."""
+    return ckpt.with_suffix(".opt.pt")
+
+
+def resume(ckpt: Path | None, G: nn.Module, D: nn.Module, optG: torch.optim.Optimizer, optD: torch.optim.Optimizer) -> tuple[int, list[dict], float]:
+    """Load a checkpoint's weights (and optimiser states when saved); return (steps done, log, train seconds)."""
+    if ckpt is None:
+        return 0, [], 0.0
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    G.load_state_dict(state["netG_state_dict"])
+    D.load_state_dict(state["netD_state_dict"])
+    steps = int(state["meta"]["steps"])
+    if opt_path(ckpt).exists():
+        opt = torch.load(opt_path(ckpt), map_location="cpu", weights_only=True)
+        optG.load_state_dict(opt["optG"])
+        optD.load_state_dict(opt["optD"])
+        print(f"resumed optimiser states of step {opt['steps']}", flush=True)
+    log_path = ckpt.with_suffix(".log.json")
+    log = json.loads(log_path.read_text())["log"] if log_path.exists() else []
+    print(f"resuming from {ckpt} at step {steps}", flush=True)
+    return steps, log, float(state["meta"].get("train_seconds", 0.0))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6000)
@@ -53,6 +82,7 @@ def main() -> None:
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("data/example/dcgan_scenes.pt"))
+    ap.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -70,13 +100,13 @@ def main() -> None:
     optG = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     optD = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     bce = nn.BCEWithLogitsLoss()
-    gen = torch.Generator().manual_seed(args.seed)
+    start, log, base_sec = resume(args.resume, G, D, optG, optD)
+    gen = torch.Generator().manual_seed(args.seed + start)
     ones, zeros = torch.ones(args.batch), torch.zeros(args.batch)
-    log: list[dict] = []
     order = torch.randperm(len(pool_t), generator=gen)
     cursor = 0
-    t_train = time.time()
-    for step in range(1, args.steps + 1):
+    t_train = time.time() - base_sec
+    for step in range(start + 1, args.steps + 1):
         if cursor + args.batch > len(order):
             order, cursor = torch.randperm(len(pool_t), generator=gen), 0
         idx = order[cursor : cursor + args.batch]
@@ -109,8 +139,10 @@ def main() -> None:
                 "ndf": NDF,
                 "seed": args.seed,
                 "torch": str(torch.__version__),
+                "resumed_from": None if args.resume is None else {"path": str(args.resume), "steps": start},
             }
             save_atomic({"netG_state_dict": G.state_dict(), "netD_state_dict": D.state_dict(), "meta": meta}, args.out)
+            save_atomic({"optG": optG.state_dict(), "optD": optD.state_dict(), "steps": step}, opt_path(args.out))
             args.out.with_suffix(".log.json").write_text(json.dumps({"meta": meta, "log": log}, indent=1))
     print(f"done in {time.time() - t_train:.0f}s", flush=True)
 

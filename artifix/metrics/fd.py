@@ -39,7 +39,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 @functools.lru_cache(maxsize=1)
 def _controller() -> Any:
     try:
-        from threadpoolctl import ThreadpoolController
+        from threadpoolctl import ThreadpoolController  # optional (it ships with scikit-learn)
     except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
         return None
     return ThreadpoolController()

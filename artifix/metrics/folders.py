@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .. import dist
 from ..errors import UserError
 from .compare import compute_metrics
 from .extractor import Extractor
@@ -54,7 +55,5 @@ def metrics_of_images(o: Mapping[str, Any], say: Callable[[str], None], show: bo
 
 def metrics_of_folder(ctx: Any) -> dict[str, Any] | None:
     """The CLI's `metrics --images` (ctx: the command context); only rank 0 returns the result under torchrun."""
-    from .. import dist
-
     out = metrics_of_images(ctx.opts, ctx.say, show=not ctx.json and dist.is_main())
     return out if dist.is_main() else None

@@ -42,7 +42,7 @@ def __getattr__(name: str):
     scoring with a saved classifier, the dashboard's first page and `artifix --help` start without it.
     """
     if name in _TRAINING:
-        from . import training
+        from . import training  # on first use: scikit-learn, about 1 s (the docstring above)
 
         return getattr(training, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
