@@ -1,5 +1,5 @@
 """`python -m artifix ...` (also the entry point for `torchrun ... -m artifix`)."""
 
-from .cli.main import main
+from .cli.entry import main
 
 main()

@@ -18,8 +18,15 @@ if CHECKOUT and str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` p
 
 import streamlit as st  # noqa: E402
 
-from artifix import session  # noqa: E402
 from artifix.cli import serve  # noqa: E402
+
+st.set_page_config(page_title="artifix dashboard", page_icon=":material/healing:", layout="wide")
+BOOT = st.empty()  # the first thing a reviewer sees, before the imports below finish (about 4 s on a first load)
+BOOT.info("Starting: loading the generator and the label store (the Review page then prepares its queue).",
+          icon=":material/hourglass_top:")
+serve.await_warm_imports()  # `artifix dashboard` imports the modules below in a background thread: let it finish
+
+from artifix import session  # noqa: E402
 from artifix.errors import ArtifixError  # noqa: E402
 from artifix.workflow import bundled_review_for  # noqa: E402
 
@@ -104,18 +111,14 @@ def load_example_review(d) -> None:
 
 def main() -> None:
     """Render the chosen page."""
-    st.set_page_config(page_title="artifix dashboard", page_icon=":material/healing:", layout="wide")
-    boot = st.empty()
-    boot.info("Starting: loading the generator and the label store (the Review page then prepares its queue).",
-              icon=":material/hourglass_top:")
     try:
         opts = resolve_settings()
         d = open_dash(opts)
     except ArtifixError as e:
-        boot.empty()
+        BOOT.empty()
         st.error(f"artifix: {e}")
         st.stop()
-    boot.empty()
+    BOOT.empty()
     page = sidebar(d)
     PAGES[page][1](d)
     run_facts(d)

@@ -56,7 +56,7 @@ def one_start(work: Path, pool: int, page: int, cache: str, root: Path = ROOT) -
         drv.get(f"http://127.0.0.1:{port}/")
         first = grid = None
         while grid is None:
-            if first is None and drv.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget'], [data-testid='stExpander'], h2"):
+            if first is None and drv.find_elements(By.CSS_SELECTOR, "[data-testid='stAlert'], [data-testid='stStatusWidget'], [data-testid='stExpander'], h2"):
                 first = time.monotonic() - t1
             if len(drv.find_elements(By.CSS_SELECTOR, "[class*='st-key-flag-'][class*='-clean']")) >= page:
                 grid = time.monotonic() - t1

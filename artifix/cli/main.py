@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import __version__, config, defaults, dist, jsonout, log, progress
-from . import commands, validate  # noqa: F401  (commands registers the handlers)
+from .. import __version__, dist, jsonout, log, progress
+from . import commands, parsing  # noqa: F401  (commands registers the handlers)
 from ..model import devices
 from . import help as cli_help
 from .registry import COMMANDS, Command, Context, Handler, command  # noqa: F401  (re-exported: the public names of the CLI)
@@ -29,30 +29,6 @@ def _use_device(opts: dict[str, Any]) -> None:
         os.environ[devices.DEVICE_ENV] = str(dev)
 
 
-def _add_options(p: argparse.ArgumentParser, sections: dict[str, list[str] | None]) -> None:
-    for sec, names in sections.items():
-        group = p.add_argument_group(f"[{sec}] options (also settable in artifix.toml)")
-        for opt in defaults.OPTIONS:
-            if opt.section != sec or (names is not None and opt.name not in names):
-                continue
-            dflt = "" if opt.default is None else f" (default: {opt.default})"
-            if opt.flag:
-                group.add_argument(opt.cli, dest=opt.name, action="store_true", default=None, help=opt.help)
-            elif opt.choices:
-                group.add_argument(opt.cli, dest=opt.name, default=None, choices=opt.choices, help=opt.help + dflt)
-            else:
-                group.add_argument(opt.cli, dest=opt.name, default=None, metavar=opt.name.upper(), help=opt.help + dflt)
-
-
-def _short_usage(name: str, p: argparse.ArgumentParser) -> str:
-    """'artifix NAME [options] POSITIONALS': the options are listed below it, grouped, instead of a 20-line usage."""
-    pos = []
-    for a in p._get_positional_actions():
-        word = "{" + ",".join(a.choices) + "}" if a.choices else (a.metavar or a.dest)
-        pos.append(f"[{word}]" if a.nargs == "?" else word)
-    return " ".join([f"artifix {name} [options]", *pos])
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by main and by the docs test)."""
     parser = cli_help.Parser(prog="artifix", description="Find, remove and prove away the generator units that cause GAN artifacts.",
@@ -61,15 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"artifix {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS.values():
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, epilog=cli_help.epilog(cmd.name),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", default=None, help="settings file (default: ./artifix.toml when present)")
-        p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-        p.add_argument("--quiet", action="store_true", help="no progress or human text on stderr")
-        _add_options(p, cmd.options)
-        if cmd.extra:
-            cmd.extra(p)
-        p.usage = _short_usage(cmd.name, p)
+        parsing.add_command(sub, cmd.name, cmd.help, cmd.options, cmd.extra)
     cli_help.add_completion(sub, parser)
     return parser
 
@@ -91,11 +59,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         if dist.init() and not dist.is_main():
             progress.QUIET = True  # under torchrun only rank 0 prints
-        cfg = config.load_config(args.config)
-        opts: dict[str, Any] = {}
-        for sec, names in cmd.options.items():
-            opts.update(config.resolve(sec, vars(args), cfg, names))
-        validate.check_options(opts)  # every option's range, before any command loads or computes anything
+        opts, cfg = parsing.resolve_settings(cmd.options, args)
         ctx = Context(opts, args, cfg, bool(args.json))
         _use_device(opts)
         threads = opts.get("threads") or 0

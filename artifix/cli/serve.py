@@ -3,22 +3,38 @@
 The server binds to 127.0.0.1 unless told otherwise, keeps Streamlit's XSRF protection on, and never phones
 home. The resolved artifix settings reach the app in one environment variable (not on the command line, where
 other users of the machine could read a database URL with a password).
+
+Light on purpose (no torch): `artifix dashboard` starts the server from here before the heavy imports, which a
+background thread does while the browser loads the page (`start_warm_imports`; the app waits for it).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .. import resources
 from ..errors import UserError
 
 SETTINGS_ENV = "ARTIFIX_DASHBOARD_SETTINGS"
 APP = resources.dashboard_dir() / "app.py"
+
+DASHBOARD_HELP = "start the review dashboard (Streamlit) on the bundled example or your run; localhost only by default"
+DASHBOARD_OPTIONS: dict[str, list[str] | None] = {
+    "generator": None, "sample": ["seed", "start", "layer"], "labels": None, "score": None,
+    "classify": ["classifier", "review_k"], "repair": ["repair_n", "sweep", "sweep_n", "high_pool"],
+    "metrics": ["real", "inception_weights"], "dissect": ["segmenter", "segmenter_classes", "dissect_n", "ace_units"],
+    "run": ["out", "cache", "threads"], "dashboard": None, "ab": ["study", "ab_key"]}
+# What the app's first run imports (torch, pandas, SQLAlchemy and every artifix module it uses: about 4 s on 2 cores)
+WARM_MODULES = ("artifix.cli.main", "artifix.session", "artifix.report.unitviz", "artifix.review.ab")
+_warm: threading.Thread | None = None
 
 # Server flags that are always set (the security-relevant ones cannot be switched off from artifix).
 SAFE_FLAGS: dict[str, str] = {
@@ -74,6 +90,60 @@ def serve_here(opts: Mapping[str, Any], app: str | Path = APP) -> None:
 
     sys.argv = ["streamlit", *cmd[3:]]
     cli.main(args=cmd[3:], prog_name="streamlit", standalone_mode=False)
+
+
+def start_dashboard(opts: Mapping[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """Check the launch settings, say where the dashboard listens, and serve it in this process until it stops."""
+    launch_command(opts)  # a bad port or a missing Streamlit: exit 2 before anything is said
+    if not is_local(str(opts["host"])):
+        say(f"warning: the dashboard listens on {opts['host']}: anyone who can reach this address can label and approve "
+            "as any reviewer name; put it behind an authenticating proxy.")
+    say(f"artifix dashboard on http://{opts['host']}:{opts['port']}/ (store {opts['store']}); Ctrl+C stops it")
+    start_warm_imports()
+    serve_here(opts)  # this process becomes the server: Ctrl+C or a kill reaches Streamlit itself
+    return {"exit_code": 0, "url": f"http://{opts['host']}:{opts['port']}/"}
+
+
+def _dashboard_modules() -> list[str]:
+    """The dashboard package's modules (`dashboard.*` in a checkout, `artifix.dashboard.*` in a wheel), app.py apart."""
+    folder = resources.dashboard_dir()
+    package = "artifix.dashboard" if resources.CHECKOUT is None else "dashboard"
+    if resources.CHECKOUT is not None and str(resources.CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(resources.CHECKOUT))  # as app.py does: `dashboard` is a top-level package of the checkout
+    return [f"{package}.{p.stem}" for p in sorted(folder.glob("*.py")) if p.stem not in ("app", "__init__")]
+
+
+def _import_all(names: list[str], then: list[str]) -> None:
+    """Import `names`, then (once Streamlit's runtime exists, so its caches bind without a warning) `then`."""
+    try:
+        for name in names:
+            importlib.import_module(name)
+        from streamlit import runtime  # optional dependency: launch_command checked that it is installed
+
+        for _ in range(600):  # the server creates its runtime within a second or two; give up after 30 s
+            if runtime.exists():
+                break
+            time.sleep(0.05)
+        for name in then:
+            importlib.import_module(name)
+    except Exception:  # noqa: BLE001  (the app's own import of the same module then reports it, on the page)
+        return
+
+
+def start_warm_imports() -> None:
+    """Import what the app's first run needs in a background thread, while the server starts and the browser loads."""
+    global _warm
+    if _warm is None:
+        _warm = threading.Thread(target=_import_all, args=(list(WARM_MODULES), _dashboard_modules()),
+                                 name="artifix-warm-imports", daemon=True)
+        _warm.start()
+
+
+def await_warm_imports() -> None:
+    """Wait for the background imports (called by the app before its own imports, so no module is imported twice at
+    once from two threads); returns at once when there are none (`streamlit run dashboard/app.py`)."""
+    if _warm is not None:
+        _warm.join()
 
 
 def is_local(host: str) -> bool:

@@ -13,7 +13,7 @@ from ...model.generator import spec_from_options
 from ...units import scoring
 from ...units.stats import unit_summary
 from ..registry import Context, command
-from ..serve import is_local, launch_command, serve_here
+from ..serve import DASHBOARD_HELP, DASHBOARD_OPTIONS, start_dashboard
 from .common import check_n, default_layer, load
 
 
@@ -62,20 +62,6 @@ def cmd_stats(ctx: Context) -> dict[str, Any]:
     return result
 
 
-DASHBOARD_OPTIONS = {"generator": None, "sample": ["seed", "start", "layer"], "labels": None, "score": None,
-                     "classify": ["classifier", "review_k"], "repair": ["repair_n", "sweep", "sweep_n", "high_pool"],
-                     "metrics": ["real", "inception_weights"], "dissect": ["segmenter", "segmenter_classes", "dissect_n", "ace_units"],
-                     "run": ["out", "cache", "threads"], "dashboard": None, "ab": ["study", "ab_key"]}
-
-
-@command("dashboard", "start the review dashboard (Streamlit) on the bundled example or your run; localhost only by default",
-         DASHBOARD_OPTIONS)
+@command("dashboard", DASHBOARD_HELP, DASHBOARD_OPTIONS)
 def cmd_dashboard(ctx: Context) -> dict[str, Any]:
-    o = ctx.opts
-    launch_command(o)  # a bad port or a missing Streamlit: exit 2 before anything is said
-    if not is_local(o["host"]):
-        ctx.say(f"warning: the dashboard listens on {o['host']}: anyone who can reach this address can label and approve "
-                "as any reviewer name; put it behind an authenticating proxy.")
-    ctx.say(f"artifix dashboard on http://{o['host']}:{o['port']}/ (store {o['store']}); Ctrl+C stops it")
-    serve_here(o)  # this process becomes the server: Ctrl+C or a kill reaches Streamlit itself
-    return {"exit_code": 0, "url": f"http://{o['host']}:{o['port']}/"}
+    return start_dashboard(ctx.opts, ctx.say)
