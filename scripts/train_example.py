@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("data/example/dcgan_scenes.pt"))
     ap.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    ap.add_argument("--keep", action="store_true",
+                    help="also keep every saved generator as <out>.step<N>.pt (a run that diverges late keeps its good steps)")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -142,6 +144,8 @@ def main() -> None:
                 "resumed_from": None if args.resume is None else {"path": str(args.resume), "steps": start},
             }
             save_atomic({"netG_state_dict": G.state_dict(), "netD_state_dict": D.state_dict(), "meta": meta}, args.out)
+            if args.keep:
+                save_atomic({"netG_state_dict": G.state_dict(), "meta": meta}, args.out.with_suffix(f".step{step}.pt"))
             save_atomic({"optG": optG.state_dict(), "optD": optD.state_dict(), "steps": step}, opt_path(args.out))
             args.out.with_suffix(".log.json").write_text(json.dumps({"meta": meta, "log": log}, indent=1))
     print(f"done in {time.time() - t_train:.0f}s", flush=True)
