@@ -198,6 +198,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("select", "max_units", 10, "most units the set selection may choose per layer", int),
     Option("select", "pair_pool", 8, "when no single unit helps, every pair of this many best candidates is tried", int),
     Option("select", "select_weight", 1.0, "weight of the clean samples' mean pixel change against the flagged samples' artifact drop", float),
+    Option("select", "select_check", 0.5, "share of the flagged and clean samples held out: candidates are chosen on the rest, "
+           "each step is kept only if it helps on these (0 = test on the chosen samples, optimistic)", float),
     Option("select", "select_flagged", 40, "flagged (and as many clean) samples the selection evaluates (0 = all)", int),
     Option("select", "high_q", 0, "per-unit high-activation score: top-q samples per unit (0 = off; 'artifix score' and 'select')", int),
     Option("select", "unit_set", None, "repair: remove the unit set (and use the layer) that 'artifix select' wrote to this unit_set.json"),

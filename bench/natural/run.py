@@ -27,7 +27,7 @@ from artifix.model.generator import images_at, load_generator
 from artifix.units.highact import high_activation
 from artifix.repair import RepairPlan, measure, random_control
 from artifix.units.scoring import auc, collect_stats, trace_batches
-from artifix.units.selection import compare_layers, select_set
+from artifix.units.selection import compare_layers, select_set, split_check
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "data" / "example" / "natural"
@@ -94,15 +94,22 @@ def prepare(args, say) -> None:
     from artifix.cli.commands.natural import auc_pool
 
     f_ids, c_ids = train["artifact"][: args.sel_n], train["clean"][: args.sel_n]
+    f_fit, c_fit = split_check(f_ids, args.check, 0)[0], split_check(c_ids, args.check, 1)[0]  # as 'artifix select' splits
 
     def one(layer: str):
-        pool = auc_pool(g, layer, 0, f_ids, c_ids, args.pool)
+        pool = auc_pool(g, layer, 0, f_fit, c_fit, args.pool)
         return select_set(g, layer, 0, f_ids, c_ids, clf_a.predict_proba, pool=pool, max_units=args.max_units,
-                          collateral_weight=1.0, pair_pool=args.pair_pool, say=say)
+                          collateral_weight=1.0, pair_pool=args.pair_pool, check=args.check, say=say)
 
     comp = compare_layers(g, LAYERS, one, say)
     res["selection"] = comp
-    layer = comp["proposed_layer"] or "main.8"
+    res["selection_args"] = {"sel_n": args.sel_n, "pool": args.pool, "max_units": args.max_units, "pair_pool": args.pair_pool,
+                             "check": args.check}
+    if not comp["proposed_layer"]:
+        out_file(args).write_text(json.dumps(res, indent=1, default=float))
+        say(f"no layer has a unit set that helps on the held-out samples: nothing to repair; wrote {out_file(args)}")
+        return
+    layer = comp["proposed_layer"]
     units = comp["selections"][layer]["units"]
     plan = RepairPlan({layer: units}, "set-selection")
     channels = {l: res["unit_shape"][l]["units"] for l in LAYERS}
@@ -117,8 +124,8 @@ def prepare(args, say) -> None:
                                  pool=args.ab_pool, ab_seed=18)
     overview(Path(args.study))
     res["seconds"] = round(time.time() - t0, 1)
-    (DATA / "results.json").write_text(json.dumps(res, indent=1, default=float))
-    say(f"wrote {DATA / 'results.json'} in {res['seconds']} s; judge {args.study}/overview_*.png, then run the 'score' stage")
+    out_file(args).write_text(json.dumps(res, indent=1, default=float))
+    say(f"wrote {out_file(args)} in {res['seconds']} s; judge {args.study}/overview_*.png, then run the 'score' stage")
 
 
 def overview(folder: Path, per: int = 30) -> None:
@@ -142,20 +149,27 @@ def score(args, say) -> None:
     from artifix.review import ab
 
     s = ab.load_study(args.study)
-    answers = ab.read_sheet(DATA / "ab_answers.csv", s["n_pairs"])  # written by eye before this stage runs
+    answers = ab.read_sheet(DATA / f"ab_answers{args.tag}.csv", s["n_pairs"])  # written by eye before this stage runs
     key = ab.load_key(args.key, s["study"])
     res = ab.score(key, answers)
     say(ab.summary_line(res))
-    out = json.loads((DATA / "results.json").read_text())
+    out = json.loads(out_file(args).read_text())
     out["ab"] = res
-    (DATA / "results.json").write_text(json.dumps(out, indent=1, default=float))
+    out_file(args).write_text(json.dumps(out, indent=1, default=float))
+
+
+def out_file(args) -> Path:
+    """data/example/natural/results<tag>.json."""
+    return DATA / f"results{args.tag}.json"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["prepare", "score"])
-    p.add_argument("--study", default=str(HERE / "out" / "ab-study"))
-    p.add_argument("--key", default=str(DATA / "ab-key.json"))
+    p.add_argument("--tag", default="", help="suffix of this run's files (results<tag>.json, ab_answers<tag>.csv, the study and key)")
+    p.add_argument("--study", default=None, help="default bench/natural/out/ab-study<tag>")
+    p.add_argument("--key", default=None, help="default data/example/natural/ab-key<tag>.json")
+    p.add_argument("--check", type=float, default=0.5, help="share of the selection's samples held out for its stop rule")
     p.add_argument("--sel-n", type=int, default=30)
     p.add_argument("--pool", type=int, default=10)
     p.add_argument("--max-units", type=int, default=8)
@@ -165,6 +179,8 @@ def main() -> None:
     p.add_argument("--ab-control-n", type=int, default=30)
     p.add_argument("--ab-pool", type=int, default=600)
     a = p.parse_args()
+    a.study = a.study or str(HERE / "out" / f"ab-study{a.tag}")
+    a.key = a.key or str(DATA / f"ab-key{a.tag}.json")
     say = lambda m: print(m, flush=True)  # noqa: E731
     prepare(a, say) if a.stage == "prepare" else score(a, say)
 

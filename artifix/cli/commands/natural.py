@@ -18,7 +18,7 @@ from ...report.card import model_card
 from ...review import ab
 from ...review.ab import export_study
 from ...units.scoring import auc, trace_batches
-from ...units.selection import candidate_layers, compare_layers, select_set
+from ...units.selection import candidate_layers, compare_layers, select_set, split_check
 from ..registry import Context, command
 from .common import default_layer, flagged_and_clean, load, load_classifier, open_run, reviewer
 
@@ -47,11 +47,13 @@ def _select_extra(p) -> None:
 
 @command("select", "choose the unit set to remove by greedy forward selection on the joint ablation; compare layers",
          {"generator": None, "sample": ["seed", "layer"], "labels": ["store"], "select": ["select_layers", "pool", "max_units",
-          "pair_pool", "select_weight", "select_flagged"], "classify": ["classifier"], "run": ["out", "cache", "threads"]}, _select_extra)
+          "pair_pool", "select_weight", "select_check", "select_flagged"], "classify": ["classifier"], "run": ["out", "cache", "threads"]}, _select_extra)
 def cmd_select(ctx: Context) -> dict[str, Any]:
     o = ctx.opts
     if min(o["pool"], o["max_units"]) < 1 or o["pair_pool"] < 0:
         raise UserError("--pool and --max-units must be positive and --pair-pool >= 0.")
+    if not 0 <= o["select_check"] < 1:
+        raise UserError(f"--select-check must be in [0, 1) (the share of samples held out), got {o['select_check']}.")
     g = load(ctx)
     layer = default_layer(ctx, g)
     layers = candidate_layers(g, ctx.args.select_layers_flag or o["select_layers"] or layer)
@@ -61,11 +63,12 @@ def cmd_select(ctx: Context) -> dict[str, Any]:
         raise UserError(f"set selection needs at least 2 flagged samples; the run has {len(flagged)}.")
     f_ids, c_ids = _subset(flagged, o["select_flagged"]), _subset(clean, o["select_flagged"])
     ctx.say(f"set selection on {', '.join(layers)} from {len(f_ids)} flagged / {len(c_ids)} clean samples")
+    f_fit, c_fit = split_check(f_ids, o["select_check"], o["seed"])[0], split_check(c_ids, o["select_check"], o["seed"] + 1)[0]
 
     def one(l: str):
-        pool = auc_pool(g, l, o["seed"], f_ids, c_ids, o["pool"])
+        pool = auc_pool(g, l, o["seed"], f_fit, c_fit, o["pool"])  # from the chosen part only: the held-out part judges
         return select_set(g, l, o["seed"], f_ids, c_ids, clf.predict_proba, pool=pool, max_units=o["max_units"],
-                          collateral_weight=o["select_weight"], pair_pool=o["pair_pool"], say=ctx.say)
+                          collateral_weight=o["select_weight"], pair_pool=o["pair_pool"], check=o["select_check"], say=ctx.say)
 
     res = compare_layers(g, layers, one, ctx.say)
     best = res["proposed_layer"]
