@@ -24,6 +24,7 @@ from . import dist
 from .concepts.segmenter import Segmenter, load_segmenter
 from .errors import UserError
 from .io import sha256_json
+from .log import LOGGER
 from .labels import LabelStore
 from .metrics import get_extractor, load_real
 from .model.generator import LoadedGenerator, images_at, latents, load_generator, probe, spec_from_options
@@ -123,16 +124,42 @@ def find_run(ws: Workspace, layer: str | None = None, missing: str = "") -> int:
         raise UserError(missing)
     run = ws.store.find_run(ws.g.fingerprint, [layer or ws.layer], ws.seed)
     if run is None:
-        raise UserError(missing)
+        note = weights_change_note(ws.store.runs(), ws.g)
+        raise UserError(f"{note} ({missing})" if note else missing)
     return int(run.id)
 
 
 def register(store: Any, g: LoadedGenerator, layer: str, seed: int, n: int) -> int:
     """Register (or find) the run of (G, layer, seed) covering at least `n` samples in `store`; returns its id."""
     out_shape = probe(g)
+    earlier = store.runs()
     with dist.main_first():  # under torchrun rank 0 creates the run, the others find it
-        return int(store.register_run(g.fingerprint, [layer], int(seed), max(int(n), 1), meta={"spec": g.spec.to_json()},
-                                      image_size=(int(out_shape[2]), int(out_shape[3]))))
+        run_id = int(store.register_run(g.fingerprint, [layer], int(seed), max(int(n), 1), meta={"spec": g.spec.to_json()},
+                                        image_size=(int(out_shape[2]), int(out_shape[3]))))
+    warn_if_weights_change(earlier, run_id, g)
+    return run_id
+
+
+def warn_if_weights_change(earlier: Sequence[Any], run_id: int, g: LoadedGenerator) -> None:
+    """Warn when a new run's generator has no checkpoint and an earlier run of the same spec had other weights."""
+    note = None if any(r.id == run_id for r in earlier) else weights_change_note(earlier, g)
+    if note:
+        LOGGER.warning(f"warning: {note}")
+
+
+def weights_change_note(earlier: Sequence[Any], g: LoadedGenerator) -> str | None:
+    """The sentence for a generator without a checkpoint whose weights differ from an earlier run's of the same spec: its
+    factory initialises them anew on each load, so one command's labels never reach the next (runs are by fingerprint)."""
+    if g.spec.checkpoint:
+        return None
+    spec = sha256_json(g.spec.to_json())
+    same = [r for r in earlier if sha256_json(r.meta.get("spec")) == spec and r.fingerprint != g.fingerprint]
+    if not same:
+        return None
+    return (f"{g.spec.generator} has no --checkpoint, and its weights differ from run {same[-1].id}'s in this store "
+            f"(fingerprint {same[-1].fingerprint[:8]} -> {g.fingerprint[:8]}): the factory initialises them anew on each "
+            "load, so labels and scores of one command do not reach the next. Pass --checkpoint with the trained weights, "
+            "or make the factory load them")
 
 
 def register_run(ws: Workspace, n: int, layer: str | None = None) -> int:

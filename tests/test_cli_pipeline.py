@@ -103,3 +103,20 @@ def test_bad_layer_or_reference_fails_before_writing(tmp_path):
     assert code == 2 and "Did you mean 'main.8'" in err and not (tmp_path / "s.sqlite").exists() and not (tmp_path / "o").exists()
     code, out, err = run_cli("metrics", "--real", str(tmp_path / "missing"), "--n", "8")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "does not exist" in err
+
+
+def test_a_factory_without_checkpoint_whose_weights_change_is_named(tmp_path):
+    """A factory that initialises its weights at random gives each command another generator (runs are by
+    fingerprint): the flags a user imports would silently never reach 'classify train'. Both commands say why."""
+    from tests.conftest import GENS
+
+    store = str(tmp_path / "l.sqlite")
+    (tmp_path / "flags.csv").write_text("sample,label\n" + "".join(f"{i},{'artifact' if i % 2 else 'clean'}\n" for i in range(8)))
+    gen = ["--generator", f"{GENS}:tiny_dcgan", "--latent", "16,1,1", "--layer", "main.5", "--store", store]
+    code, _, err = run_cli("flags", "import", str(tmp_path / "flags.csv"), *gen)
+    assert code == 0 and "no --checkpoint" not in err, err  # the first run of this spec: nothing to compare with
+    code, _, err = run_cli("classify", "train", *gen, "--classifier", str(tmp_path / "c.pt"))
+    assert code == 2 and "has no --checkpoint, and its weights differ from run 1's" in err, err
+    assert not (tmp_path / "c.pt").exists()
+    code, _, err = run_cli("flags", "import", str(tmp_path / "flags.csv"), *gen)
+    assert code == 0 and "warning:" in err and "Pass --checkpoint" in err, err
