@@ -14,7 +14,7 @@ without reference data, the segmenter and layers for concepts, paint units and t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -313,6 +313,7 @@ def score_run(g: LoadedGenerator, layer: str, store: Any, run_id: int, stats: An
     flagged, clean = flagged_and_clean(store, run_id)
     masks = store.masks(run_id)
     prob_fn = score_fn = None
+    missing: list[int] = []
     if clf is not None:
         prob_fn = clf.predict_proba
         score_fn = C.differentiable_score(clf, g.spec.range)
@@ -322,8 +323,9 @@ def score_run(g: LoadedGenerator, layer: str, store: Any, run_id: int, stats: An
             masks = {**masks, **{i: m for i, m in zip(missing, pm)}}
     if not flagged and not clean:
         say("no flags yet: ranking units by the cold-start prior (rarely-activated units)")
-    return score_units(g, layer, seed, stats, flagged, clean, masks, prob_fn, score_fn,
-                       exact_top=exact_top, collateral_weight=collateral_weight, rare_rate=rare_rate, high_q=high_q)
+    rep = score_units(g, layer, seed, stats, flagged, clean, masks, prob_fn, score_fn,
+                      exact_top=exact_top, collateral_weight=collateral_weight, rare_rate=rare_rate, high_q=high_q)
+    return replace(rep, n_pseudo=len(missing))
 
 
 def propose_top(store: Any, run_id: int, table: Any, top: int, actor: str = "artifix", note: str = "proposed by artifix score") -> list[int]:

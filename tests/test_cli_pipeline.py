@@ -120,3 +120,17 @@ def test_a_factory_without_checkpoint_whose_weights_change_is_named(tmp_path):
     assert not (tmp_path / "c.pt").exists()
     code, _, err = run_cli("flags", "import", str(tmp_path / "flags.csv"), *gen)
     assert code == 0 and "warning:" in err and "Pass --checkpoint" in err, err
+
+
+def test_score_says_which_regions_were_painted_and_which_the_classifier_localised(tmp_path, tiny_ckpt):
+    from tests.conftest import GENS
+
+    store = str(tmp_path / "l.sqlite")
+    (tmp_path / "flags.csv").write_text("sample,label\n" + "".join(f"{i},{'artifact' if i % 3 == 0 else 'clean'}\n" for i in range(18)))
+    gen = ["--generator", f"{GENS}:tiny_dcgan", "--checkpoint", str(tiny_ckpt), "--latent", "16,1,1", "--layer", "main.5",
+           "--store", store]
+    clf = ["--classifier", str(tmp_path / "c.pt")]
+    assert run_cli("flags", "import", str(tmp_path / "flags.csv"), *gen)[0] == 0
+    assert run_cli("classify", "train", *gen, *clf)[0] == 0
+    code, _, err = run_cli("score", *gen, *clf, "--out", str(tmp_path / "out"))
+    assert code == 0 and "from 6 flagged / 12 clean samples (0 painted, 6 localised by the classifier)" in err, err

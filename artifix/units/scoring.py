@@ -287,7 +287,8 @@ class ScoreReport:
     components: list[str]
     n_flagged: int
     n_clean: int
-    n_masks: int
+    n_masks: int  # flagged samples with a region: painted, plus the classifier's pseudo masks (n_pseudo of them)
+    n_pseudo: int = 0
 
 
 def score_units(g: LoadedGenerator, layer: str, seed: int, stats: UnitStats, flagged: Sequence[int], clean: Sequence[int],

@@ -95,9 +95,11 @@ def cmd_score(ctx: Context) -> dict[str, Any]:
         cols = ["rank", "unit"] + [c for c in ("combined", "causal", "iou", "auc", "high", "high_prob_raw", "firing_rate") if c in top]
         ctx.say(top[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         ctx.say(f"scored {len(report.table)} units of {layer} from {report.n_flagged} flagged / {report.n_clean} clean samples "
-                f"({report.n_masks} painted); table in {out}/unit_scores.csv, cards in {out}/cards/")
+                f"({report.n_masks - report.n_pseudo} painted"
+                + (f", {report.n_pseudo} localised by the classifier" if report.n_pseudo else "")
+                + f"); table in {out}/unit_scores.csv, cards in {out}/cards/")
     return {"run_id": run_id, "layer": layer, "components": report.components, "n_flagged": report.n_flagged,
-            "n_clean": report.n_clean, "n_masks": report.n_masks, "top": rows, "cards": [str(p) for p in cards]}
+            "n_clean": report.n_clean, "n_masks": report.n_masks, "n_pseudo": report.n_pseudo, "top": rows, "cards": [str(p) for p in cards]}
 
 
 @command("demo", "the whole story on the bundled example: plant artifact units, review, score, approve, remove, measure",
