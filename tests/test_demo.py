@@ -21,3 +21,19 @@ def test_demo_finds_and_removes_planted_units(tmp_path):
     for f in ("report.md", "samples.png", "planted_samples.png", "unit_scores.csv", "labels.sqlite",
               "cleaned/planted.pt", "cleaned/planted.safetensors", "cleaned/before_after_flagged.png"):
         assert (cfg.out / f).is_file(), f
+
+
+def test_the_natural_part_renders_the_recorded_repair_and_reports_its_numbers(tmp_path):
+    from artifix.example.demo_natural import RESULTS, natural_story
+    from artifix.model.generator import load_generator
+    import json
+
+    res = json.loads(RESULTS.read_text())
+    said: list[str] = []
+    out = natural_story(load_generator(), tmp_path, said.append, n_show=4)
+    assert (tmp_path / "natural_before_after.png").is_file()
+    assert out["layer"] == res["repair"]["layer"] and out["units"] == res["repair"]["units"]
+    md = "\n".join(out["markdown"])
+    wins = res["ab"]["repair"]["wins"]
+    assert f"preferred in {wins} of {wins + res['ab']['repair']['losses']} decided pairs" in md
+    assert "Targets met (" in md and "Missed:" in md and any("[natural] blind A/B" in s for s in said)
