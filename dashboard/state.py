@@ -21,8 +21,8 @@ import numpy as np
 import streamlit as st
 import torch
 
-from artifix import config, progress, session, workflow
-from artifix.cli import serve
+from artifix import progress, session, workflow
+from artifix.cli import parsing, serve
 from artifix.cli.main import COMMANDS, build_parser
 from artifix.concepts.dissect import segmenter_id
 from artifix.errors import UserError
@@ -41,11 +41,7 @@ def resolve_settings(argv: Sequence[str] | None = None, environ: dict[str, str] 
     if given is not None:
         return given
     args = build_parser().parse_args(["dashboard", *(sys.argv[1:] if argv is None else argv)])
-    cfg = config.load_config(args.config)
-    opts: dict[str, Any] = {}
-    for sec, names in COMMANDS["dashboard"].options.items():
-        opts.update(config.resolve(sec, vars(args), cfg, names))
-    return opts
+    return parsing.resolve_settings(COMMANDS["dashboard"].options, args)[0]  # as the CLI: flags > artifix.toml > defaults, checked
 
 
 @st.cache_resource(show_spinner="loading the generator")

@@ -426,3 +426,15 @@ def test_dashboard_bad_port_is_a_user_error():
 
     with pytest.raises(UserError, match="--port"):
         serve.launch_command({"host": "127.0.0.1", "port": 70000})
+
+
+def test_plain_streamlit_run_checks_the_options_as_the_cli_does():
+    """`streamlit run dashboard/app.py -- --pool 0` gets the CLI's sentence (the app shows it as its error)."""
+    from artifix.errors import UserError
+    from dashboard.state import resolve_settings
+    from tests.conftest import run_cli
+
+    with pytest.raises(UserError, match="--pool") as e:
+        resolve_settings(["--pool", "0"], {})
+    code, _, err = run_cli("dashboard", "--pool", "0")
+    assert code == 2 and str(e.value) in err
