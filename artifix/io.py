@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 from . import __version__, jsonout
 from .errors import UserError
 
@@ -101,6 +99,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
     """torch.save `obj` to `path` atomically, through a file handle: the archive's records are named 'archive/...', so the
     same object gives the same bytes wherever it is written (a path would name them after the temporary file)."""
+    import torch  # startup cost: the label store imports this module, and the dashboard's first page needs no torch
+
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
 

@@ -26,6 +26,7 @@ from .errors import UserError
 from .io import sha256_json
 from .log import LOGGER
 from .labels import LabelStore
+from .labels.values import reviewer_name  # noqa: F401  (re-exported: session.reviewer_name)
 from .metrics import get_extractor, load_real
 from .model.generator import LoadedGenerator, images_at, latents, load_generator, probe, spec_from_options
 from .model.trace import get_layer, layer_shapes
@@ -85,11 +86,6 @@ def resolve_layer(g: LoadedGenerator, profile: Profile, given: str | None) -> st
     if family:
         return family[0]
     raise UserError("--layer is required for this generator; run 'artifix layers' to list its layers.")
-
-
-def reviewer_name(given: str | None) -> str:
-    """The reviewer name: the one given, else $USER, else 'reviewer'."""
-    return given or os.environ.get("USER") or "reviewer"
 
 
 def open_generator(opts: dict[str, Any]) -> tuple[LoadedGenerator, Profile]:

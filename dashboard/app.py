@@ -22,9 +22,22 @@ from artifix.cli import serve  # noqa: E402
 
 st.set_page_config(page_title="artifix dashboard", page_icon=":material/healing:", layout="wide")
 BOOT = st.empty()  # the first thing a reviewer sees, before the imports below finish (about 4 s on a first load)
-BOOT.info("Starting: loading the generator and the label store (the Review page then prepares its queue).",
-          icon=":material/hourglass_top:")
-serve.await_warm_imports()  # `artifix dashboard` imports the modules below in a background thread: let it finish
+if serve.warm_pending():  # `artifix dashboard` imports torch and artifix in a background thread: this is its first run
+    BOOT.info("Starting: loading the generator and the label store (the Review page then prepares its queue).",
+              icon=":material/hourglass_top:")
+    if "page" not in st.session_state:  # the Review page: draw its kept last page now, with the label store only
+        if CHECKOUT:
+            from dashboard import first_page  # noqa: E402
+        else:
+            from artifix.dashboard import first_page  # noqa: E402
+        try:  # drawn at the same places as the full page's elements, so the full page replaces them without a gap
+            drawn = first_page.draw(serve.settings_from_env() or {}, BOOT)
+        except Exception:  # noqa: BLE001  (a head start only: the full page below computes the same and reports any error)
+            drawn = False
+        if drawn:
+            serve.await_warm_imports()
+            st.rerun()  # into the full page, which keeps this batch
+serve.await_warm_imports()  # let the background imports finish before importing the same modules here
 
 from artifix import session  # noqa: E402
 from artifix.errors import ArtifixError  # noqa: E402

@@ -16,12 +16,9 @@ from artifix import session
 from artifix.errors import UserError
 from artifix.model.images import heat_overlay
 
-from . import canvas, queue_cache
+from . import canvas, first_page, queue_cache
+from . import review_grid as grid
 from .state import Dash
-
-LABEL_BUTTONS = (("artifact", "Artifact", ":material/broken_image:"), ("clean", "Clean", ":material/check_circle:"),
-                 ("unsure", "Unsure", ":material/help:"))
-
 
 @st.cache_resource(show_spinner="ordering the review queue (priors and classifier)", max_entries=16)
 def _queue(fingerprint: str, layer: str, seed: int, start: int, pool: int, clf_key: str, _d: Dash) -> session.Queue:
@@ -41,6 +38,10 @@ def _prepare(d: Dash) -> tuple[session.Queue, Any]:
     """The queue, with a skeleton and staged progress while the first load computes it (statistics, then the order)."""
     key = (d.g.fingerprint, d.layer, d.seed, d.opts["start"], d.opts["pool"], d.classifier_key())
     if st.session_state.get("_queue_ready") == key:
+        return queue_for(d), None
+    if st.session_state.pop("_first_page_drawn", False):  # the kept page is on screen: no skeleton over it
+        d.stats()
+        st.session_state["_queue_ready"] = key
         return queue_for(d), None
     slot = st.empty()
     with slot.container():
@@ -65,64 +66,27 @@ def queue_for(d: Dash) -> session.Queue:
     return _queue(d.g.fingerprint, d.layer, d.seed, int(o["start"]), int(o["pool"]), d.classifier_key(), _d=d)
 
 
-def next_batch(d: Dash, q: session.Queue) -> list[int]:
-    """The next page of the queue: the first unlabelled samples in review order."""
-    labelled = set(int(s) for s in d.store.flags(d.run_id)["sample"])
-    return [s for s in q.samples if s not in labelled][: int(d.opts["page_size"])]
-
-
-def flag(d: Dash, sample: int, label: str) -> None:
-    """Save one flag now (button callback)."""
-    try:
-        d.store.set_flag(d.run_id, int(sample), label, d.reviewer)
-        st.session_state["last_saved"] = f"sample {sample}: {label} (saved)"
-    except UserError as e:
-        st.session_state["last_error"] = str(e)
-
-
 def save_mask(d: Dash, sample: int, mask: np.ndarray) -> int:
     """Save a painted region now; a painted sample is an artifact sample, so it is flagged as one if it is not yet."""
     return session.save_painted_mask(d.store, d.run_id, int(sample), d.reviewer, mask)
-
-
-def counters(d: Dash) -> None:
-    """What is done: labels by kind, painted regions, this reviewer's share."""
-    c = d.store.counts(d.run_id)
-    mine = len(d.store.reviewer_flags(d.run_id, d.reviewer))
-    cols = st.columns(6)
-    cols[0].metric("labelled", c["labelled"])
-    cols[1].metric("artifact", c["artifact"])
-    cols[2].metric("clean", c["clean"])
-    cols[3].metric("unsure", c["unsure"])
-    cols[4].metric("painted", c["masked"])
-    cols[5].metric(f"by {d.reviewer}", mine)
-    pool = int(d.opts["pool"])
-    flags = d.store.flags(d.run_id)
-    start = int(d.opts["start"])
-    in_pool = int(((flags["sample"] >= start) & (flags["sample"] < start + pool)).sum())
-    st.progress(min(in_pool / max(pool, 1), 1.0), text=f"{in_pool} of the {pool} samples in the review pool labelled")
 
 
 def render(d: Dash) -> None:
     """The Review page."""
     st.header("Review")
     q, skeleton = _prepare(d)
-    st.caption(f"Review queue in **{q.order}** order: "
-               + ("samples the classifier is least sure about, interleaved with the most suspicious by the priors."
-                  if q.order == "active learning" else
-                  "no artifact classifier yet, so the priors order it (samples firing rarely-activated units strongly, "
-                  "and samples far from the reference data). Once you have flagged some, train it with Classifier → Train."))
-    counters(d)
+    st.caption(grid.order_caption(q.order))
+    grid.counters(d)
     if "last_error" in st.session_state:
         st.error(st.session_state.pop("last_error"))
     batch_key = f"batch-{d.run_id}"
     if batch_key not in st.session_state or st.session_state.get("batch_order") != (q.order, d.classifier_key()):
-        st.session_state[batch_key] = next_batch(d, q)
+        st.session_state[batch_key] = grid.next_batch(d, q.samples)
         st.session_state["batch_order"] = (q.order, d.classifier_key())
     batch: list[int] = st.session_state[batch_key]
     top = st.columns([1, 1, 1.4, 1.4, 2.2])
     if top[0].button("Next batch", key="next-batch", icon=":material/skip_next:", help="the next unlabelled samples in queue order"):
-        st.session_state[batch_key] = batch = next_batch(d, q)
+        st.session_state[batch_key] = batch = grid.next_batch(d, q.samples)
     with top[1].popover("Classifier", icon=":material/model_training:"):
         _train_panel(d)
     _undo_button(d, top[2], top[3], top[4])
@@ -131,44 +95,16 @@ def render(d: Dash) -> None:
             skeleton.empty()
         st.success("Every sample of the review pool is labelled. Score the units on the Units page.")
         return
-    flags, recs = d.store.flags(d.run_id), d.store.mask_records(d.run_id)
-    labels = dict(zip(flags["sample"].astype(int), flags["label"]))
-    masked = set(int(s) for s in recs[recs["pixels"] > 0]["sample"])  # not DataFrame.query: 0.34 s of a first load (cProfile)
+    labels, masked = grid.labels_and_masked(d)
     images = d.images(batch)
+    first_page.save(d.cache, d.opts, d.g, d.run_id, d.layer, q, batch, images)  # the next start draws this page without torch
     if skeleton is not None:
         skeleton.empty()  # the progress and skeleton give way to the grid
     left, right = st.columns([2, 1], gap="large")
     with left:
-        ncol = 3
-        for r in range(0, len(batch), ncol):
-            cols = st.columns(ncol)
-            for c, (s, im) in enumerate(zip(batch[r:r + ncol], images[r:r + ncol])):
-                with cols[c].container(border=True, key=f"tile-{s}"):
-                    _tile(d, q, int(s), im, labels.get(int(s)), int(s) in masked)
+        grid.grid(d, q, batch, images, labels, masked)
     with right, st.container(key="paint-panel"):
         _paint_panel(d, batch, images)
-
-
-def _tile(d: Dash, q: session.Queue, s: int, im: np.ndarray, label: str | None, masked: bool) -> None:
-    st.image(im.repeat(4, 0).repeat(4, 1), width="stretch")  # nearest-neighbour: keep the pixels sharp
-    info = [f"**#{s}**"]
-    if q.probability:
-        info.append(f"p={q.probability.get(s, float('nan')):.2f}")
-    info.append(f"prior {q.priors.get(s, float('nan')):+.2f}")
-    st.markdown(" · ".join(info) + ("  \n" + (f":{_colour(label)}-badge[{label}]" if label else ":gray-badge[unlabelled]"))
-                + (" :violet-badge[painted]" if masked else ""))
-    for row in (LABEL_BUTTONS[:2], LABEL_BUTTONS[2:]):
-        b = st.columns(2, gap="small")
-        for col, (lab, text, _icon) in zip(b, row):
-            col.button(text, key=f"flag-{s}-{lab}", help=f"save '{lab}' for sample {s} now",
-                       type="primary" if label == lab else "secondary", on_click=flag, args=(d, s, lab), width="stretch")
-    b[1].button("Paint", key=f"paint-{s}", width="stretch", help=f"paint or box the artifact region of sample {s}",
-                type="primary" if st.session_state.get("paint_sample") == s else "tertiary",
-                on_click=lambda: st.session_state.update(paint_sample=s, scroll_to_paint=st.session_state.get("scroll_to_paint", 0) + 1))
-
-
-def _colour(label: str) -> str:
-    return {"artifact": "red", "clean": "green", "unsure": "orange"}.get(label, "gray")
 
 
 def _paint_panel(d: Dash, batch: list[int], images: np.ndarray) -> None:

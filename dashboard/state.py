@@ -9,7 +9,6 @@ repair) holds one lock: a session's ablation hook can never leak into another se
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 from contextlib import contextmanager
@@ -26,12 +25,12 @@ from artifix.cli import parsing, serve
 from artifix.cli.main import COMMANDS, build_parser
 from artifix.concepts.dissect import segmenter_id
 from artifix.errors import UserError
-from artifix.labels import LabelStore
 from artifix.model.generator import GeneratorSpec, images_at, load_generator, spec_from_options
 from artifix.profiles import Profile, profile_for
 from artifix.review.classifier import ArtifactClassifier
 from artifix.units.scoring import cached_stats
 
+from . import first_page
 from .progress_ui import stages
 
 
@@ -56,9 +55,8 @@ def _lock(_fingerprint: str) -> threading.RLock:
     return threading.RLock()
 
 
-@st.cache_resource
 def _store(location: str):
-    return LabelStore(location)
+    return first_page.store(location)  # one store per process, shared with the first page drawn before the imports
 
 
 @st.cache_resource(show_spinner="collecting unit statistics (once per generator, layer, seed and n)")
@@ -143,8 +141,7 @@ class Dash:
             return _dissection(self.g.fingerprint, layer, segmenter_id(seg), self.seed, n, self.cache, _g=self.g, _seg=seg)
 
     def classifier_key(self) -> str:
-        p = Path(self.opts.get("classifier") or "artifix-classifier.pt")
-        return f"{p.resolve()}@{p.stat().st_mtime}" if p.is_file() else "none"
+        return first_page.classifier_key(self.opts)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -174,4 +171,4 @@ def open_dash(opts: dict[str, Any]) -> Dash:
     else:
         reviewer = st.session_state.get("reviewer") or workflow.reviewer_name(None)
     return Dash(opts, g, store, run_id, layer, reviewer, pinned, session.approvers_set(opts.get("approvers")),
-                str(opts.get("cache") or os.environ.get("ARTIFIX_CACHE") or ".artifix-cache"))
+                first_page.cache_dir(opts))

@@ -33,7 +33,8 @@ DASHBOARD_OPTIONS: dict[str, list[str] | None] = {
     "metrics": ["real", "inception_weights"], "dissect": ["segmenter", "segmenter_classes", "dissect_n", "ace_units"],
     "run": ["out", "cache", "threads"], "dashboard": None, "ab": ["study", "ab_key"]}
 # What the app's first run imports (torch, pandas, SQLAlchemy and every artifix module it uses: about 4 s on 2 cores)
-WARM_MODULES = ("artifix.cli.main", "artifix.session", "artifix.report.unitviz", "artifix.review.ab")
+# The label store first: the Review page's kept first page (dashboard/first_page.py) needs only it, not torch.
+WARM_MODULES = ("artifix.labels", "artifix.cli.main", "artifix.session", "artifix.report.unitviz", "artifix.review.ab")
 _warm: threading.Thread | None = None
 
 # Server flags that are always set (the security-relevant ones cannot be switched off from artifix).
@@ -137,6 +138,11 @@ def start_warm_imports() -> None:
         _warm = threading.Thread(target=_import_all, args=(list(WARM_MODULES), _dashboard_modules()),
                                  name="artifix-warm-imports", daemon=True)
         _warm.start()
+
+
+def warm_pending() -> bool:
+    """Whether the background imports of `artifix dashboard` are still running."""
+    return _warm is not None and _warm.is_alive()
 
 
 def await_warm_imports() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 import zlib
@@ -189,3 +190,8 @@ def check_sample(run: Run, sample: Any, where: str = "") -> int:
     if not 0 <= s < run.n:
         raise UserError(f"{where}sample index {s} is outside run {run.id}'s samples 0..{run.n - 1}; use an index in that range.")
     return s
+
+
+def reviewer_name(given: str | None) -> str:
+    """The reviewer name: the one given, else $USER, else 'reviewer'."""
+    return given or os.environ.get("USER") or "reviewer"
