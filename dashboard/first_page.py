@@ -66,8 +66,9 @@ def _files(paths: Sequence[str | None]) -> dict[str, list[int] | None]:
 
 
 def source_files(spec: Any, opts: Mapping[str, Any]) -> dict[str, list[int] | None]:
-    """The files the page's images and scores come from: checkpoint, generator code file, classifier."""
-    code = str(spec.generator).rsplit(":", 1)[0] if str(spec.generator).split(":", 1)[0].endswith(".py") else None
+    """The files the page's images and scores come from: checkpoint, generator file (code or TorchScript), classifier."""
+    head = str(spec.generator or "").split(":", 1)[0]
+    code = head if head and Path(head).is_file() else None  # 'path/file.py:fn' or a TorchScript file; not 'pkg.mod:fn'
     return _files([spec.checkpoint, spec.code_path, code, str(opts.get("classifier") or "artifix-classifier.pt")])
 
 
