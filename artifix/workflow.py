@@ -128,7 +128,7 @@ def find_run(ws: Workspace, layer: str | None = None, missing: str = "") -> int:
 def register(store: Any, g: LoadedGenerator, layer: str, seed: int, n: int) -> int:
     """Register (or find) the run of (G, layer, seed) covering at least `n` samples in `store`; returns its id."""
     out_shape = probe(g)
-    earlier = store.runs()
+    earlier = [] if g.spec.checkpoint else store.runs()  # only a generator without a checkpoint can change between loads
     with dist.main_first():  # under torchrun rank 0 creates the run, the others find it
         run_id = int(store.register_run(g.fingerprint, [layer], int(seed), max(int(n), 1), meta={"spec": g.spec.to_json()},
                                         image_size=(int(out_shape[2]), int(out_shape[3]))))

@@ -88,6 +88,14 @@ def split_check(ids: Sequence[int], check: float, seed: int) -> tuple[list[int],
     return [i for i in ids if i not in set(held)], held
 
 
+Split = tuple[list[int], list[int]]
+
+
+def split_flags(flagged: Sequence[int], clean: Sequence[int], check: float, seed: int) -> tuple[Split, Split]:
+    """((flagged chosen, flagged held out), (clean chosen, clean held out)): the split `select_set` makes."""
+    return split_check(flagged, check, seed), split_check(clean, check, seed + 1)
+
+
 def paired_lower_bound(d: np.ndarray, seed: int, confidence: float = 0.95, reps: int = 2000) -> tuple[float, float]:
     """Percentile bootstrap interval (lo, hi) of mean(d) over its rows."""
     d = np.asarray(d, np.float64)
@@ -194,7 +202,8 @@ def select_set(g: LoadedGenerator, layer: str, seed: int, flagged: Sequence[int]
     bad = [u for u in pool if not 0 <= u < channels]
     if bad:
         raise UserError(f"unit {bad[0]} is out of range: {layer} has {channels} units (0..{channels - 1}).")
-    held = (set(split_check(flagged, check, seed)[1]), set(split_check(clean, check, seed + 1)[1]))
+    (_, held_f), (_, held_c) = split_flags(flagged, clean, check, seed)
+    held = (set(held_f), set(held_c))
     ev = _Evaluator(g, layer, seed, flagged, clean, prob_fn, collateral_weight, channels, max_batch, held)
     current: list[int] = []
     s_cur, coll_cur = ev.s0.copy(), np.zeros(len(ev.clean))

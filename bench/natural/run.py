@@ -27,7 +27,7 @@ from artifix.model.generator import images_at, load_generator
 from artifix.units.highact import high_activation
 from artifix.repair import RepairPlan, measure, random_control
 from artifix.units.scoring import auc, collect_stats, trace_batches
-from artifix.units.selection import compare_layers, select_set, split_check
+from artifix.units.selection import compare_layers, select_set, split_flags
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "data" / "example" / "natural"
@@ -94,7 +94,7 @@ def prepare(args, say) -> None:
     from artifix.cli.commands.natural import auc_pool
 
     f_ids, c_ids = train["artifact"][: args.sel_n], train["clean"][: args.sel_n]
-    f_fit, c_fit = split_check(f_ids, args.check, 0)[0], split_check(c_ids, args.check, 1)[0]  # as 'artifix select' splits
+    (f_fit, _), (c_fit, _) = split_flags(f_ids, c_ids, args.check, 0)  # the pool from the chosen part, as 'artifix select' does
 
     def one(layer: str):
         pool = auc_pool(g, layer, 0, f_fit, c_fit, args.pool)

@@ -18,7 +18,7 @@ from ...report.card import model_card
 from ...review import ab
 from ...review.ab import export_study
 from ...units.scoring import auc, trace_batches
-from ...units.selection import candidate_layers, compare_layers, select_set, split_check
+from ...units.selection import candidate_layers, compare_layers, select_set, split_flags
 from ..registry import Context, command
 from .common import default_layer, flagged_and_clean, load, load_classifier, open_run, reviewer
 
@@ -63,7 +63,7 @@ def cmd_select(ctx: Context) -> dict[str, Any]:
         raise UserError(f"set selection needs at least 2 flagged samples; the run has {len(flagged)}.")
     f_ids, c_ids = _subset(flagged, o["select_flagged"]), _subset(clean, o["select_flagged"])
     ctx.say(f"set selection on {', '.join(layers)} from {len(f_ids)} flagged / {len(c_ids)} clean samples")
-    f_fit, c_fit = split_check(f_ids, o["select_check"], o["seed"])[0], split_check(c_ids, o["select_check"], o["seed"] + 1)[0]
+    (f_fit, _), (c_fit, _) = split_flags(f_ids, c_ids, o["select_check"], o["seed"])
 
     def one(l: str):
         pool = auc_pool(g, l, o["seed"], f_fit, c_fit, o["pool"])  # from the chosen part only: the held-out part judges
