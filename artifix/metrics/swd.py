@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -233,18 +234,23 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def sort_rows(p: np.ndarray) -> np.ndarray:
-    """Sort each row of a C-contiguous 2-D float32 array in place (rows split over threads; numpy's sort
-    releases the GIL) and return it."""
+def _map_rows(p: np.ndarray, fn: Callable[[slice], None]) -> None:
+    """Call fn on blocks of rows of `p` that together cover it, split over threads (numpy's sorts and ufuncs release
+    the GIL), or once on all rows when `p` is small or there is one core."""
     global _POOL
     workers = max(1, min(4, os.cpu_count() or 1))
     if workers == 1 or p.shape[0] < 2 or p.size < 1 << 16:
-        p.sort(axis=1)
-        return p
+        fn(slice(0, p.shape[0]))
+        return
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="artifix-sort")
     step = -(-p.shape[0] // workers)
-    list(_POOL.map(lambda s: p[s : s + step].sort(axis=1), range(0, p.shape[0], step)))
+    list(_POOL.map(lambda s: fn(slice(s, s + step)), range(0, p.shape[0], step)))
+
+
+def sort_rows(p: np.ndarray) -> np.ndarray:
+    """Sort each row of a C-contiguous 2-D float32 array in place (rows split over threads) and return it."""
+    _map_rows(p, lambda rows: p[rows].sort(axis=1))
     return p
 
 
@@ -371,6 +377,16 @@ def _channel_projections(desc: np.ndarray, dirs: np.ndarray) -> np.ndarray:
 _BOOT_DIR_CHUNK = 32
 
 
+def _replicate_rows(p: np.ndarray, shift: np.ndarray, real_sorted: np.ndarray, means: np.ndarray, rows: slice) -> None:
+    """For rows of one replicate's projections: sort them, shift them, and write mean |p - real_sorted| into means."""
+    blk = p[rows]
+    blk.sort(axis=1)
+    blk -= shift[rows, None]
+    blk -= real_sorted[rows]
+    np.abs(blk, out=blk)
+    means[rows] = blk.mean(axis=1, dtype=np.float64)
+
+
 def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.ndarray, real_sorted: np.ndarray,
                 counts: np.ndarray) -> np.ndarray:
     """One level's bootstrap replicates of one set (B,): mean over `dirs` of mean |sorted resample - real_sorted|.
@@ -381,6 +397,7 @@ def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.
     of projecting again; the shift is applied after sorting (it does not change the order). Directions are handled
     `_BOOT_DIR_CHUNK` at a time (each direction's row is sorted on its own), so memory holds a chunk's projections.
     """
+    n_img = desc.shape[0] // PATCHES_PER_IMAGE
     csum = dirs.astype(np.float64).reshape(3, PATCH * PATCH, -1).sum(axis=1)  # (3, k): each channel's direction sums
     stats = [channel_stats(*sums, weights=counts[:, b]) for b in range(counts.shape[1])]
     row_means = np.zeros((counts.shape[1], dirs.shape[1]))
@@ -391,12 +408,10 @@ def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.
         for b, (mean, std) in enumerate(stats):
             inv = 1.0 / std
             shift = ((mean * inv) @ csum[:, cs]).astype(np.float32)  # (chunk,)
-            p = (inv.astype(np.float32) @ flat).reshape(q.shape[1:])
-            p = sort_rows(np.repeat(p, np.repeat(counts[:, b], PATCHES_PER_IMAGE), axis=1))
-            p -= shift[:, None]
-            p -= real_sorted[cs]
-            np.abs(p, out=p)
-            row_means[b, cs] = p.mean(axis=1, dtype=np.float64)
+            p = (inv.astype(np.float32) @ flat).reshape(q.shape[1], n_img, PATCHES_PER_IMAGE)
+            # each drawn image's 128 projections copied as one block, counts[i, b] times (the sort removes the order)
+            p = np.repeat(p, counts[:, b], axis=1).reshape(q.shape[1], -1)
+            _map_rows(p, partial(_replicate_rows, p, shift, real_sorted[cs], row_means[b, cs]))
             del p
         del q, flat
     return row_means.mean(axis=1)
