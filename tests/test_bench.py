@@ -33,3 +33,17 @@ def test_quick_bench_runs_and_agrees(tmp_path):
     assert c["units"] == 128 and -1.0 <= c["spearman_first_order_vs_exact"] <= 1.0
     rows = res["scaling"]["rows"]
     assert [r["n"] for r in rows] == [100, 300, 100, 300] and all(r["recorded"] == r["n"] and r["peak_rss_mb"] > 0 for r in rows)
+
+
+def test_repair_floor_child_runs(tmp_path):
+    """The repair row's floor (bench/pipeline.py's child process) renders and extracts a small manifest's sets."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import pipeline
+
+    manifest = {"metrics": {"n": 4, "seed": 0}, "edits": {"main.8": {"units": [1, 2], "alphas": [1.0, 1.0]}},
+                "random_control": {"main.8": [3, 4]}}
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    floor = pipeline._child(pipeline._FLOOR_CHILD, [str(path), "16", json.dumps([5, 6])])
+    # before / repair / control on the random, high-activation and flagged samples, plus the 4 reference scenes
+    assert floor["images"] == 3 * (4 + 4 + 2) + 4 and floor["seconds"] > 0

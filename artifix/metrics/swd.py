@@ -260,6 +260,7 @@ def _sorted_projections(desc: np.ndarray, dp: np.ndarray, k: np.ndarray, out: np
     The GEMM is torch's (MKL in the CPU wheel: about twice OpenBLAS' sgemm for this shape here), into a C-contiguous
     (directions, rows) array; a reused `out` also saves the page faults of a fresh 32 MB array per block.
     """
+    desc, dp = np.asarray(desc, np.float32), np.asarray(dp, np.float32)  # no copy for the float32 arrays of this module
     p = np.empty((dp.shape[1], desc.shape[0]), np.float32) if out is None else out
     with torch.inference_mode():
         torch.mm(torch.from_numpy(dp).T, torch.from_numpy(desc).T, out=torch.from_numpy(p))
