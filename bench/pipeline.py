@@ -59,7 +59,6 @@ sets = [list(range(n))] + ([high] if high else []) + ([flagged] if flagged else 
 for ids in sets:
     for e in (None, edits, ctrl):
         led.images(e, ids)
-t_render = time.perf_counter() - t
 from artifix.example import scenes
 from artifix.example.model import REAL_SCENES_SEED
 real = np.concatenate([b.images for b in scenes.stream(REAL_SCENES_SEED, n, 256)])  # the reference: a cold cache extracts it

@@ -26,13 +26,9 @@ from artifix.units.scoring import collect_stats
 from run import DATA, classifiers, flags
 
 
-class _MeanPlan(RepairPlan):
-    """A plan whose edits hold each removed unit at `means[layer][unit]` instead of 0."""
-
-    means: dict[str, torch.Tensor] = {}
-
-    def ablations(self):
-        return {l: ablation(u, 1.0, replacement=self.means[l][list(u)]) for l, u in self.edits.items()}
+def _mean_edits(units, means):
+    """{layer: Ablation} holding each unit at means[layer][unit] instead of 0."""
+    return {l: ablation(u, 1.0, replacement=means[l][list(u)]) for l, u in units.items() if len(u)}
 
 
 def main() -> None:
@@ -49,17 +45,17 @@ def main() -> None:
     _, clf_b, _ = classifiers(g, train, held, print)
     means = {layer: collect_stats(g, layer, 0, args.stats_n).mean.float()}
     out = {"layer": layer, "units": units, "control": control, "means": {layer: {u: float(means[layer][u]) for u in units + control[layer]}}}
-    zero_edits = M._edits
-    for mode in ("zero", "mean"):
-        if mode == "mean":
-            _MeanPlan.means = means
-            M._edits = lambda us, alphas=None: {l: ablation(u, 1.0, replacement=means[l][list(u)]) for l, u in us.items() if len(u)}
-            plan = _MeanPlan({layer: units}, "set-selection")
-        else:
-            M._edits = zero_edits
+    zero_edits = M._edits  # measure() builds the control's edits with it; the mean run swaps it, then it is put back
+    try:
+        for mode in ("zero", "mean"):
             plan = RepairPlan({layer: units}, "set-selection")
-        out[mode] = measure(g, plan, control, seed=1, n=args.n, flagged=[], clf=clf_b, metrics="fd,swd", high_pool=4 * args.n,
-                            say=print)
+            if mode == "mean":
+                plan.ablations = lambda: _mean_edits(plan.edits, means)  # this plan's edits, units held at their means
+                M._edits = lambda us, alphas=None: _mean_edits(us, means)
+            out[mode] = measure(g, plan, control, seed=1, n=args.n, flagged=[], clf=clf_b, metrics="fd,swd", high_pool=4 * args.n,
+                                say=print)
+    finally:
+        M._edits = zero_edits
     out["seconds"] = round(time.time() - t0, 1)
     dest = DATA / f"mean-ablation{args.tag}.json"
     dest.write_text(json.dumps(out, indent=1, default=float))
