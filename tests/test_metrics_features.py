@@ -167,3 +167,22 @@ def test_torchscript_extractor(tmp_path, imgs):
         FE.get_extractor(f"torchscript:{junk}")
     with pytest.raises(UserError, match="torchscript_range"):
         FE.get_extractor(f"torchscript:{path}", torchscript_range="[0,2]")
+
+
+@pytest.mark.parametrize("kernel,stride,pad,size,groups", [(3, 2, (0, 1), 224, 1), (5, 2, (1, 2), 56, 4), (3, 2, (0, 1), 15, 4),
+                                                           (5, 3, (0, 2), 17, 1), (3, 2, (1, 1), 9, 1)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_strided_same_convolution_equals_the_padded_one(kernel, stride, pad, size, groups, channels_last):
+    from torch import nn
+    import torch.nn.functional as F
+    from artifix.metrics.effnet import _StridedSame
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, kernel, stride, groups=groups, bias=True)
+    x = torch.randn(2, 8, size, size + 1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = conv(F.pad(x, (pad[0], pad[1], pad[0], pad[1])))
+    got = _StridedSame(conv, (pad[0], pad[0]), (pad[1], pad[1]))(x)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

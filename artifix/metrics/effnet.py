@@ -35,12 +35,44 @@ class _Pointwise(nn.Module):
         return y.permute(0, 3, 1, 2)  # the channels-last NCHW view
 
 
+class _StridedSame(nn.Module):
+    """A strided convolution with TensorFlow's asymmetric 'same' padding (a before, b > a after), without a padded copy.
+
+    The convolution pads symmetrically by P = a + s*c (the least such P >= b); its first c outputs are windows that
+    start before the asymmetric padding would, so they are dropped, and the next m outputs (the padded
+    convolution's count) are the same windows as the padded convolution's.
+    """
+
+    def __init__(self, conv: nn.Conv2d, before: tuple[int, int], after: tuple[int, int]) -> None:
+        super().__init__()
+        s, shifts, pads = tuple(conv.stride), [], []
+        for a, b, st in zip(before, after, s):
+            c = -(-(b - a) // st) if b > a else 0
+            shifts.append(c)
+            pads.append(a + st * c)
+        self.shift, self.total = tuple(shifts), tuple(a + b for a, b in zip(before, after))
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, s, padding=tuple(pads),
+                              groups=conv.groups, bias=conv.bias is not None)
+        self.conv.weight.data = conv.weight.detach().clone()
+        if conv.bias is not None:
+            self.conv.bias.data = conv.bias.detach().clone()
+        self.conv.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (ch, cw), (sh, sw), (kh, kw) = self.shift, self.conv.stride, self.conv.kernel_size
+        m_h, m_w = (x.shape[2] + self.total[0] - kh) // sh + 1, (x.shape[3] + self.total[1] - kw) // sw + 1  # the padded conv's size
+        y = self.conv(x)[:, :, ch : ch + m_h, cw : cw + m_w]
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return y.contiguous(memory_format=fmt)
+
+
 def _fast_convs(root: nn.Module) -> None:
     """Rewrite 'same'-padded convolutions for CPU inference (in place; the same function up to float rounding).
 
     PyTorch's CPU dispatch sends EfficientNet's 1x1 convolutions to its im2col path, and a ZeroPad2d before a
     convolution allocates, zero-fills and copies a padded tensor: 1x1 stride-1 convolutions become one GEMM on
-    the channels-last tensor, symmetric zero padding moves into the convolution, and ReLU6 runs in place.
+    the channels-last tensor, symmetric zero padding moves into the convolution, strided convolutions with
+    asymmetric padding pad symmetrically and drop their first outputs, and ReLU6 runs in place.
     """
     for name, m in list(root.named_modules()):
         parent_name, _, attr = name.rpartition(".")
@@ -59,6 +91,10 @@ def _fast_convs(root: nn.Module) -> None:
             if m.bias is not None:
                 conv.bias.data = m.bias.detach().clone()
             setattr(parent, attr, conv.requires_grad_(False))
+        elif isinstance(pad, nn.ZeroPad2d) and tuple(m.stride) != (1, 1):
+            left, right, top, bottom = pad.padding
+            if left <= right and top <= bottom and pad.value == 0:
+                setattr(parent, attr, _StridedSame(m, (top, left), (bottom, right)))
 
 
 def effnet_weights_path() -> Path:
