@@ -77,6 +77,19 @@ def test_cache_key_follows_content_not_names(folder, tmp_path):
     assert len(list((tmp_path / "c" / "metrics").glob("real-*.npz"))) == 3  # other extractor weights: new key
 
 
+def test_a_request_without_swd_reads_the_entry_with_the_default_swd_sample(folder, tmp_path):
+    from artifix import defaults
+    d, imgs = folder
+    ext = PixelFeatures()
+    full = R.load_real(d, ext, cache=tmp_path / "c", swd_n=int(defaults.get("metrics", "swd_n")))
+    assert full.swd is not None and ext.seen == 6
+    fd_only = R.load_real(d, ext, cache=tmp_path / "c", swd_n=0)
+    assert ext.seen == 6 and fd_only.swd is None and fd_only.source["cache"] == full.source["cache"]
+    assert np.array_equal(fd_only.features, full.features) and np.array_equal(fd_only.moments.outer, full.moments.outer)
+    R.load_real(d, ext, cache=tmp_path / "c", swd_n=3)  # another SWD sample size is its own entry
+    assert ext.seen == 12
+
+
 def test_default_scenes_reference(tmp_path):
     ext = PixelFeatures()
     s = R.load_real(None, ext, n=5, cache=tmp_path, swd_n=5)

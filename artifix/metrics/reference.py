@@ -357,16 +357,25 @@ def load_real(real: str | os.PathLike | np.ndarray | RealStats | None, extractor
         else:
             raise UserError(f"Reference {path} is neither a folder of images, a .zip archive of images, a .npz/.npy array "
                         "nor a statistics .npz (artifix's, or pytorch-fid/clean-fid mu/sigma).")
-    key = sha256_json({"data": src.content(), "n": src.count, "features": extractor.fingerprint(),
-                       "swd": {"n": swd_n, "seed": REAL_PATCH_SEED}, "version": STATS_VERSION})
-    path = cache_dir(cache) / "metrics" / f"real-{key[:24]}.npz"
-    if use_cache and path.is_file():
+    def cached(k: int) -> Path:
+        key = sha256_json({"data": src.content(), "n": src.count, "features": extractor.fingerprint(),
+                           "swd": {"n": k, "seed": REAL_PATCH_SEED}, "version": STATS_VERSION})
+        return cache_dir(cache) / "metrics" / f"real-{key[:24]}.npz"
+
+    path = cached(swd_n)
+    # without SWD, the entry of the same data with the default SWD sample holds the same features and moments
+    candidates = [path] + ([cached(int(defaults.get("metrics", "swd_n")))] if swd_n == 0 else [])
+    for hit in candidates if use_cache else []:
+        if not hit.is_file():
+            continue
         try:
-            stats = load_stats(path)
-            stats.source = {**src.describe, "cache": str(path)}
-            return stats
+            stats = load_stats(hit)
         except UserError:
-            pass  # a damaged cache entry is recomputed and replaced
+            continue  # a damaged cache entry is recomputed and replaced
+        if hit != path:
+            stats.swd = None
+        stats.source = {**src.describe, "cache": str(hit)}
+        return stats
     stats = compute_stats(src.batches(), extractor, features=True, swd_n=swd_n, progress=progress)
     stats.source = dict(src.describe)
     if use_cache:
