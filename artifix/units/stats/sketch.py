@@ -21,6 +21,11 @@ _LUT_MAX_BITS = 20  # bucket tables of up to 2^20 int64 entries (8 MiB); finer l
 Quantiles = float | Sequence[float] | torch.Tensor
 
 
+# Values bucketed and counted at a time on the CPU (64 units x 256 positions x 4 samples of the example's layer): their
+# int64 bucket indices (512 KB) stay in a core's cache between the gather and the scatter.
+_ADD_CHUNK_VALUES = 1 << 16
+
+
 class _Scratch:
     """Reusable work buffers, so the per-batch hot path allocates (and page-faults) no large tensors."""
 
@@ -175,19 +180,27 @@ class QuantileSketch:
         u = x.view(torch.int32).transpose(0, 1)
         if self._lut is None:
             return _bucket_of_bits(self, u).contiguous().view(c, b * p)
-        k = torch.bitwise_right_shift(u, self._shift, out=self._scratch.get("k", (c, b, p), torch.int64, u.device))
-        k += self._key_offset
+        k32 = torch.bitwise_right_shift(u, self._shift, out=self._scratch.get("k32", (c, b, p), torch.int32, u.device))
+        k32 += self._key_offset  # in int32 (half the bytes), then widened once for gather's int64 index
+        k = self._scratch.get("k", (c, b * p), torch.int64, u.device)
+        k.view(c, b, p).copy_(k32)
         rows = self._lut.expand(c, -1)  # gather along rows runs in parallel over units (index_select does not)
-        return torch.gather(rows, 1, k.view(c, b * p), out=self._scratch.get("j", (c, b * p), torch.int64, u.device))
+        return torch.gather(rows, 1, k, out=self._scratch.get("j", (c, b * p), torch.int64, u.device))
 
     def add_(self, x: torch.Tensor, unit_min: torch.Tensor, unit_max: torch.Tensor) -> None:
-        """Count x (B, C, P) float32 contiguous, whose per-unit min/max are given (no validation)."""
+        """Count x (B, C, P) float32 contiguous, whose per-unit min/max are given (no validation).
+
+        On the CPU the batch is counted `_ADD_CHUNK_VALUES` values at a time, so that the bucket indices of a chunk are
+        still in the core's cache when they are scattered into the counts.
+        """
         if x.numel() == 0:
             return
         x = x.to(self.device)
-        j = self._bucket_rows(x)
-        # a scatter along each unit's row of buckets: exact integer counts, parallel over units (index_add_ is not)
-        self.bins.scatter_add_(1, j, torch.ones((), dtype=torch.int64, device=self.device).expand(j.shape))
+        step = x.shape[0] if self.device.type != "cpu" else max(1, _ADD_CHUNK_VALUES // max(1, x[0].numel()))
+        for s in range(0, x.shape[0], step):
+            j = self._bucket_rows(x[s : s + step])
+            # a scatter along each unit's row of buckets: exact integer counts, parallel over units (index_add_ is not)
+            self.bins.scatter_add_(1, j, torch.ones((), dtype=torch.int64, device=self.device).expand(j.shape))
         torch.minimum(self.min, unit_min.to(torch.float32).cpu(), out=self.min)
         torch.maximum(self.max, unit_max.to(torch.float32).cpu(), out=self.max)
 
