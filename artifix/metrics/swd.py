@@ -318,8 +318,11 @@ class SWDSet:
         n = self.n if n is None else min(n, self.n)
         if self.store == "images":
             imgs = np.concatenate(self._images)[:n] if self._images else np.zeros((0, 1, 1, 3), np.uint8)
-            parts = [descriptors(imgs[s : s + 256], np.arange(s, min(s + 256, n)), self.seed, self.levels, only=lvl)[0]
-                     for s in range(0, n, 256)]
+            out = np.empty((n * PATCHES_PER_IMAGE, DESC_DIM), np.float32)  # filled in place: no second copy at the peak
+            for s in range(0, n, 256):
+                out[s * PATCHES_PER_IMAGE : min(s + 256, n) * PATCHES_PER_IMAGE] = descriptors(
+                    imgs[s : s + 256], np.arange(s, min(s + 256, n)), self.seed, self.levels, only=lvl)[0]
+            return out
         else:
             parts = [chunk[lvl] for chunk in self._desc]
         if not parts:
@@ -385,6 +388,9 @@ def _channel_projections(desc: np.ndarray, dirs: np.ndarray) -> np.ndarray:
 # Bootstrap directions handled at once: bounds the replicates' projections to a quarter block. A multiple of the GEMM
 # kernels' tiles, so the bits equal those of all 128 at once (a chunk of 5 changed the last bits in a test).
 _BOOT_DIR_CHUNK = 32
+# Directions of the plain SWD projected and sorted at a time: a quarter block (32 x n x 128 floats per set and the
+# reference) instead of a whole one; a divisor of DIRS_PER_REPEAT and a multiple of the GEMM tiles (the same bits).
+_PLAIN_DIR_CHUNK = 32
 
 
 # Directions of one replicate combined, repeated, sorted and compared at a time inside a thread: 4 rows of n x 128
@@ -477,20 +483,20 @@ def swd_compare(sets: Sequence[SWDSet], real: SWDSet, seed: int, counts: np.ndar
         descs = [s.level(lvl, n) for s in sets]
         sums = [channel_sums(d) for d in descs]
         projs = [_projector(dirs, *channel_stats(*sm)) for sm in sums]
-        first_real = None
-        rs_buf = ps_buf = None  # one block each, reused across blocks and sets (the first real block is kept)
-        for c in range(0, dirs.shape[1], DIRS_PER_REPEAT):
-            cs = slice(c, c + DIRS_PER_REPEAT)
+        # the replicates read the first DIRS_PER_REPEAT directions' sorted real projections: kept, filled block by block
+        first_real = np.empty((DIRS_PER_REPEAT, r.shape[0]), np.float32) if B else None
+        rs_buf = ps_buf = None  # one block each, reused across blocks and sets
+        for c in range(0, dirs.shape[1], _PLAIN_DIR_CHUNK):
+            cs = slice(c, c + _PLAIN_DIR_CHUNK)
             rs = _sorted_projections(r, np.ascontiguousarray(r_dp[:, cs]), r_k[cs], out=rs_buf)
             for k, desc in enumerate(descs):
                 ps = _sorted_projections(desc, np.ascontiguousarray(projs[k][0][:, cs]), projs[k][1][cs], out=ps_buf)
                 ps -= rs  # in place: no third block of projections at the peak
                 per_level[k, lvl] += float(np.abs(ps, out=ps).mean(axis=1, dtype=np.float64).sum())
                 ps_buf = ps
-            if c == 0:
-                first_real = rs
-            else:
-                rs_buf = rs
+            if first_real is not None and c < DIRS_PER_REPEAT:
+                first_real[c : c + rs.shape[0]] = rs
+            rs_buf = rs
         per_level[:, lvl] /= dirs.shape[1]
         del rs, r, rs_buf, ps_buf  # the replicates read only the sets' descriptors and the first block of the real projections
         d0 = dirs[:, :DIRS_PER_REPEAT]
