@@ -23,6 +23,7 @@ class Option:
     parse: Callable[[str], Any] = str
     flag: bool = False  # a boolean switch (store_true) on the command line
     choices: tuple[str, ...] | None = None  # a closed set of values (argparse `choices`, completion, docs)
+    env: str | None = None  # an environment variable that overrides artifix.toml and the default (not a flag)
 
     @property
     def cli(self) -> str:
@@ -141,7 +142,8 @@ OPTIONS: tuple[Option, ...] = (
            "(needs --segmenter; the example has one bundled; 0 = skip)", int),
     # -- shared run settings
     Option("run", "out", None, "output folder"),
-    Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data"),
+    Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data "
+           "($ARTIFIX_CACHE overrides artifix.toml and this default)", env="ARTIFIX_CACHE"),
     Option("run", "threads", 0, "torch CPU threads (0 = torch's default)", int),
     Option("run", "device", None, "compute device: auto (CUDA when available; under torchrun the rank's LOCAL_RANK GPU), "
            "cpu, cuda, cuda:N or mps (default: $ARTIFIX_DEVICE, else auto)"),

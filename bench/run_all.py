@@ -448,9 +448,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = args.cache or str(ROOT / ".artifix-cache")
     if "repair" in only:
-        res["repair"] = pipeline.bench_repair(q, cache)
+        res["repair"] = pipeline.bench_repair(q)
     if "demo" in only and not q:  # the demo has no small mode; --quick skips it
-        res["demo"] = pipeline.bench_demo(q, cache)
+        res["demo"] = pipeline.bench_demo(q)
     if "scaling_cli" in only:
         ns = [100, 300] if q else [int(v) for v in args.score_ns.split(",")]
         rns = [32, 64] if q else [int(v) for v in args.repair_ns.split(",")]

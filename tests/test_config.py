@@ -1,4 +1,4 @@
-"""Settings resolution: flag > artifix.toml > defaults, for any values (property-based)."""
+"""Settings resolution: flag > $ARTIFIX_CACHE (the cache option's variable) > artifix.toml > defaults (property-based)."""
 
 import tomllib
 
@@ -62,3 +62,27 @@ def test_unknown_key_and_missing_file():
         config.resolve("sample", {}, {"sample": {"sede": 1}})
     with pytest.raises(UserError, match="does not exist"):
         config.load_config("/nonexistent/artifix.toml")
+
+
+def test_artifix_cache_overrides_the_file_and_the_default_but_not_the_flag(monkeypatch):
+    cfg = tomllib.loads('[run]\ncache = "from-toml"\n')
+    monkeypatch.delenv("ARTIFIX_CACHE", raising=False)
+    assert config.resolve("run", {}, {}, ["cache"])["cache"] == ".artifix-cache"
+    assert config.resolve("run", {}, cfg, ["cache"])["cache"] == "from-toml"
+    monkeypatch.setenv("ARTIFIX_CACHE", "/tmp/from-env")
+    assert config.resolve("run", {}, {}, ["cache"])["cache"] == "/tmp/from-env"
+    assert config.resolve("run", {}, cfg, ["cache"])["cache"] == "/tmp/from-env"
+    assert config.resolve("run", {"cache": "from-flag"}, cfg, ["cache"])["cache"] == "from-flag"
+    monkeypatch.setenv("ARTIFIX_CACHE", "")  # set but empty: as if unset
+    assert config.resolve("run", {}, cfg, ["cache"])["cache"] == "from-toml"
+
+
+def test_the_cli_settings_read_artifix_cache(tmp_path, monkeypatch):
+    """The CLI used to resolve `cache` to its default before $ARTIFIX_CACHE was read, so every command ignored it."""
+    from artifix.cli.parsing import resolve_settings
+    import argparse
+
+    monkeypatch.setenv("ARTIFIX_CACHE", str(tmp_path / "env-cache"))
+    monkeypatch.chdir(tmp_path)
+    opts, _ = resolve_settings({"run": ["cache"]}, argparse.Namespace(config=None, cache=None))
+    assert opts["cache"] == str(tmp_path / "env-cache")
