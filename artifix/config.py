@@ -61,8 +61,8 @@ def _coerce(opt: defaults.Option, value: Any, where: str) -> Any:
 
 
 def resolve(section: str, cli_values: Mapping[str, Any], config: Mapping[str, Any], names: list[str] | None = None) -> dict[str, Any]:
-    """Merge one section's settings: CLI values that are not None, then an option's environment variable, then the
-    config table, then defaults."""
+    """Merge one section's settings: CLI values that are not None, then the config table, then an option's
+    environment variable, then defaults."""
     table = config.get(section, {})
     known = {o.name for o in defaults.OPTIONS if o.section == section}
     unknown = sorted(set(table) - known)
@@ -74,10 +74,10 @@ def resolve(section: str, cli_values: Mapping[str, Any], config: Mapping[str, An
             continue
         if cli_values.get(opt.name) is not None:
             out[opt.name] = _coerce(opt, cli_values[opt.name], opt.cli)
-        elif opt.env and os.environ.get(opt.env):
-            out[opt.name] = _coerce(opt, os.environ[opt.env], f"${opt.env}")
         elif opt.name in table:
             out[opt.name] = _coerce(opt, table[opt.name], f"{CONFIG_NAME} [{section}]")
+        elif opt.env and os.environ.get(opt.env):
+            out[opt.name] = _coerce(opt, os.environ[opt.env], f"${opt.env}")
         else:
             out[opt.name] = opt.default
     return out

@@ -23,7 +23,7 @@ class Option:
     parse: Callable[[str], Any] = str
     flag: bool = False  # a boolean switch (store_true) on the command line
     choices: tuple[str, ...] | None = None  # a closed set of values (argparse `choices`, completion, docs)
-    env: str | None = None  # an environment variable that overrides artifix.toml and the default (not a flag)
+    env: str | None = None  # an environment variable read when neither a flag nor artifix.toml sets the option
 
     @property
     def cli(self) -> str:
@@ -143,7 +143,7 @@ OPTIONS: tuple[Option, ...] = (
     # -- shared run settings
     Option("run", "out", None, "output folder"),
     Option("run", "cache", ".artifix-cache", "cache folder for reference statistics and rendered data "
-           "($ARTIFIX_CACHE overrides artifix.toml and this default)", env="ARTIFIX_CACHE"),
+           "(unset by flag or artifix.toml: $ARTIFIX_CACHE, else this default)", env="ARTIFIX_CACHE"),
     Option("run", "threads", 0, "torch CPU threads (0 = torch's default)", int),
     Option("run", "device", None, "compute device: auto (CUDA when available; under torchrun the rank's LOCAL_RANK GPU), "
            "cpu, cuda, cuda:N or mps (default: $ARTIFIX_DEVICE, else auto)"),

@@ -1,4 +1,4 @@
-"""Settings resolution: flag > $ARTIFIX_CACHE (the cache option's variable) > artifix.toml > defaults (property-based)."""
+"""Settings resolution: flag > artifix.toml > $ARTIFIX_CACHE (the cache option's variable) > defaults (property-based)."""
 
 import tomllib
 
@@ -64,17 +64,17 @@ def test_unknown_key_and_missing_file():
         config.load_config("/nonexistent/artifix.toml")
 
 
-def test_artifix_cache_overrides_the_file_and_the_default_but_not_the_flag(monkeypatch):
+def test_artifix_cache_comes_after_the_flag_and_the_file_before_the_default(monkeypatch):
     cfg = tomllib.loads('[run]\ncache = "from-toml"\n')
     monkeypatch.delenv("ARTIFIX_CACHE", raising=False)
     assert config.resolve("run", {}, {}, ["cache"])["cache"] == ".artifix-cache"
     assert config.resolve("run", {}, cfg, ["cache"])["cache"] == "from-toml"
     monkeypatch.setenv("ARTIFIX_CACHE", "/tmp/from-env")
     assert config.resolve("run", {}, {}, ["cache"])["cache"] == "/tmp/from-env"
-    assert config.resolve("run", {}, cfg, ["cache"])["cache"] == "/tmp/from-env"
+    assert config.resolve("run", {}, cfg, ["cache"])["cache"] == "from-toml"
     assert config.resolve("run", {"cache": "from-flag"}, cfg, ["cache"])["cache"] == "from-flag"
     monkeypatch.setenv("ARTIFIX_CACHE", "")  # set but empty: as if unset
-    assert config.resolve("run", {}, cfg, ["cache"])["cache"] == "from-toml"
+    assert config.resolve("run", {}, {}, ["cache"])["cache"] == ".artifix-cache"
 
 
 def test_the_cli_settings_read_artifix_cache(tmp_path, monkeypatch):
