@@ -13,7 +13,6 @@ without reference data, the segmenter and layers for concepts, paint units and t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,6 +27,7 @@ from .log import LOGGER
 from .labels import LabelStore
 from .labels.values import reviewer_name  # noqa: F401  (re-exported: session.reviewer_name)
 from .metrics import get_extractor, load_real
+from .metrics.reference import cache_dir
 from .model.generator import LoadedGenerator, images_at, latents, load_generator, probe, spec_from_options
 from .model.trace import get_layer, layer_shapes
 from .profiles import BundledReview, Profile, profile_for
@@ -101,7 +101,7 @@ def open_workspace(opts: dict[str, Any], g: LoadedGenerator | None = None, *, ne
     else:
         profile = profile_for(g.spec)
     layer = resolve_layer(g, profile, opts.get("layer")) if need_layer else (opts.get("layer") or profile.default_layer or "")
-    cache = str(opts.get("cache") or os.environ.get("ARTIFIX_CACHE") or ".artifix-cache")
+    cache = str(cache_dir(opts.get("cache")))  # the flag / artifix.toml value, else $ARTIFIX_CACHE, else the default
     return Workspace(g, profile, layer, int(opts.get("seed") or 0), str(opts.get("store") or "labels.db"), cache,
                      str(opts.get("device") or "cpu"), reviewer_name(opts.get("reviewer")))
 

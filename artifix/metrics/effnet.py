@@ -35,6 +35,16 @@ class _Pointwise(nn.Module):
         return y.permute(0, 3, 1, 2)  # the channels-last NCHW view
 
 
+def _padded_copy(conv: nn.Conv2d, padding: tuple[int, int]) -> nn.Conv2d:
+    """A frozen plain Conv2d with conv's weights, stride and groups and its own symmetric zero padding."""
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, tuple(conv.stride), padding=padding,
+                    groups=conv.groups, bias=conv.bias is not None)
+    out.weight.data = conv.weight.detach().clone()
+    if conv.bias is not None:
+        out.bias.data = conv.bias.detach().clone()
+    return out.requires_grad_(False)
+
+
 class _StridedSame(nn.Module):
     """A strided convolution with TensorFlow's asymmetric 'same' padding (a before, b > a after), without a padded copy.
 
@@ -51,12 +61,7 @@ class _StridedSame(nn.Module):
             shifts.append(c)
             pads.append(a + st * c)
         self.shift, self.total = tuple(shifts), tuple(a + b for a, b in zip(before, after))
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, s, padding=tuple(pads),
-                              groups=conv.groups, bias=conv.bias is not None)
-        self.conv.weight.data = conv.weight.detach().clone()
-        if conv.bias is not None:
-            self.conv.bias.data = conv.bias.detach().clone()
-        self.conv.requires_grad_(False)
+        self.conv = _padded_copy(conv, (pads[0], pads[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (ch, cw), (sh, sw), (kh, kw) = self.shift, self.conv.stride, self.conv.kernel_size
@@ -85,12 +90,7 @@ def _fast_convs(root: nn.Module) -> None:
         if m.kernel_size == (1, 1) and tuple(m.stride) == (1, 1) and m.groups == 1 and not isinstance(pad, nn.ZeroPad2d):
             setattr(parent, attr, _Pointwise(m))
         elif isinstance(pad, nn.ZeroPad2d) and pad.padding[0] == pad.padding[1] and pad.padding[2] == pad.padding[3]:
-            conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, tuple(m.stride),
-                             padding=(pad.padding[2], pad.padding[0]), groups=m.groups, bias=m.bias is not None)
-            conv.weight.data = m.weight.detach().clone()
-            if m.bias is not None:
-                conv.bias.data = m.bias.detach().clone()
-            setattr(parent, attr, conv.requires_grad_(False))
+            setattr(parent, attr, _padded_copy(m, (pad.padding[2], pad.padding[0])))
         elif isinstance(pad, nn.ZeroPad2d) and tuple(m.stride) != (1, 1):
             left, right, top, bottom = pad.padding
             if left <= right and top <= bottom and pad.value == 0:

@@ -357,9 +357,10 @@ def load_real(real: str | os.PathLike | np.ndarray | RealStats | None, extractor
         else:
             raise UserError(f"Reference {path} is neither a folder of images, a .zip archive of images, a .npz/.npy array "
                         "nor a statistics .npz (artifix's, or pytorch-fid/clean-fid mu/sigma).")
+    ident = {"data": src.content(), "n": src.count, "features": extractor.fingerprint(), "version": STATS_VERSION}
+
     def cached(k: int) -> Path:
-        key = sha256_json({"data": src.content(), "n": src.count, "features": extractor.fingerprint(),
-                           "swd": {"n": k, "seed": REAL_PATCH_SEED}, "version": STATS_VERSION})
+        key = sha256_json({**ident, "swd": {"n": k, "seed": REAL_PATCH_SEED}})
         return cache_dir(cache) / "metrics" / f"real-{key[:24]}.npz"
 
     path = cached(swd_n)

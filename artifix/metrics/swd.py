@@ -429,25 +429,19 @@ def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.
     csum = dirs.astype(np.float64).reshape(3, PATCH * PATCH, -1).sum(axis=1)  # (3, k): each channel's direction sums
     stats = [channel_stats(*sums, weights=counts[:, b]) for b in range(counts.shape[1])]
     row_means = np.zeros((counts.shape[1], dirs.shape[1]))
-    with lapack_single_thread():  # OpenBLAS called from both threads at once is slower threaded than on one thread each
-        _boot_chunks(desc, dirs, counts, stats, csum, real_sorted, row_means)
-    return row_means.mean(axis=1)
-
-
-def _boot_chunks(desc: np.ndarray, dirs: np.ndarray, counts: np.ndarray, stats: list[tuple[np.ndarray, np.ndarray]],
-                 csum: np.ndarray, real_sorted: np.ndarray, row_means: np.ndarray) -> None:
-    """_boot_level's replicates, `_BOOT_DIR_CHUNK` directions at a time, written into row_means (B, k)."""
     n_img = desc.shape[0] // PATCHES_PER_IMAGE
-    for c in range(0, dirs.shape[1], _BOOT_DIR_CHUNK):
-        cs = slice(c, c + _BOOT_DIR_CHUNK)
-        q = _channel_projections(desc, np.ascontiguousarray(dirs[:, cs]))
-        q4 = q.reshape(3, q.shape[1], n_img, PATCHES_PER_IMAGE)
-        for b, (mean, std) in enumerate(stats):
-            inv = 1.0 / std
-            shift = ((mean * inv) @ csum[:, cs]).astype(np.float32)  # (chunk,)
-            _map_rows(q[0], partial(_replicate_rows, q4, inv.astype(np.float32), counts[:, b], shift, real_sorted[cs],
-                                    row_means[b, cs]))
-        del q, q4
+    with lapack_single_thread():  # OpenBLAS called from both threads at once is slower threaded than on one thread each
+        for c in range(0, dirs.shape[1], _BOOT_DIR_CHUNK):
+            cs = slice(c, c + _BOOT_DIR_CHUNK)
+            q = _channel_projections(desc, np.ascontiguousarray(dirs[:, cs]))
+            q4 = q.reshape(3, q.shape[1], n_img, PATCHES_PER_IMAGE)
+            for b, (mean, std) in enumerate(stats):
+                inv = 1.0 / std
+                shift = ((mean * inv) @ csum[:, cs]).astype(np.float32)  # (chunk,)
+                _map_rows(q[0], partial(_replicate_rows, q4, inv.astype(np.float32), counts[:, b], shift, real_sorted[cs],
+                                        row_means[b, cs]))
+            del q, q4
+    return row_means.mean(axis=1)
 
 
 def swd_compare(sets: Sequence[SWDSet], real: SWDSet, seed: int, counts: np.ndarray | None = None) -> list[dict[str, Any]]:

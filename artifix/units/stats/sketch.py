@@ -197,10 +197,11 @@ class QuantileSketch:
             return
         x = x.to(self.device)
         step = x.shape[0] if self.device.type != "cpu" else max(1, _ADD_CHUNK_VALUES // max(1, x[0].numel()))
+        one = torch.ones((), dtype=torch.int64, device=self.device)
         for s in range(0, x.shape[0], step):
             j = self._bucket_rows(x[s : s + step])
             # a scatter along each unit's row of buckets: exact integer counts, parallel over units (index_add_ is not)
-            self.bins.scatter_add_(1, j, torch.ones((), dtype=torch.int64, device=self.device).expand(j.shape))
+            self.bins.scatter_add_(1, j, one.expand(j.shape))
         torch.minimum(self.min, unit_min.to(torch.float32).cpu(), out=self.min)
         torch.maximum(self.max, unit_max.to(torch.float32).cpu(), out=self.max)
 
