@@ -257,14 +257,8 @@ def _map_rows(p: np.ndarray, fn: Callable[[slice], None]) -> None:
     list(_POOL.map(lambda s: fn(slice(s, s + step)), range(0, p.shape[0], step)))
 
 
-def sort_rows(p: np.ndarray) -> np.ndarray:
-    """Sort each row of a C-contiguous 2-D float32 array in place (rows split over threads) and return it."""
-    _map_rows(p, lambda rows: p[rows].sort(axis=1))
-    return p
-
-
-def _sorted_projections(desc: np.ndarray, dp: np.ndarray, k: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Sorted normalised projections, one row per direction: sort((desc @ d' - k).T), written into `out` when given.
+def _project(desc: np.ndarray, dp: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Unshifted projections, one row per direction: (desc @ d').T, written into `out` when given.
 
     The GEMM is torch's (MKL in the CPU wheel: about twice OpenBLAS' sgemm for this shape here), into a C-contiguous
     (directions, rows) array; a reused `out` also saves the page faults of a fresh 32 MB array per block.
@@ -273,8 +267,30 @@ def _sorted_projections(desc: np.ndarray, dp: np.ndarray, k: np.ndarray, out: np
     p = np.empty((dp.shape[1], desc.shape[0]), np.float32) if out is None else out
     with torch.inference_mode():
         torch.mm(torch.from_numpy(dp).T, torch.from_numpy(desc).T, out=torch.from_numpy(p))
-    p -= k[:, None]
-    return sort_rows(p)
+    return p
+
+
+def _sorted_projections(desc: np.ndarray, dp: np.ndarray, k: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Sorted normalised projections, one row per direction: sort((desc @ d' - k).T), written into `out` when given."""
+    p = _project(desc, dp, out)
+    _map_rows(p, partial(_sort_rows, p, k, None, None))
+    return p
+
+
+def _sort_rows(p: np.ndarray, k: np.ndarray, real_sorted: np.ndarray | None, means: np.ndarray | None,
+               rows: slice) -> None:
+    """Rows `rows` of projections p, `_SORT_ROWS` at a time while they are in cache: sort, subtract the shift k (after
+    the sort: rounding x - k is monotonic in x, so the bits equal those of sorting x - k) and, with `real_sorted`,
+    write mean |p - real_sorted| per row into `means` (p then holds |p - real_sorted|)."""
+    for r0 in range(rows.start, min(rows.stop, p.shape[0]), _SORT_ROWS):
+        rs = slice(r0, min(r0 + _SORT_ROWS, rows.stop, p.shape[0]))
+        blk = p[rs]
+        blk.sort(axis=1)
+        blk -= k[rs, None]
+        if real_sorted is not None and means is not None:
+            blk -= real_sorted[rs]
+            np.abs(blk, out=blk)
+            means[rs] = blk.mean(axis=1, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------- sample sets
@@ -391,28 +407,26 @@ _BOOT_DIR_CHUNK = 32
 # Directions of the plain SWD projected and sorted at a time: a quarter block (32 x n x 128 floats per set and the
 # reference) instead of a whole one; a divisor of DIRS_PER_REPEAT and a multiple of the GEMM tiles (the same bits).
 _PLAIN_DIR_CHUNK = 32
+# Rows of the plain SWD sorted, shifted and compared at a time inside a thread: 4 rows of n x 128 projections (1 MB at
+# n = 500) stay in the core's cache from the sort to the mean.
+_SORT_ROWS = 4
 
 
-# Directions of one replicate combined, repeated, sorted and compared at a time inside a thread: 4 rows of n x 128
-# projections (1 MB at n = 500) stay in the core's cache from the combination to the mean.
-_BOOT_ROWS = 4
-
-
-def _replicate_rows(q: np.ndarray, inv: np.ndarray, counts: np.ndarray, shift: np.ndarray, real_sorted: np.ndarray,
+def _replicate_rows(q: np.ndarray, invs: np.ndarray, counts: np.ndarray, shifts: np.ndarray, real_sorted: np.ndarray,
                     means: np.ndarray, rows: slice) -> None:
-    """For directions `rows` of one replicate: combine the channel projections q (3, k, n_img, 128) with the resample's
-    1 / std, repeat each image's block counts[i] times, sort, shift, and write mean |p - real_sorted| into means."""
-    stop = min(rows.stop, q.shape[1])
-    for r0 in range(rows.start, stop, _BOOT_ROWS):
-        rs = slice(r0, min(r0 + _BOOT_ROWS, stop))
-        blk = q[:, rs]
-        p = (inv @ blk.reshape(3, -1)).reshape(blk.shape[1:])
-        p = np.repeat(p, counts, axis=1).reshape(blk.shape[1], -1)  # the sort removes the order of the blocks
-        p.sort(axis=1)
-        p -= shift[rs, None]
-        p -= real_sorted[rs]
-        np.abs(p, out=p)
-        means[rs] = p.mean(axis=1, dtype=np.float64)
+    """For directions `rows`, one at a time through every replicate b while its channel projections q (3, k, n_img, 128)
+    stay in cache: combine them with the resample's 1 / std (invs[b]), repeat each image's block counts[i, b] times,
+    sort, shift by shifts[b] and write mean |p - real_sorted| into means[b]."""
+    for r in range(rows.start, min(rows.stop, q.shape[1])):
+        qr = q[:, r].reshape(3, -1)
+        for b in range(invs.shape[0]):
+            p = (invs[b] @ qr).reshape(-1, PATCHES_PER_IMAGE)
+            p = np.repeat(p, counts[:, b], axis=0).reshape(-1)  # the sort removes the order of the blocks
+            p.sort()
+            p -= shifts[b, r]
+            p -= real_sorted[r]
+            np.abs(p, out=p)
+            means[b, r] = p.mean(dtype=np.float64)
 
 
 def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.ndarray, real_sorted: np.ndarray,
@@ -424,10 +438,13 @@ def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.
     are computed once (one GEMM's worth) and each replicate combines them (x @ d' - k = sum_c q_c / std_c - k) instead
     of projecting again; the shift is applied after sorting (it does not change the order). Directions are handled
     `_BOOT_DIR_CHUNK` at a time (each direction's row is sorted on its own), so memory holds a chunk's projections;
-    the threads each take part of a chunk's directions through the whole replicate (`_replicate_rows`).
+    the threads each take part of a chunk's directions through every replicate (`_replicate_rows`).
     """
     csum = dirs.astype(np.float64).reshape(3, PATCH * PATCH, -1).sum(axis=1)  # (3, k): each channel's direction sums
     stats = [channel_stats(*sums, weights=counts[:, b]) for b in range(counts.shape[1])]
+    invs = np.array([1.0 / std for _, std in stats]).reshape(-1, 3)  # (B, 3)
+    shifts = np.array([(mean * (1.0 / std)) @ csum for mean, std in stats], np.float64).reshape(-1, dirs.shape[1])
+    invs32, shifts32 = invs.astype(np.float32), shifts.astype(np.float32)
     row_means = np.zeros((counts.shape[1], dirs.shape[1]))
     n_img = desc.shape[0] // PATCHES_PER_IMAGE
     with lapack_single_thread():  # OpenBLAS called from both threads at once is slower threaded than on one thread each
@@ -435,11 +452,10 @@ def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.
             cs = slice(c, c + _BOOT_DIR_CHUNK)
             q = _channel_projections(desc, np.ascontiguousarray(dirs[:, cs]))
             q4 = q.reshape(3, q.shape[1], n_img, PATCHES_PER_IMAGE)
-            for b, (mean, std) in enumerate(stats):
-                inv = 1.0 / std
-                shift = ((mean * inv) @ csum[:, cs]).astype(np.float32)  # (chunk,)
-                _map_rows(q[0], partial(_replicate_rows, q4, inv.astype(np.float32), counts[:, b], shift, real_sorted[cs],
-                                        row_means[b, cs]))
+            means = np.zeros((counts.shape[1], q.shape[1]))
+            _map_rows(q[0], partial(_replicate_rows, q4, invs32, counts, np.ascontiguousarray(shifts32[:, cs]),
+                                    real_sorted[cs], means))
+            row_means[:, cs] = means
             del q, q4
     return row_means.mean(axis=1)
 
@@ -480,13 +496,15 @@ def swd_compare(sets: Sequence[SWDSet], real: SWDSet, seed: int, counts: np.ndar
         # the replicates read the first DIRS_PER_REPEAT directions' sorted real projections: kept, filled block by block
         first_real = np.empty((DIRS_PER_REPEAT, r.shape[0]), np.float32) if B else None
         rs_buf = ps_buf = None  # one block each, reused across blocks and sets
+        means = np.zeros(_PLAIN_DIR_CHUNK)
         for c in range(0, dirs.shape[1], _PLAIN_DIR_CHUNK):
             cs = slice(c, c + _PLAIN_DIR_CHUNK)
             rs = _sorted_projections(r, np.ascontiguousarray(r_dp[:, cs]), r_k[cs], out=rs_buf)
             for k, desc in enumerate(descs):
-                ps = _sorted_projections(desc, np.ascontiguousarray(projs[k][0][:, cs]), projs[k][1][cs], out=ps_buf)
-                ps -= rs  # in place: no third block of projections at the peak
-                per_level[k, lvl] += float(np.abs(ps, out=ps).mean(axis=1, dtype=np.float64).sum())
+                ps = _project(desc, np.ascontiguousarray(projs[k][0][:, cs]), out=ps_buf)
+                # sorted, shifted and compared in place on the threads: no third block of projections at the peak
+                _map_rows(ps, partial(_sort_rows, ps, projs[k][1][cs], rs, means))
+                per_level[k, lvl] += float(means[: ps.shape[0]].sum())
                 ps_buf = ps
             if first_real is not None and c < DIRS_PER_REPEAT:
                 first_real[c : c + rs.shape[0]] = rs
