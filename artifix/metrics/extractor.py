@@ -126,6 +126,7 @@ class Extractor:
         self._batch = int(b)
         self.channels_last = channels_last
         self.device = devices.resolve(device) if device is not None else devices.current()
+        devices.tune_allocator()  # batches of activations reuse freed buffers instead of fresh page-faulted mappings
 
     @property
     def batch(self) -> int:
