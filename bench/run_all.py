@@ -425,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown benchmark {bad[0]!r}; choose from {', '.join(BENCHES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from artifix.model import devices
+
+    devices.tune_allocator()  # as every artifix command does (devices.use): the in-process rows run as the CLI would
     q = args.quick
     rounds = args.rounds or (1 if q else 3)
     res: dict[str, Any] = {"quick": q, "rounds": rounds,
