@@ -25,6 +25,7 @@ MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, leaves glibc's settings alone.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -56,8 +57,6 @@ def tune_allocator() -> bool:
             or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ):
         return False
     try:
-        import ctypes
-
         mallopt = ctypes.CDLL(None).mallopt  # glibc only; musl and others have no mallopt
     except (OSError, AttributeError):
         return False
