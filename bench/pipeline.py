@@ -115,16 +115,17 @@ def _bundled_flagged() -> list[int]:
         return [int(r["sample"]) for r in csv.DictReader(fh) if r["label"] == "artifact"]
 
 
-def bench_scaling_cli(ns: list[int], repair_ns: list[int], cache: str) -> dict[str, Any]:
-    """`artifix score --stats-n N` and `artifix repair --repair-n N` in fresh processes: time and peak RSS."""
+def bench_scaling_cli(ns: list[int], repair_ns: list[int]) -> dict[str, Any]:
+    """`artifix score --stats-n N` and `artifix repair --repair-n N` in fresh processes, each with a cold cache of its own
+    (a shared one hands later rows the statistics and before sets of earlier ones): time and peak RSS."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in ns:
             r = run_cli(["score", "--quiet", "--stats-n", str(n), "--out", str(Path(tmp) / f"score{n}"),
-                         "--store", str(Path(tmp) / f"s{n}.sqlite")], cache)
+                         "--store", str(Path(tmp) / f"s{n}.sqlite")], str(Path(tmp) / f"cache-score{n}"))
             rows.append({"command": "score", "n": n, **r})
         for n in repair_ns:
             r = run_cli(["repair", "--quiet", "--repair-n", str(n), "--out", str(Path(tmp) / f"rep{n}"),
-                         "--store", str(Path(tmp) / f"r{n}.sqlite")], cache)
+                         "--store", str(Path(tmp) / f"r{n}.sqlite")], str(Path(tmp) / f"cache-repair{n}"))
             rows.append({"command": "repair", "n": n, **r})
     return {"rows": rows}

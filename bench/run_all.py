@@ -415,7 +415,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--out", default=None, help="JSON results file (default bench/results.json; quick: none)")
     ap.add_argument("--json", action="store_true", help="print the JSON results on stdout (the table goes to stderr)")
-    ap.add_argument("--cache", default=None, help="cache folder for the command rows (default: the checkout's .artifix-cache)")
     ap.add_argument("--score-ns", default="1000,5000,20000", help="N of the score scaling rows")
     ap.add_argument("--repair-ns", default="250,500,1000", help="N of the repair scaling rows (20000 takes hours on 2 cores)")
     args = ap.parse_args(argv)
@@ -449,7 +448,6 @@ def main(argv: list[str] | None = None) -> int:
         res["scaling"] = bench_scaling([100, 300] if q else [1000, 5000, 20000], torch.get_num_threads())
     import pipeline  # bench/pipeline.py: the end-to-end rows
 
-    cache = args.cache or str(ROOT / ".artifix-cache")
     if "repair" in only:
         res["repair"] = pipeline.bench_repair(q)
     if "demo" in only and not q:  # the demo has no small mode; --quick skips it
@@ -457,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     if "scaling_cli" in only:
         ns = [100, 300] if q else [int(v) for v in args.score_ns.split(",")]
         rns = [32, 64] if q else [int(v) for v in args.repair_ns.split(",")]
-        res["scaling_cli"] = pipeline.bench_scaling_cli(ns, rns, cache)
+        res["scaling_cli"] = pipeline.bench_scaling_cli(ns, rns)
     res["machine"]["load_after"] = list(os.getloadavg())
     res["seconds"] = time.perf_counter() - t0
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
