@@ -50,8 +50,11 @@ BATCH = 64
 
 
 def cache_dir(cache: str | os.PathLike | None = None) -> Path:
-    """The cache folder: `cache`, else $ARTIFIX_CACHE, else the `cache` option (relative to the working dir)."""
-    return Path(cache or os.environ.get("ARTIFIX_CACHE") or defaults.get("run", "cache")).expanduser()
+    """The cache folder: `cache`, else $ARTIFIX_CACHE, else the `cache` option (relative to the working dir).
+
+    The variable and the default are the `cache` option's (`defaults`), the ones `config.resolve` reads for commands."""
+    opt = defaults.option("run", "cache")
+    return Path(cache or (opt.env and os.environ.get(opt.env)) or opt.default).expanduser()
 
 
 @dataclass

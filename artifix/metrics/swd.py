@@ -442,9 +442,8 @@ def _boot_level(desc: np.ndarray, sums: tuple[np.ndarray, np.ndarray], dirs: np.
     """
     csum = dirs.astype(np.float64).reshape(3, PATCH * PATCH, -1).sum(axis=1)  # (3, k): each channel's direction sums
     stats = [channel_stats(*sums, weights=counts[:, b]) for b in range(counts.shape[1])]
-    invs = np.array([1.0 / std for _, std in stats]).reshape(-1, 3)  # (B, 3)
-    shifts = np.array([(mean * (1.0 / std)) @ csum for mean, std in stats], np.float64).reshape(-1, dirs.shape[1])
-    invs32, shifts32 = invs.astype(np.float32), shifts.astype(np.float32)
+    invs32 = np.array([1.0 / std for _, std in stats], np.float32).reshape(-1, 3)  # (B, 3): each resample's 1 / std
+    shifts32 = np.array([(mean * (1.0 / std)) @ csum for mean, std in stats], np.float32).reshape(-1, dirs.shape[1])
     row_means = np.zeros((counts.shape[1], dirs.shape[1]))
     n_img = desc.shape[0] // PATCHES_PER_IMAGE
     with lapack_single_thread():  # OpenBLAS called from both threads at once is slower threaded than on one thread each

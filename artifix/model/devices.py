@@ -16,11 +16,12 @@ retries (saying so once); `check_finite(out, indices)` names the sample indices 
 
 `tune_allocator()` (called by `use` and by every feature extractor) keeps the CPU's freed buffers for reuse: glibc
 starts by giving blocks over 128 KB their own mapping and handing them back on free, so each batch of a network's
-activations (megabytes per tensor) is mapped, zero-filled page by page and unmapped again: about 1,200 page faults
-per image for EfficientNet-Lite0 at batch 8 on 2 cores, 110-115 images/s. With blocks up to 32 MB taken from the heap
+activations (megabytes per tensor) was mapped, zero-filled page by page and unmapped again: 2,000-3,000 page faults
+per image for EfficientNet-Lite0 at batch 8 on 2 cores, 92-103 images/s. With blocks up to 32 MB taken from the heap
 and up to 256 MB of freed heap kept (what glibc's own adaptive limits reach later in a long process, set at the
-start), the same extractor runs with no page faults at 130-138 images/s. `ARTIFIX_MALLOPT=0`, or the user's own
-MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, leaves glibc's settings alone.
+start), the same extractor runs at 107-115 images/s; the 1,176 faults per image left are its one activation over
+32 MB (docs/speed.md). `ARTIFIX_MALLOPT=0` (`MALLOPT_ENV`), or the user's own MALLOC_MMAP_THRESHOLD_ /
+MALLOC_TRIM_THRESHOLD_, leaves glibc's settings alone.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..errors import UserError
 T = TypeVar("T")
 CHOICES = "auto, cpu, cuda, cuda:N or mps"
 DEVICE_ENV = "ARTIFIX_DEVICE"  # the device when no --device is given (else auto); the test suite sets cpu
+MALLOPT_ENV = "ARTIFIX_MALLOPT"  # 0: leave glibc's allocator settings as they are
 _CURRENT: torch.device | None = None
 _WARNED: set[str] = set()
 
@@ -53,7 +55,7 @@ def tune_allocator() -> bool:
     if _TUNED is not None:
         return _TUNED
     _TUNED = False
-    if (os.environ.get("ARTIFIX_MALLOPT", "1") == "0" or not sys.platform.startswith("linux")
+    if (os.environ.get(MALLOPT_ENV, "1") == "0" or not sys.platform.startswith("linux")
             or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ):
         return False
     try:
